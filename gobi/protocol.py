@@ -1,0 +1,359 @@
+"""Wire models shared by the client (gobi.fs) and the server (gobi.server).
+
+This module is the contract between the two sides and the only code both import. It holds
+the JSON shapes of requests, responses, nodes, manifests and events, the validation rules
+for names, and the stable machine-readable error codes. Nothing here does I/O.
+
+Conventions:
+- node ids and vault ids are opaque strings; the root directory of every vault has the id
+  ``ROOT_ID``.
+- ``rev`` of a node is the ``seq`` of the event that last changed it, so revisions are
+  unique and increasing within a vault and ``base_rev`` checks compare integers.
+- times are integer nanoseconds since the epoch (``mtime_ns``), as FUSE and ``os.stat``
+  use them; ``ts`` of an event is float seconds (server clock, informational).
+- ``mode`` carries permission bits only (``0o7777``); the kind says what the node is.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+API_PREFIX = "/api/v1"
+ROOT_ID = "root"
+
+#: Largest chunk the server accepts. The client's chunker (gobi.chunking) never produces
+#: more than its max size, which is well below this.
+MAX_CHUNK_SIZE = 8 * 1024 * 1024
+#: Largest JSON body the server accepts (a manifest of ~100k chunks, a ~100 GiB file).
+MAX_JSON_BODY = 8 * 1024 * 1024
+#: Upper bound of ``limit`` on paged listings.
+MAX_PAGE = 5000
+MAX_NAME_BYTES = 255
+MAX_SYMLINK_TARGET = 4095
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ErrorCode(str, enum.Enum):
+    """Stable error codes carried in every JSON error body (``{"error": {"code": …}}``).
+
+    Clients branch on these, never on messages or on the HTTP status alone.
+    """
+
+    BAD_REQUEST = "bad_request"              # malformed body, schema violation
+    INVALID_NAME = "invalid_name"            # a path component breaks the name rules
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNAUTHENTICATED = "unauthenticated"      # missing, malformed, expired or revoked token
+    INVALID_CREDENTIALS = "invalid_credentials"
+    FORBIDDEN = "forbidden"                  # member, but the role does not allow it
+    REGISTRATION_CLOSED = "registration_closed"
+    RATE_LIMITED = "rate_limited"
+    NOT_FOUND = "not_found"                  # also: vault exists but caller is no member
+    USERNAME_TAKEN = "username_taken"
+    CONFLICT = "conflict"                    # base_rev is not the head: body has the head
+    NAME_EXISTS = "name_exists"              # target name is taken (details.node = it)
+    NOT_A_DIRECTORY = "not_a_directory"
+    IS_A_DIRECTORY = "is_a_directory"
+    DIRECTORY_NOT_EMPTY = "directory_not_empty"
+    INVALID_MOVE = "invalid_move"            # moving a directory into itself, moving root
+    MISSING_CHUNKS = "missing_chunks"        # commit names chunks the server lacks
+    HASH_MISMATCH = "hash_mismatch"          # uploaded bytes do not hash to the URL's hash
+    CURSOR_EXPIRED = "cursor_expired"        # events before the cursor were dropped: re-list
+    RANGE_NOT_SATISFIABLE = "range_not_satisfiable"
+    UNAVAILABLE = "unavailable"              # draining or a dependency is down: retry
+    INTERNAL = "internal"
+
+
+class NodeKind(str, enum.Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+
+
+class EventType(str, enum.Enum):
+    CREATE = "create"      # node appeared (mkdir, create, symlink, restore from trash)
+    CONTENT = "content"    # a file's content was committed (a new version)
+    MOVE = "move"          # parent and/or name changed (``old_parent``/``old_name`` set)
+    ATTR = "attr"          # mode or mtime changed
+    DELETE = "delete"      # node became a tombstone
+    VAULT_DELETED = "vault_deleted"
+
+
+def validate_name(name: str) -> str:
+    """A single path component: what POSIX and every common filesystem accept.
+
+    Rejects ``/``, NUL, ``.``, ``..``, the empty name, names over 255 bytes of UTF-8 and
+    strings that are not valid Unicode (lone surrogates cannot be encoded as UTF-8).
+    """
+    if not isinstance(name, str):
+        raise ValueError("name must be a string")
+    if name in ("", ".", ".."):
+        raise ValueError(f"name {name!r} is reserved")
+    if "/" in name or "\x00" in name:
+        raise ValueError("name must not contain '/' or NUL")
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("name is not valid UTF-8") from None
+    if len(encoded) > MAX_NAME_BYTES:
+        raise ValueError(f"name is longer than {MAX_NAME_BYTES} bytes")
+    return name
+
+
+def validate_sha256(value: str) -> str:
+    if not isinstance(value, str) or not _SHA256_RE.match(value):
+        raise ValueError("expected a lowercase hex SHA-256 (64 characters)")
+    return value
+
+
+def validate_username(value: str) -> str:
+    if not isinstance(value, str) or not _USERNAME_RE.match(value):
+        raise ValueError(
+            "username must be 1-64 characters of a-z, 0-9, '_', '.', '-' "
+            "and start with a letter or digit"
+        )
+    return value
+
+
+def validate_id(value: str) -> str:
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise ValueError("malformed id")
+    return value
+
+
+def _validate_target(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("symlink target must not contain NUL")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("symlink target is not valid UTF-8") from None
+    if not 0 < size <= MAX_SYMLINK_TARGET:
+        raise ValueError(f"symlink target must be 1-{MAX_SYMLINK_TARGET} bytes")
+    return value
+
+
+Name = Annotated[str, AfterValidator(validate_name)]
+Sha256 = Annotated[str, AfterValidator(validate_sha256)]
+Username = Annotated[str, AfterValidator(validate_username)]
+Id = Annotated[str, AfterValidator(validate_id)]
+SymlinkTarget = Annotated[str, AfterValidator(_validate_target)]
+Mode = Annotated[int, Field(ge=0, le=0o7777)]
+NonNegInt = Annotated[int, Field(ge=0)]
+# Signed 64-bit nanoseconds: a few centuries either side of 1970.
+TimeNs = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+Password = Annotated[str, Field(min_length=8, max_length=1024)]
+
+
+class Model(BaseModel):
+    """Base of all wire models: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- accounts
+
+
+class RegisterRequest(Model):
+    username: Username
+    password: Password
+
+
+class LoginRequest(Model):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class User(Model):
+    id: str
+    username: str
+    is_admin: bool = False
+    created_at: float
+
+
+class SessionCreated(Model):
+    token: str
+    user: User
+
+
+# --------------------------------------------------------------------------- vaults
+
+Role = Literal["read", "write", "owner"]
+ROLE_RANK = {"read": 1, "write": 2, "owner": 3}
+
+
+class CreateVaultRequest(Model):
+    name: str = Field(min_length=1, max_length=255)
+
+
+class Vault(Model):
+    id: str
+    name: str
+    owner: str            # username of the owner
+    role: Role            # the caller's role
+    head_seq: int
+    created_at: float
+
+
+class Member(Model):
+    username: str
+    role: Role
+
+
+class SetMemberRequest(Model):
+    role: Role
+
+
+# --------------------------------------------------------------------------- content
+
+
+class ChunkRef(Model):
+    hash: Sha256
+    size: int = Field(ge=1, le=MAX_CHUNK_SIZE)
+
+
+class Manifest(Model):
+    """A file's content: its chunks in order. ``size`` equals the sum of chunk sizes."""
+
+    chunks: list[ChunkRef] = Field(default_factory=list, max_length=200_000)
+    size: NonNegInt = 0
+
+
+class MissingChunksRequest(Model):
+    hashes: list[Sha256] = Field(max_length=10_000)
+
+
+class MissingChunksResponse(Model):
+    missing: list[str]
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+class Node(Model):
+    """The state of one node after a change. Events carry it whole."""
+
+    id: str
+    parent: str | None    # None only for the root
+    name: str             # "" for the root
+    kind: NodeKind
+    rev: int              # seq of the last change to this node
+    size: int = 0         # files: content size; symlinks: target length; dirs: 0
+    mtime_ns: int = 0
+    mode: int = 0o644
+    target: str | None = None      # symlinks only
+    content_rev: int | None = None  # files: rev of the current content version
+    deleted: bool = False
+
+
+class CreateNodeRequest(Model):
+    """Create a file, directory or symlink.
+
+    ``id``: optional client-chosen node id. A client that creates nodes while offline
+    picks ids up front; a retried create with the same id, parent and name returns the
+    node it already created instead of failing.
+    """
+
+    id: Id | None = None
+    parent: Id
+    name: Name
+    kind: NodeKind
+    mode: Mode = 0o644
+    mtime_ns: TimeNs | None = None
+    target: SymlinkTarget | None = None     # required for symlinks, refused otherwise
+    content: Manifest | None = None          # files only; default: empty file
+
+
+class CommitContentRequest(Model):
+    base_rev: NonNegInt
+    chunks: list[ChunkRef] = Field(default_factory=list, max_length=200_000)
+    size: NonNegInt
+    mtime_ns: TimeNs | None = None
+    mode: Mode | None = None
+
+
+class UpdateNodeRequest(Model):
+    """Rename/move and/or setattr, checked against ``base_rev``.
+
+    ``replace``: when the target name is taken, replace that node (rename(2) semantics; a
+    directory can only replace an empty directory, a file only a non-directory).
+    ``replace_rev``: if given, the replaced node must still be at this rev.
+    """
+
+    base_rev: NonNegInt
+    parent: Id | None = None
+    name: Name | None = None
+    mode: Mode | None = None
+    mtime_ns: TimeNs | None = None
+    replace: bool = False
+    replace_rev: NonNegInt | None = None
+
+
+class DeleteNodeRequest(Model):
+    base_rev: NonNegInt
+    recursive: bool = False
+
+
+class NodeList(Model):
+    nodes: list[Node]
+    next_cursor: str | None = None
+
+
+class TreePage(Model):
+    """One page of a consistent listing of the whole vault at ``at``."""
+
+    at: int
+    nodes: list[Node]
+    next_cursor: str | None = None
+
+
+# --------------------------------------------------------------------------- events
+
+
+class Event(Model):
+    seq: int
+    ts: float
+    type: EventType
+    node: Node | None = None         # None only for vault-level events
+    old_parent: str | None = None    # MOVE only
+    old_name: str | None = None      # MOVE only
+    device: str | None = None        # X-Gobi-Device of the request that caused it
+    user: str | None = None          # username that caused it
+
+
+class EventPage(Model):
+    events: list[Event]
+    head_seq: int
+    has_more: bool
+
+
+class ErrorDetail(Model):
+    code: ErrorCode
+    message: str
+    details: dict = Field(default_factory=dict)
+
+
+class ErrorBody(Model):
+    error: ErrorDetail
+
+
+# --------------------------------------------------------------------------- websocket
+# Server → client frames:
+#   {"type": "hello", "vault": ID, "head_seq": N, "after": N}
+#   {"type": "event", "event": Event}
+#   {"type": "caught_up", "seq": N}        replay finished; live events follow
+#   {"type": "error", "error": ErrorDetail} e.g. cursor_expired (then the server closes 4410)
+# Close codes: 1001 going away (drain), 4401 unauthenticated, 4404 vault not found,
+# 4410 cursor expired.
+WS_CLOSE_GOING_AWAY = 1001
+WS_CLOSE_UNAUTHENTICATED = 4401
+WS_CLOSE_NOT_FOUND = 4404
+WS_CLOSE_CURSOR_EXPIRED = 4410
+
+DEVICE_HEADER = "X-Gobi-Device"

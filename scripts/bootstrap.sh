@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install what gobi needs on Debian 12 (as root) and build the virtualenv in .venv.
+#   scripts/bootstrap.sh          runtime: FUSE, build tools for pyfuse3, Python venv
+#   scripts/bootstrap.sh --test   plus what the test suite and benchmarks use
+# Idempotent: packages already installed are not fetched again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(python3 python3-venv python3-dev gcc pkg-config libfuse3-dev fuse3 ca-certificates)
+if [[ "${1:-}" == "--test" ]]; then
+  packages+=(redis-server sqlite3 git rsync inotify-tools psmisc procps curl)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's own Python 3.11, not whatever python3 is first on PATH: this is what a fresh
+# machine has, and pyfuse3 compiles against its headers.
+PY=/usr/bin/python3
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+extra=""
+[[ "${1:-}" == "--test" ]] && extra="[test]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}" 2>&1 \
+  | grep -v -e "^WARNING: Location" -e "^$" || true
+.venv/bin/python -c "import gobi.server.app" >/dev/null
+echo "bootstrap: ready (.venv/bin/gobi)"

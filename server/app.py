@@ -1,0 +1,125 @@
+"""The Sanic application: the composition root of the server.
+
+``create_app(config)`` wires blueprints, error handling and lifecycle:
+- before serving: open the services (store, driver, fan-out, keys) and start the pruning
+  job;
+- on SIGTERM/SIGINT (Sanic's graceful shutdown): stop accepting, mark the server as
+  draining (``/health`` answers 503), let in-flight requests and uploads finish within
+  ``graceful_shutdown_timeout``, close WebSockets with 1001, then close the services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from sanic import Request, Sanic
+from sanic.exceptions import SanicException
+from sanic.response import HTTPResponse, json
+from sanic_ext import Extend
+
+from gobi.protocol import MAX_CHUNK_SIZE, MAX_JSON_BODY, ErrorCode
+
+from . import blueprints
+from .config import ServerConfig
+from .errors import ServiceError
+from .service import Services
+
+log = logging.getLogger("gobi.server")
+
+_SANIC_CODES = {
+    400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.UNAUTHENTICATED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.BAD_REQUEST,
+    408: ErrorCode.UNAVAILABLE,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    416: ErrorCode.RANGE_NOT_SATISFIABLE,
+    503: ErrorCode.UNAVAILABLE,
+}
+
+
+def _version() -> str:
+    try:
+        return version("gobi")
+    except PackageNotFoundError:
+        return "dev"
+
+
+def _error_response(request: Request, exc: Exception) -> HTTPResponse:
+    if isinstance(exc, ServiceError):
+        return json(exc.body(), status=exc.status, headers=exc.headers or None)
+    if isinstance(exc, SanicException):
+        status = getattr(exc, "status_code", 500) or 500
+        code = _SANIC_CODES.get(status, ErrorCode.INTERNAL if status >= 500 else ErrorCode.BAD_REQUEST)
+        message = str(exc) if status < 500 else "internal error"
+        return json({"error": {"code": code.value, "message": message, "details": {}}}, status=status)
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return json(
+        {"error": {"code": ErrorCode.INTERNAL.value, "message": "internal error", "details": {}}},
+        status=500,
+    )
+
+
+async def _prune_forever(app: Sanic) -> None:
+    services: Services = app.ctx.services
+    cfg = services.config
+    while True:
+        try:
+            now = time.time()
+            dropped = await services.store.prune(now - cfg.event_retention, now - cfg.listing_window)
+            if dropped:
+                log.info("pruned %d events past retention", dropped)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # keep the job alive; the next round retries
+            log.exception("pruning failed")
+        await asyncio.sleep(cfg.prune_interval)
+
+
+def create_app(config: ServerConfig, name: str = "gobi") -> Sanic:
+    app = Sanic(name)
+    app.config.REQUEST_MAX_SIZE = max(MAX_CHUNK_SIZE, MAX_JSON_BODY) + 64 * 1024
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = config.graceful_shutdown_timeout
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.WEBSOCKET_PING_INTERVAL = 20
+    app.config.WEBSOCKET_PING_TIMEOUT = 20
+    app.config.WEBSOCKET_MAX_SIZE = 1024 * 1024
+    app.config.OAS_UI_DEFAULT = "swagger"
+    app.config.OAS_UI_REDOC = False
+    app.config.API_TITLE = "gobi"
+    app.config.API_VERSION = _version()
+    app.config.API_DESCRIPTION = "Self-hosted file sync: vaults, chunks, revisions, events."
+    app.config.OAS_URL_PREFIX = "/docs"
+    app.ctx.config = config
+    app.ctx.draining = False
+    app.ctx.version = _version()
+    Extend(app)
+    from sanic_ext import openapi
+
+    openapi.component  # noqa: B018 - imported for its side effect of registering helpers
+    app.ext.openapi.add_security_scheme("token", "http", scheme="bearer")
+
+    for bp in blueprints.ALL:
+        app.blueprint(bp)
+    app.error_handler.add(Exception, _error_response)
+
+    @app.before_server_start
+    async def _open(app: Sanic) -> None:
+        app.ctx.services = await Services.open(config)
+        app.add_task(_prune_forever(app), name="gobi-prune")
+
+    @app.before_server_stop
+    async def _drain(app: Sanic) -> None:
+        app.ctx.draining = True
+
+    @app.after_server_stop
+    async def _close(app: Sanic) -> None:
+        await app.cancel_task("gobi-prune", raise_exception=False)
+        await app.ctx.services.close()
+
+    return app

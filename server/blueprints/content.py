@@ -1,0 +1,114 @@
+"""Chunks: which are missing, upload one, download one (with ``Range``).
+
+Chunks are immutable and named by their SHA-256, so downloads carry the hash as a strong
+``ETag`` and may be cached for a year (``private``: they are behind authentication).
+"""
+
+from __future__ import annotations
+
+import re
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, empty, raw
+from sanic_ext import openapi
+
+from gobi.protocol import (
+    API_PREFIX,
+    MAX_CHUNK_SIZE,
+    ErrorCode,
+    MissingChunksRequest,
+    MissingChunksResponse,
+    validate_sha256,
+)
+
+from ..errors import ServiceError
+from ..http import authed, body_doc, model_response, parse_body, services
+from .vaults import VID
+
+bp = Blueprint("content", url_prefix=API_PREFIX)
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+CACHE_CONTROL = "private, max-age=31536000, immutable"
+
+
+def _hash(raw_hash: str) -> str:
+    try:
+        return validate_sha256(raw_hash)
+    except ValueError as exc:
+        raise ServiceError(ErrorCode.BAD_REQUEST, f"chunk hash: {exc}") from None
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(offset, length) of a single ``bytes=`` range, None for the whole object.
+
+    Raises 416 for a range that cannot be satisfied and 400 for one that is malformed;
+    multiple ranges are not supported (clients ask for one range at a time).
+    """
+    if not header:
+        return None
+    m = _RANGE_RE.match(header.strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        raise ServiceError(ErrorCode.BAD_REQUEST, "unsupported Range (use one 'bytes=a-b' range)")
+    first, last = m.group(1), m.group(2)
+    if first:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+        if last and int(last) < start:
+            raise ServiceError(ErrorCode.BAD_REQUEST, "Range end is before its start")
+    else:
+        suffix = int(last)
+        if suffix == 0:
+            raise ServiceError(ErrorCode.RANGE_NOT_SATISFIABLE, "empty suffix range", size=size)
+        start, end = max(0, size - suffix), size - 1
+    if start >= size:
+        err = ServiceError(ErrorCode.RANGE_NOT_SATISFIABLE, "range starts past the end", size=size)
+        err.headers["Content-Range"] = f"bytes */{size}"
+        raise err
+    return start, end - start + 1
+
+
+@bp.post(f"/vaults/{VID}/chunks/missing")
+@openapi.summary("Which of these chunks does the server lack?")
+@openapi.response(200, {"application/json": MissingChunksResponse})
+@body_doc(MissingChunksRequest)
+@authed
+async def missing(request: Request, vault_id: str) -> HTTPResponse:
+    req = parse_body(request, MissingChunksRequest)
+    hashes = await services(request).chunks.missing(request.ctx.actor, vault_id, req.hashes)
+    return model_response(MissingChunksResponse(missing=hashes))
+
+
+@bp.put(f"/vaults/{VID}/chunks/<chunk_hash:str>")
+@openapi.summary("Upload a chunk; the body must hash to the SHA-256 in the URL")
+@openapi.body({"application/octet-stream": bytes})
+@authed
+async def put(request: Request, vault_id: str, chunk_hash: str) -> HTTPResponse:
+    chunk_hash = _hash(chunk_hash)
+    data = request.body or b""
+    if len(data) > MAX_CHUNK_SIZE:
+        raise ServiceError(ErrorCode.PAYLOAD_TOO_LARGE, f"chunks are limited to {MAX_CHUNK_SIZE} bytes")
+    created = await services(request).chunks.put(request.ctx.actor, vault_id, chunk_hash, data)
+    return model_response({"hash": chunk_hash, "size": len(data), "created": created},
+                          status=201 if created else 200)
+
+
+@bp.route(f"/vaults/{VID}/chunks/<chunk_hash:str>", methods=["GET", "HEAD"])
+@openapi.summary("Download a chunk (supports Range and If-None-Match)")
+@authed
+async def get(request: Request, vault_id: str, chunk_hash: str) -> HTTPResponse:
+    chunk_hash = _hash(chunk_hash)
+    chunks = services(request).chunks
+    size = await chunks.size(request.ctx.actor, vault_id, chunk_hash)
+    etag = f'"{chunk_hash}"'
+    headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Accept-Ranges": "bytes"}
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return empty(status=304, headers=headers)
+    rng = parse_range(request.headers.get("range"), size)
+    if request.method == "HEAD":
+        return empty(status=200, headers={**headers, "Content-Length": str(size)})
+    if rng is None:
+        data = await chunks.read(vault_id, chunk_hash, 0, None, size)
+        return raw(data, headers=headers, content_type="application/octet-stream")
+    offset, length = rng
+    data = await chunks.read(vault_id, chunk_hash, offset, length, size)
+    headers["Content-Range"] = f"bytes {offset}-{offset + len(data) - 1}/{size}"
+    return raw(data, status=206, headers=headers, content_type="application/octet-stream")

@@ -1,0 +1,111 @@
+"""The event log: pages over REST, and the live stream over a WebSocket.
+
+The WebSocket authenticates at the handshake (a request middleware of this blueprint
+runs before the upgrade), so a bad token or a foreign vault is an HTTP 401/404 and never
+becomes a socket. It then sends ``hello``, replays the events after ``?after=SEQ``, sends
+``caught_up`` and streams live events. When the server drains, Sanic closes sockets with
+1001 ("going away") and the client resumes elsewhere from its last seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+from sanic.server.websockets.impl import WebsocketImplProtocol
+from sanic_ext import openapi
+
+from gobi.protocol import (
+    API_PREFIX,
+    MAX_PAGE,
+    WS_CLOSE_CURSOR_EXPIRED,
+    ErrorCode,
+    Event,
+    EventPage,
+)
+
+from ..access import require_role
+from ..errors import ServiceError
+from ..http import authed, authenticate, int_arg, model_response, services
+from .vaults import VID
+
+bp = Blueprint("events", url_prefix=API_PREFIX)
+ws_bp = Blueprint("events_ws", url_prefix=API_PREFIX)
+
+
+@bp.get(f"/vaults/{VID}/events")
+@openapi.summary("Events after a seq: ?after=SEQ&limit=N (410 when past retention)")
+@openapi.response(200, {"application/json": EventPage})
+@authed
+async def page(request: Request, vault_id: str) -> HTTPResponse:
+    events, head, more = await services(request).events.page(
+        request.ctx.actor, vault_id, int_arg(request, "after", 0), int_arg(request, "limit", 1000, 1, MAX_PAGE)
+    )
+    return model_response(EventPage(events=events, head_seq=head, has_more=more))
+
+
+@ws_bp.on_request
+async def ws_handshake(request: Request) -> None:
+    """Authenticate, authorise and check the cursor before the upgrade happens."""
+    actor = await authenticate(request)
+    svc = services(request)
+    vault_id = request.match_info.get("vault_id", "")
+    vault, _ = await require_role(svc.store, actor, vault_id, "read")
+    after = int_arg(request, "after", vault.head_seq)
+    await svc.events.check_cursor(vault, after)
+    request.ctx.vault = vault
+    request.ctx.after = after
+
+
+def _frame(kind: str, **fields: object) -> str:
+    return json.dumps({"type": kind, **fields}, separators=(",", ":"))
+
+
+@ws_bp.websocket(f"/vaults/{VID}/ws")
+async def stream(request: Request, ws: WebsocketImplProtocol, vault_id: str) -> None:
+    svc = services(request)
+    vault, after = request.ctx.vault, request.ctx.after
+    await ws.send(_frame("hello", vault=vault.id, head_seq=vault.head_seq, after=after))
+
+    async def send_events() -> None:
+        try:
+            async for item in svc.events.stream(vault, after):
+                if isinstance(item, Event):
+                    await ws.send(_frame("event", event=item.model_dump(mode="json")))
+                else:
+                    await ws.send(_frame("caught_up", seq=item))
+        except ServiceError as exc:
+            await ws.send(json.dumps(exc.body() | {"type": "error"}))
+            if exc.code is ErrorCode.CURSOR_EXPIRED:
+                await ws.close(WS_CLOSE_CURSOR_EXPIRED, "cursor expired")
+                return
+            raise
+        await ws.close(1000, "vault deleted")
+
+    async def receive() -> None:
+        # Client frames: pings now; metadata operations join with live sync.
+        while True:
+            msg = await ws.recv()
+            if msg is None:
+                return
+            try:
+                frame = json.loads(msg)
+            except (ValueError, TypeError):
+                frame = None
+            if isinstance(frame, dict) and frame.get("type") == "ping":
+                await ws.send(_frame("pong", id=frame.get("id")))
+            else:
+                await ws.send(_frame("error", error={"code": "bad_request",
+                                                     "message": "unknown frame", "details": {}}))
+
+    tasks = [asyncio.ensure_future(send_events()), asyncio.ensure_future(receive())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

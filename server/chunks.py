@@ -1,0 +1,95 @@
+"""Chunk storage: content-addressed, verified, keyed by an HMAC.
+
+A chunk is addressed by the SHA-256 of its plaintext. Its storage key is
+``<vault>/<HMAC-SHA256(naming_secret, vault ":" hash)>``, so the storage provider sees
+neither content hashes (it cannot confirm that a vault holds some known file) nor which
+vaults share content. The metadata store records which chunks a vault holds only after the
+driver has durably stored the bytes, so a commit can never refer to a chunk that is not
+really there, whatever crashes in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+
+from gobi.drivers import ObjectCorrupted, ObjectNotFound, StorageDriver, StorageError
+from gobi.protocol import ErrorCode
+
+from .access import Actor, require_role
+from .errors import ServiceError
+from .store.base import MetadataStore
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Chunks:
+    def __init__(self, store: MetadataStore, driver: StorageDriver, naming_secret: bytes):
+        self.store = store
+        self.driver = driver
+        self._secret = naming_secret
+
+    def storage_key(self, vault_id: str, chunk_hash: str) -> str:
+        mac = hmac.new(self._secret, f"{vault_id}:{chunk_hash}".encode(), hashlib.sha256)
+        return f"{vault_id}/{mac.hexdigest()}"
+
+    async def missing(self, actor: Actor, vault_id: str, hashes: list[str]) -> list[str]:
+        await require_role(self.store, actor, vault_id, "write")
+        return await self.store.missing_chunks(vault_id, hashes)
+
+    async def put(self, actor: Actor, vault_id: str, chunk_hash: str, data: bytes) -> bool:
+        """Store a chunk; True when new, False when the vault already had it."""
+        await require_role(self.store, actor, vault_id, "write")
+        if not data:
+            raise ServiceError(ErrorCode.BAD_REQUEST, "a chunk is at least one byte")
+        # hashlib releases the GIL on large inputs, so a thread keeps the loop responsive.
+        actual = await asyncio.to_thread(_sha256, data)
+        if actual != chunk_hash:
+            raise ServiceError(
+                ErrorCode.HASH_MISMATCH,
+                "the body does not hash to the chunk's SHA-256",
+                expected=chunk_hash,
+                actual=actual,
+            )
+        if await self.store.chunk_size(vault_id, chunk_hash) is not None:
+            return False
+        try:
+            await self.driver.put(self.storage_key(vault_id, chunk_hash), data)
+        except StorageError as exc:
+            raise ServiceError(ErrorCode.UNAVAILABLE, f"storage refused the chunk: {type(exc).__name__}") from exc
+        return await self.store.add_chunk(vault_id, chunk_hash, len(data), time.time())
+
+    async def size(self, actor: Actor, vault_id: str, chunk_hash: str) -> int:
+        await require_role(self.store, actor, vault_id, "read")
+        size = await self.store.chunk_size(vault_id, chunk_hash)
+        if size is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "chunk not found", hash=chunk_hash)
+        return size
+
+    async def read(
+        self, vault_id: str, chunk_hash: str, offset: int, length: int | None, size: int
+    ) -> bytes:
+        """Bytes of a chunk; a whole-chunk read is verified against its hash.
+
+        Call ``size`` first: it checks access and existence.
+        """
+        key = self.storage_key(vault_id, chunk_hash)
+        try:
+            data = await self.driver.get(key, offset, length)
+        except ObjectNotFound:
+            raise ServiceError(ErrorCode.INTERNAL, "chunk is recorded but missing from storage",
+                               hash=chunk_hash) from None
+        except ObjectCorrupted:
+            raise ServiceError(ErrorCode.INTERNAL, "chunk failed verification in storage",
+                               hash=chunk_hash) from None
+        except StorageError as exc:
+            raise ServiceError(ErrorCode.UNAVAILABLE, f"storage failed: {type(exc).__name__}") from exc
+        if offset == 0 and len(data) == size:
+            if await asyncio.to_thread(_sha256, data) != chunk_hash:
+                raise ServiceError(ErrorCode.INTERNAL, "chunk failed verification in storage",
+                                   hash=chunk_hash)
+        return data

@@ -1,0 +1,114 @@
+"""Server configuration: one model fed by CLI flags, ``GOBI_*`` environment variables and
+an optional TOML file, in that order of precedence.
+
+Everything has an embedded default: with no configuration at all, ``gobi server`` keeps
+SQLite metadata, local blob storage and its master key under ``data_dir`` and needs no
+other service.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as ``"365d"``, ``"15m"``, ``"500ms"``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '30s', '365d'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    raise ValueError(f"not a duration: {value!r} (use e.g. '30s', '15m', '12h', '365d')")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "gobi" / "server"
+
+
+class ServerConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GOBI_", extra="forbid")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    #: Metadata store URL. Empty: SQLite at ``data_dir/metadata.db``.
+    metadata: str = ""
+    #: Storage driver URL. Empty: ``local://`` under ``data_dir/blobs``.
+    storage: str = ""
+    #: Event fan-out between instances: ``memory`` (one process) or a ``redis://`` URL.
+    fanout: str = "memory"
+    #: Master key file (created with mode 0600 on first start). Empty: ``data_dir/master.key``.
+    key_file: Path | None = None
+    open_registration: bool = True
+    event_retention: Duration = parse_duration("365d")
+    #: How long superseded node rows are kept, i.e. how long a paged tree listing may take.
+    listing_window: Duration = parse_duration("1d")
+    prune_interval: Duration = parse_duration("1h")
+    session_ttl: Duration = parse_duration("90d")
+    login_max_failures: int = Field(default=10, ge=1)
+    login_max_failures_per_address: int = Field(default=50, ge=1)
+    login_window: Duration = parse_duration("15m")
+    #: How long SIGTERM waits for in-flight requests before closing them.
+    graceful_shutdown_timeout: Duration = parse_duration("30s")
+    #: How often a WebSocket re-reads the store even without a doorbell (lost messages).
+    poll_interval: Duration = parse_duration("5s")
+    access_log: bool = False
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> "ServerConfig":
+        """Build the configuration; ``overrides`` (CLI flags) win, ``None`` means unset."""
+        toml_path = Path(config_file) if config_file else None
+        if toml_path is not None and not toml_path.is_file():
+            raise FileNotFoundError(f"config file not found: {toml_path}")
+
+        class _WithToml(cls):  # type: ignore[valid-type, misc]
+            @classmethod
+            def settings_customise_sources(
+                cls,
+                settings_cls: type[BaseSettings],
+                init_settings: PydanticBaseSettingsSource,
+                env_settings: PydanticBaseSettingsSource,
+                dotenv_settings: PydanticBaseSettingsSource,
+                file_secret_settings: PydanticBaseSettingsSource,
+            ) -> tuple[PydanticBaseSettingsSource, ...]:
+                sources = [init_settings, env_settings]
+                if toml_path is not None:
+                    sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+                return tuple(sources)
+
+        return _WithToml(**{k: v for k, v in overrides.items() if v is not None})
+
+    # -- derived settings ------------------------------------------------------------------
+
+    @property
+    def metadata_url(self) -> str:
+        return self.metadata or f"sqlite://{(self.data_dir / 'metadata.db').resolve()}"
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"local://{(self.data_dir / 'blobs').resolve()}"
+
+    @property
+    def key_path(self) -> Path:
+        return self.key_file or self.data_dir / "master.key"

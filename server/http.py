@@ -1,0 +1,128 @@
+"""Helpers for the HTTP boundary: authentication, body and query validation, responses.
+
+Blueprints stay thin: they parse with these helpers, call one service method and
+serialise its result. Validation failures become ``ServiceError``s, which the app's error
+handler renders as JSON.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from sanic import Request
+from sanic.response import HTTPResponse, json as json_response
+from sanic_ext import openapi
+
+from gobi.protocol import DEVICE_HEADER, MAX_JSON_BODY, ErrorCode
+
+from .access import Actor
+from .errors import ServiceError
+
+M = TypeVar("M", bound=BaseModel)
+_DEVICE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def services(request: Request) -> Any:
+    return request.app.ctx.services
+
+
+def device_of(request: Request) -> str | None:
+    device = request.headers.get(DEVICE_HEADER)
+    if device is None:
+        return None
+    if not _DEVICE_RE.match(device):
+        raise ServiceError(
+            ErrorCode.BAD_REQUEST, f"{DEVICE_HEADER} must be 1-64 of A-Z a-z 0-9 _ . : -"
+        )
+    return device
+
+
+def authed(handler: Callable[..., Awaitable[HTTPResponse]]) -> Callable[..., Awaitable[HTTPResponse]]:
+    """Require a valid bearer token; puts ``request.ctx.actor`` in place."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
+        await authenticate(request)
+        return await handler(request, *args, **kwargs)
+
+    return openapi.secured("token")(wrapper)
+
+
+async def authenticate(request: Request) -> Actor:
+    user, digest = await services(request).accounts.authenticate(
+        request.headers.get("authorization")
+    )
+    request.ctx.actor = Actor(user, device_of(request))
+    request.ctx.token_hash = digest
+    return request.ctx.actor
+
+
+def _error_code(exc: ValidationError) -> ErrorCode:
+    for err in exc.errors():
+        if err.get("loc") and err["loc"][-1] == "name" and err.get("type") == "value_error":
+            return ErrorCode.INVALID_NAME
+    return ErrorCode.BAD_REQUEST
+
+
+def _describe(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": ".".join(str(p) for p in err.get("loc", ())), "msg": err.get("msg", "")}
+        for err in exc.errors(include_url=False, include_input=False)
+    ][:20]
+
+
+def parse_body(request: Request, model: type[M]) -> M:
+    body = request.body or b""
+    if len(body) > MAX_JSON_BODY:
+        raise ServiceError(ErrorCode.PAYLOAD_TOO_LARGE, f"JSON bodies are limited to {MAX_JSON_BODY} bytes")
+    # The Content-Type is not checked: `curl -d '{…}'` sends form-urlencoded, and a body
+    # that parses as the expected JSON is what matters.
+    try:
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        errors = _describe(exc)
+        message = "; ".join(f"{e['loc'] or 'body'}: {e['msg']}" for e in errors[:3])
+        raise ServiceError(_error_code(exc), f"invalid request body: {message}", errors=errors) from None
+
+
+def int_arg(request: Request, name: str, default: int | None, lo: int = 0, hi: int = 2**62) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ServiceError(ErrorCode.BAD_REQUEST, f"query parameter {name!r} must be an integer") from None
+    if not lo <= value <= hi:
+        raise ServiceError(ErrorCode.BAD_REQUEST, f"query parameter {name!r} must be in [{lo}, {hi}]")
+    return value
+
+
+def bool_arg(request: Request, name: str) -> bool:
+    raw = (request.args.get(name) or "").lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ServiceError(ErrorCode.BAD_REQUEST, f"query parameter {name!r} must be true or false")
+
+
+def str_arg(request: Request, name: str, max_len: int = 4096) -> str | None:
+    raw = request.args.get(name)
+    if raw is not None and len(raw) > max_len:
+        raise ServiceError(ErrorCode.BAD_REQUEST, f"query parameter {name!r} is too long")
+    return raw
+
+
+def model_response(model: BaseModel | dict[str, Any], status: int = 200, **headers: str) -> HTTPResponse:
+    body = model.model_dump(mode="json") if isinstance(model, BaseModel) else model
+    return json_response(body, status=status, headers=headers or None)
+
+
+def body_doc(model: type[BaseModel]) -> Callable[[Any], Any]:
+    """Document a JSON request body in the OpenAPI spec (validation is ``parse_body``)."""
+    return openapi.body({"application/json": model}, required=True)

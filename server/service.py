@@ -1,0 +1,65 @@
+"""The server's composition: one ``Services`` object holding the store, the storage
+driver, the fan-out and the operations built on them. The HTTP layer reaches everything
+through it; tests and admin commands build one without HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gobi.drivers import StorageDriver, open_driver
+from gobi.drivers.keys import KeyFile
+
+from .accounts import Accounts
+from .auth import LoginLimiter
+from .chunks import Chunks
+from .config import ServerConfig
+from .events import EventLog
+from .fanout import Fanout, open_fanout
+from .nodes import Nodes
+from .store import open_store
+from .store.base import MetadataStore
+from .vaults import Vaults
+
+
+@dataclass
+class Services:
+    config: ServerConfig
+    store: MetadataStore
+    driver: StorageDriver
+    fanout: Fanout
+    keys: KeyFile
+    accounts: Accounts
+    vaults: Vaults
+    nodes: Nodes
+    chunks: Chunks
+    events: EventLog
+
+    @classmethod
+    async def open(cls, config: ServerConfig) -> "Services":
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keys = KeyFile.load_or_create(config.key_path)
+        store = open_store(config.metadata_url)
+        await store.open()
+        driver = open_driver(config.storage_url)
+        fanout = open_fanout(config.fanout)
+        await fanout.start()
+        limiter = LoginLimiter(
+            config.login_max_failures, config.login_max_failures_per_address, config.login_window
+        )
+        return cls(
+            config=config,
+            store=store,
+            driver=driver,
+            fanout=fanout,
+            keys=keys,
+            accounts=Accounts(store, limiter, config.session_ttl),
+            vaults=Vaults(store, fanout),
+            nodes=Nodes(store, fanout),
+            chunks=Chunks(store, driver, keys.naming_secret),
+            events=EventLog(store, fanout, config.poll_interval),
+        )
+
+    async def close(self) -> None:
+        await self.fanout.close()
+        await self.driver.close()
+        await self.store.close()
