@@ -1,0 +1,91 @@
+"""Server-side commands of the ``gobi`` CLI: ``gobi server``, ``gobi user add``.
+
+Imports of the server stack happen inside the command functions so that building the
+parser (and every client command) stays free of Sanic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+
+
+def server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file (env: GOBI_CONFIG)")
+    p.add_argument("--data-dir", metavar="DIR", help="where metadata, blobs and keys live (env: GOBI_DATA_DIR)")
+
+
+def load_config(args: argparse.Namespace, **extra: object):
+    from .config import ServerConfig
+
+    return ServerConfig.load(
+        args.config or os.environ.get("GOBI_CONFIG"), data_dir=args.data_dir, **extra
+    )
+
+
+def read_password(args: argparse.Namespace, confirm: bool) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    password = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Again: ") != password:
+        raise SystemExit("gobi: passwords do not match")
+    return password
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from .run import run_server
+
+    return run_server(load_config(args, host=args.host, port=args.port))
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from gobi.protocol import RegisterRequest
+
+    from .errors import ServiceError
+    from .service import Services
+
+    password = read_password(args, confirm=True)
+    try:
+        req = RegisterRequest(username=args.name, password=password)
+    except ValidationError as exc:
+        print(f"gobi: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    cfg = load_config(args)
+
+    async def add() -> None:
+        services = await Services.open(cfg)
+        try:
+            await services.accounts.register(req.username, req.password, is_admin=args.admin)
+        finally:
+            await services.close()
+
+    try:
+        asyncio.run(add())
+    except ServiceError as exc:
+        print(f"gobi: {exc.message}", file=sys.stderr)
+        return 1
+    print(f"user {req.username!r} added{' (admin)' if args.admin else ''}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("server", help="run the API server (embedded defaults: no other service needed)")
+    server_options(p)
+    p.add_argument("--host", help="address to bind (default 127.0.0.1; env: GOBI_HOST)")
+    p.add_argument("--port", type=int, help="port to bind, 0 for any free port (default 8080; env: GOBI_PORT)")
+    p.set_defaults(func=cmd_server)
+
+    p = sub.add_parser("user", help="manage users on this server's store (admin)")
+    usub = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    pa = usub.add_parser("add", help="add a user (works with registration closed)")
+    pa.add_argument("name")
+    pa.add_argument("--admin", action="store_true", help="make the user an administrator")
+    pa.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    server_options(pa)
+    pa.set_defaults(func=cmd_user_add)
