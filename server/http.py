@@ -19,7 +19,7 @@ from sanic_ext import openapi
 
 from gobi.protocol import DEVICE_HEADER, MAX_JSON_BODY, ErrorCode
 
-from .access import Actor
+from .access import Actor, require_role
 from .errors import ServiceError
 
 M = TypeVar("M", bound=BaseModel)
@@ -42,11 +42,17 @@ def device_of(request: Request) -> str | None:
 
 
 def authed(handler: Callable[..., Awaitable[HTTPResponse]]) -> Callable[..., Awaitable[HTTPResponse]]:
-    """Require a valid bearer token; puts ``request.ctx.actor`` in place."""
+    """Require a valid bearer token; puts ``request.ctx.actor`` in place.
+
+    On routes under a vault, membership is checked before anything else is looked at,
+    so a non-member gets the same 404 whatever the rest of the request says.
+    """
 
     @functools.wraps(handler)
     async def wrapper(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
-        await authenticate(request)
+        actor = await authenticate(request)
+        if "vault_id" in kwargs:
+            await require_role(services(request).store, actor, kwargs["vault_id"], "read")
         return await handler(request, *args, **kwargs)
 
     return openapi.secured("token")(wrapper)

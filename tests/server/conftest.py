@@ -7,7 +7,9 @@ from tests.servers import Api, ServerProcess, register
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = ServerProcess(tmp_path_factory.mktemp("server")).start()
+    # An hourly store poll: live WebSocket events in these tests can only come from the
+    # fan-out doorbell, so a broken doorbell fails them instead of being papered over.
+    srv = ServerProcess(tmp_path_factory.mktemp("server"), env={"GOBI_POLL_INTERVAL": "1h"}).start()
     yield srv
     srv.stop()
 
