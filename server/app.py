@@ -21,7 +21,7 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, json
 from sanic_ext import Extend
 
-from gobi.protocol import MAX_CHUNK_SIZE, MAX_JSON_BODY, ErrorCode
+from gobi.protocol import MAX_CHUNK_SIZE, MAX_JSON_BODY, WS_CLOSE_GOING_AWAY, ErrorCode
 
 from . import blueprints
 from .config import ServerConfig
@@ -97,6 +97,7 @@ def create_app(config: ServerConfig, name: str = "gobi") -> Sanic:
     app.config.OAS_URL_PREFIX = "/docs"
     app.ctx.config = config
     app.ctx.draining = False
+    app.ctx.sockets = set()  # open WebSockets, closed with 1001 when draining
     app.ctx.version = _version()
     Extend(app)
     from sanic_ext import openapi
@@ -115,7 +116,15 @@ def create_app(config: ServerConfig, name: str = "gobi") -> Sanic:
 
     @app.before_server_stop
     async def _drain(app: Sanic) -> None:
+        # Runs before Sanic cancels WebSocket handlers (listeners of this kind run in
+        # reverse order), so clients get 1001 "going away" and know to reconnect elsewhere
+        # rather than a plain 1000.
         app.ctx.draining = True
+        sockets = list(app.ctx.sockets)
+        await asyncio.gather(
+            *(ws.close(WS_CLOSE_GOING_AWAY, "server going away") for ws in sockets),
+            return_exceptions=True,
+        )
 
     @app.after_server_stop
     async def _close(app: Sanic) -> None:

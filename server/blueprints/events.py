@@ -101,11 +101,13 @@ async def stream(request: Request, ws: WebsocketImplProtocol, vault_id: str) -> 
                                                      "message": "unknown frame", "details": {}}))
 
     tasks = [asyncio.ensure_future(send_events()), asyncio.ensure_future(receive())]
+    request.app.ctx.sockets.add(ws)
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()
     finally:
+        request.app.ctx.sockets.discard(ws)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
