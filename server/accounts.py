@@ -56,13 +56,10 @@ class Accounts:
     async def authenticate(self, authorization: str | None) -> tuple[UserRecord, str]:
         """The user behind a bearer header and the token's hash; 401 otherwise."""
         digest = token_hash(bearer_token(authorization))
-        session = await self.store.session(digest)
-        if session is None or session.expires_at < time.time():
+        found = await self.store.session_user(digest)
+        if found is None or found[0].expires_at < time.time():
             raise ServiceError(ErrorCode.UNAUTHENTICATED, "token is invalid, expired or revoked")
-        user = await self.store.user_by_id(session.user_id)
-        if user is None:
-            raise ServiceError(ErrorCode.UNAUTHENTICATED, "token is invalid, expired or revoked")
-        return user, digest
+        return found[1], digest
 
     async def logout(self, digest: str) -> None:
         await self.store.delete_session(digest)

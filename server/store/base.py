@@ -174,6 +174,12 @@ class MetadataStore(abc.ABC):
     @abc.abstractmethod
     async def delete_session(self, token_hash: str) -> None: ...
 
+    async def session_user(self, token_hash: str) -> tuple[SessionRecord, UserRecord] | None:
+        """The session and its user in one read (stores may override with a join)."""
+        session = await self.session(token_hash)
+        user = await self.user_by_id(session.user_id) if session else None
+        return (session, user) if session and user else None
+
     # -- vaults and members -------------------------------------------------------------
 
     @abc.abstractmethod
@@ -190,6 +196,12 @@ class MetadataStore(abc.ABC):
 
     @abc.abstractmethod
     async def role(self, vault_id: str, user_id: str) -> str | None: ...
+
+    async def access(self, vault_id: str, user_id: str) -> tuple[VaultRecord, str] | None:
+        """A live vault and the user's role in it, or None (stores may override with a join)."""
+        role = await self.role(vault_id, user_id)
+        vault = await self.vault(vault_id) if role else None
+        return (vault, role) if vault and role else None
 
     @abc.abstractmethod
     async def set_member(self, vault_id: str, user_id: str, role: str) -> None: ...

@@ -4,23 +4,28 @@ Chosen for the single-machine default: no service to run, transactions, and dura
 commits (``synchronous=FULL``: a commit is on disk before the request is acknowledged, so
 kill -9 or a power cut loses nothing that was answered).
 
-Concurrency: one writer connection serialised by an asyncio lock (SQLite allows one
-writer at a time anyway; ``BEGIN IMMEDIATE`` takes the write lock up front so a
-transaction never fails half-way on lock upgrade), and one reader connection that sees
-committed snapshots thanks to WAL. aiosqlite runs each connection in its own thread, so
-the event loop never blocks on disk.
+Concurrency and speed: SQLite allows one writer at a time, so all writes go to one
+writer thread that owns the write connection. A write job runs start to finish inside
+that thread (for ``run_write`` the service's coroutine is driven on the thread's own
+event loop; its ``VaultTx`` calls are plain sqlite3 calls that never suspend), so a
+transaction costs one thread hand-off instead of one per statement. The writer also
+*group-commits*: jobs queued meanwhile run in the same SQLite transaction, each inside
+its own SAVEPOINT (a failing job rolls back alone), and one fsync makes the whole batch
+durable before any of them is acknowledged. Reads use a small pool of read-only
+connections in worker threads; WAL gives each a consistent committed snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import queue
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-
-import aiosqlite
 
 from gobi.protocol import ChunkRef, Event, Node, NodeKind
 
@@ -40,6 +45,8 @@ T = TypeVar("T")
 
 CURRENT = 2**63 - 1  # seq_to of a node's current row
 SCHEMA_VERSION = 1
+READERS = 4          # read connections (threads) in the pool
+MAX_BATCH = 128      # write jobs per group commit
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -124,35 +131,23 @@ CREATE INDEX IF NOT EXISTS events_by_ts ON events(ts);
 """
 
 _NODE_COLS = "id, seq_from, parent, name, kind, size, mtime_ns, mode, target, content_rev, deleted"
+_VAULT_COLS = "id, name, owner_id, head_seq, created_at, history_floor"
+_VERSION_COLS = "rev, size, mtime_ns, chunks, ts, device, username"
 
 
 def _node(row: Sequence[Any]) -> Node:
     return Node(
-        id=row[0],
-        rev=row[1],
-        parent=row[2],
-        name=row[3],
-        kind=NodeKind(row[4]),
-        size=row[5],
-        mtime_ns=row[6],
-        mode=row[7],
-        target=row[8],
-        content_rev=row[9],
-        deleted=bool(row[10]),
+        id=row[0], rev=row[1], parent=row[2], name=row[3], kind=NodeKind(row[4]), size=row[5],
+        mtime_ns=row[6], mode=row[7], target=row[8], content_rev=row[9], deleted=bool(row[10]),
     )
 
 
 def _version(node_id: str, row: Sequence[Any]) -> VersionRecord:
     rev, size, mtime_ns, chunks, ts, device, username = row
     return VersionRecord(
-        node_id=node_id,
-        rev=rev,
-        size=size,
-        mtime_ns=mtime_ns,
+        node_id=node_id, rev=rev, size=size, mtime_ns=mtime_ns,
         chunks=tuple(ChunkRef(hash=h, size=s) for h, s in json.loads(chunks)),
-        ts=ts,
-        device=device,
-        user=username,
+        ts=ts, device=device, user=username,
     )
 
 
@@ -163,243 +158,304 @@ def _vault(row: Sequence[Any]) -> VaultRecord:
     )
 
 
-_VAULT_COLS = "id, name, owner_id, head_seq, created_at, history_floor"
+def _user(row: Sequence[Any]) -> UserRecord:
+    return UserRecord(row[0], row[1], row[2], bool(row[3]), row[4])
+
+
+def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("PRAGMA busy_timeout=10000")
+    if readonly:
+        db.execute("PRAGMA query_only=ON")
+    return db
+
+
+def _missing_chunks(db: sqlite3.Connection, vault_id: str, hashes: Sequence[str]) -> list[str]:
+    unique = list(dict.fromkeys(hashes))
+    present: set[str] = set()
+    # SQLite limits bound parameters (32766 by default); stay far below.
+    for i in range(0, len(unique), 500):
+        batch = unique[i : i + 500]
+        marks = ",".join("?" * len(batch))
+        rows = db.execute(
+            f"SELECT hash FROM chunks WHERE vault_id=? AND hash IN ({marks})", (vault_id, *batch)
+        ).fetchall()
+        present.update(r[0] for r in rows)
+    return [h for h in unique if h not in present]
+
+
+def _save_node(db: sqlite3.Connection, vault_id: str, node: Node, ts: float) -> None:
+    db.execute(
+        f"UPDATE nodes SET seq_to=?, ts_to=? WHERE vault_id=? AND id=? AND seq_to={CURRENT}",
+        (node.rev, ts, vault_id, node.id),
+    )
+    db.execute(
+        "INSERT INTO nodes (vault_id, id, seq_from, seq_to, ts_from, ts_to, parent, name, kind, "
+        "size, mtime_ns, mode, target, content_rev, deleted) VALUES (?,?,?,?,?,NULL,?,?,?,?,?,?,?,?,?)",
+        (
+            vault_id, node.id, node.rev, CURRENT, ts, node.parent, node.name, node.kind.value,
+            node.size, node.mtime_ns, node.mode, node.target, node.content_rev, int(node.deleted),
+        ),
+    )
 
 
 class _SqliteVaultTx(VaultTx):
-    def __init__(self, db: aiosqlite.Connection, vault_id: str):
+    """Runs on the writer thread: every method is a direct sqlite3 call."""
+
+    def __init__(self, db: sqlite3.Connection, vault_id: str):
         self.db = db
         self.vault_id = vault_id
 
-    async def _one(self, sql: str, args: Sequence[Any]) -> Any:
-        async with self.db.execute(sql, args) as cur:
-            return await cur.fetchone()
-
     async def node(self, node_id: str) -> Node | None:
-        row = await self._one(
+        row = self.db.execute(
             f"SELECT {_NODE_COLS} FROM nodes WHERE vault_id=? AND id=? AND seq_to={CURRENT}",
             (self.vault_id, node_id),
-        )
+        ).fetchone()
         return _node(row) if row else None
 
     async def child(self, parent_id: str, name: str) -> Node | None:
-        row = await self._one(
+        row = self.db.execute(
             f"SELECT {_NODE_COLS} FROM nodes WHERE vault_id=? AND parent=? AND name=? "
             f"AND seq_to={CURRENT} AND deleted=0",
             (self.vault_id, parent_id, name),
-        )
+        ).fetchone()
         return _node(row) if row else None
 
     async def live_children(self, parent_id: str, limit: int) -> list[Node]:
-        async with self.db.execute(
+        rows = self.db.execute(
             f"SELECT {_NODE_COLS} FROM nodes WHERE vault_id=? AND parent=? "
             f"AND seq_to={CURRENT} AND deleted=0 LIMIT ?",
             (self.vault_id, parent_id, limit),
-        ) as cur:
-            return [_node(r) for r in await cur.fetchall()]
+        ).fetchall()
+        return [_node(r) for r in rows]
 
     async def next_seq(self) -> int:
-        row = await self._one(
-            "UPDATE vaults SET head_seq = head_seq + 1 WHERE id=? AND deleted=0 "
-            "RETURNING head_seq",
+        row = self.db.execute(
+            "UPDATE vaults SET head_seq = head_seq + 1 WHERE id=? AND deleted=0 RETURNING head_seq",
             (self.vault_id,),
-        )
+        ).fetchone()
         if row is None:
             raise VaultGone(self.vault_id)
         return row[0]
 
     async def save_node(self, node: Node, ts: float) -> None:
-        await self.db.execute(
-            f"UPDATE nodes SET seq_to=?, ts_to=? WHERE vault_id=? AND id=? AND seq_to={CURRENT}",
-            (node.rev, ts, self.vault_id, node.id),
-        )
-        await self.db.execute(
-            "INSERT INTO nodes (vault_id, id, seq_from, seq_to, ts_from, ts_to, parent, name, "
-            "kind, size, mtime_ns, mode, target, content_rev, deleted) "
-            "VALUES (?,?,?,?,?,NULL,?,?,?,?,?,?,?,?,?)",
-            (
-                self.vault_id, node.id, node.rev, CURRENT, ts, node.parent, node.name,
-                node.kind.value, node.size, node.mtime_ns, node.mode, node.target,
-                node.content_rev, int(node.deleted),
-            ),
-        )
+        _save_node(self.db, self.vault_id, node, ts)
 
     async def add_event(self, event: Event) -> None:
-        await self.db.execute(
+        self.db.execute(
             "INSERT INTO events (vault_id, seq, ts, body) VALUES (?,?,?,?)",
             (self.vault_id, event.seq, event.ts, event.model_dump_json()),
         )
 
     async def add_version(self, vault_id: str, version: VersionRecord) -> None:
-        await _insert_version(self.db, vault_id, version)
+        v = version
+        self.db.execute(
+            f"INSERT INTO versions (vault_id, node_id, {_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                vault_id, v.node_id, v.rev, v.size, v.mtime_ns,
+                json.dumps([[c.hash, c.size] for c in v.chunks], separators=(",", ":")),
+                v.ts, v.device, v.user,
+            ),
+        )
 
     async def missing_chunks(self, hashes: Sequence[str]) -> list[str]:
-        return await _missing_chunks(self.db, self.vault_id, hashes)
+        return _missing_chunks(self.db, self.vault_id, hashes)
 
     async def mark_vault_deleted(self) -> None:
-        await self.db.execute("UPDATE vaults SET deleted=1 WHERE id=?", (self.vault_id,))
+        self.db.execute("UPDATE vaults SET deleted=1 WHERE id=?", (self.vault_id,))
 
 
-async def _insert_version(db: aiosqlite.Connection, vault_id: str, v: VersionRecord) -> None:
-    await db.execute(
-        "INSERT INTO versions (vault_id, node_id, rev, size, mtime_ns, chunks, ts, device, "
-        "username) VALUES (?,?,?,?,?,?,?,?,?)",
-        (
-            vault_id, v.node_id, v.rev, v.size, v.mtime_ns,
-            json.dumps([[c.hash, c.size] for c in v.chunks], separators=(",", ":")),
-            v.ts, v.device, v.user,
-        ),
-    )
+_STOP = object()
 
 
-async def _missing_chunks(
-    db: aiosqlite.Connection, vault_id: str, hashes: Sequence[str]
-) -> list[str]:
-    if not hashes:
-        return []
-    present: set[str] = set()
-    unique = list(dict.fromkeys(hashes))
-    # SQLite limits bound parameters (32766 by default); stay far below.
-    for i in range(0, len(unique), 500):
-        batch = unique[i : i + 500]
-        marks = ",".join("?" * len(batch))
-        async with db.execute(
-            f"SELECT hash FROM chunks WHERE vault_id=? AND hash IN ({marks})",
-            (vault_id, *batch),
-        ) as cur:
-            present.update(r[0] for r in await cur.fetchall())
-    return [h for h in unique if h not in present]
+class _WriterThread(threading.Thread):
+    """Owns the write connection and group-commits queued jobs (see the module docstring)."""
+
+    def __init__(self, path: Path):
+        super().__init__(name="gobi-sqlite-writer", daemon=True)
+        self.path = path
+        self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def submit(self, job: Callable[[sqlite3.Connection, asyncio.AbstractEventLoop], T]) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self.jobs.put((future, job))
+        return future
+
+    def stop(self) -> None:
+        self.jobs.put(_STOP)
+
+    def run(self) -> None:
+        try:
+            db = _connect(self.path)
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                       (str(SCHEMA_VERSION),))
+        except BaseException as exc:  # reported to open()
+            self.ready.set_exception(exc)
+            return
+        loop = asyncio.new_event_loop()
+        self.ready.set_result(None)
+        try:
+            while True:
+                item = self.jobs.get()
+                if item is _STOP:
+                    return
+                batch = [item]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        nxt = self.jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        self.jobs.put(_STOP)  # finish this batch, then stop
+                        break
+                    batch.append(nxt)
+                self._run_batch(db, loop, batch)
+        finally:
+            loop.close()
+            db.close()
+
+    def _run_batch(self, db: sqlite3.Connection, loop: asyncio.AbstractEventLoop, batch: list) -> None:
+        # A job cancelled before it started is dropped: its caller is gone and nothing of
+        # it was acknowledged. A job that started always finishes.
+        batch = [(f, job) for f, job in batch if f.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for _, job in batch:
+                db.execute("SAVEPOINT job")
+                try:
+                    result = job(db, loop)
+                except BaseException as exc:  # the job's own refusal or failure
+                    db.execute("ROLLBACK TO job")
+                    db.execute("RELEASE job")
+                    outcomes.append((False, exc))
+                else:
+                    db.execute("RELEASE job")
+                    outcomes.append((True, result))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            for future, _ in batch:
+                future.set_exception(StoreUnavailable(f"database write failed: {exc}"))
+            return
+        for (future, _), (ok, value) in zip(batch, outcomes):
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
 
 class SqliteStore(MetadataStore):
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
+        self._writer: _WriterThread | None = None
+        self._readers: asyncio.Queue[sqlite3.Connection] | None = None
+        self._all_readers: list[sqlite3.Connection] = []
 
     # -- lifecycle -------------------------------------------------------------------
-
-    async def _connect(self) -> aiosqlite.Connection:
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        await db.execute("PRAGMA busy_timeout=10000")
-        return db
 
     async def open(self) -> None:
         if self._writer is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
-        await self._writer.executescript(_SCHEMA)
-        await self._writer.execute(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-            (str(SCHEMA_VERSION),),
-        )
-        self._reader = await self._connect()
-        await self._reader.execute("PRAGMA query_only=ON")
+        writer = _WriterThread(self.path)
+        writer.start()
+        await asyncio.wrap_future(writer.ready)  # schema exists before readers connect
+        self._writer = writer
+        self._readers = asyncio.Queue()
+        for _ in range(READERS):
+            conn = await asyncio.to_thread(_connect, self.path, True)
+            self._all_readers.append(conn)
+            self._readers.put_nowait(conn)
 
     async def close(self) -> None:
-        for db in (self._reader, self._writer):
-            if db is not None:
-                await db.close()
-        self._reader = self._writer = None
+        if self._writer is not None:
+            self._writer.stop()
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        for conn in self._all_readers:
+            conn.close()
+        self._all_readers.clear()
+        self._readers = None
 
     async def ping(self) -> None:
         try:
-            await self._fetchone("SELECT 1", ())
-        except (sqlite3.Error, ValueError, AttributeError) as exc:
+            await self._read(lambda db: db.execute("SELECT 1").fetchone())
+        except sqlite3.Error as exc:
             raise StoreUnavailable(str(exc)) from exc
 
-    # -- helpers ----------------------------------------------------------------------
+    # -- plumbing ---------------------------------------------------------------------
 
-    @property
-    def _r(self) -> aiosqlite.Connection:
-        if self._reader is None:
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._readers is None:
             raise StoreUnavailable("store is not open")
-        return self._reader
+        conn = await self._readers.get()
+        try:
+            return await asyncio.to_thread(fn, conn)
+        finally:
+            self._readers.put_nowait(conn)
 
     async def _fetchone(self, sql: str, args: Sequence[Any]) -> Any:
-        async with self._r.execute(sql, args) as cur:
-            return await cur.fetchone()
+        return await self._read(lambda db: db.execute(sql, args).fetchone())
 
     async def _fetchall(self, sql: str, args: Sequence[Any]) -> list[Any]:
-        async with self._r.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        return await self._read(lambda db: db.execute(sql, args).fetchall())
 
-    async def _write(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        """Run ``fn`` in a BEGIN IMMEDIATE … COMMIT transaction on the writer.
-
-        The transaction runs in its own task, shielded from the caller's cancellation: a
-        client that hangs up mid-request must not leave the writer connection inside an
-        open transaction, and a write that started is allowed to finish.
-        """
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a synchronous job on the writer thread, in a group-committed transaction."""
         if self._writer is None:
             raise StoreUnavailable("store is not open")
-        return await asyncio.shield(asyncio.ensure_future(self._transaction(self._writer, fn)))
-
-    async def _transaction(
-        self, db: aiosqlite.Connection, fn: Callable[[aiosqlite.Connection], Awaitable[T]]
-    ) -> T:
-        async with self._write_lock:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                result = await fn(db)
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
-            return result
+        return await asyncio.wrap_future(self._writer.submit(lambda db, _loop: fn(db)))
 
     # -- users and sessions ------------------------------------------------------------
 
     async def create_user(self, user: UserRecord) -> None:
-        async def fn(db: aiosqlite.Connection) -> None:
+        def fn(db: sqlite3.Connection) -> None:
             try:
-                await db.execute(
+                db.execute(
                     "INSERT INTO users (id, username, password_hash, is_admin, created_at) "
                     "VALUES (?,?,?,?,?)",
-                    (user.id, user.username, user.password_hash, int(user.is_admin),
-                     user.created_at),
+                    (user.id, user.username, user.password_hash, int(user.is_admin), user.created_at),
                 )
             except sqlite3.IntegrityError:
                 raise UsernameTaken(user.username) from None
 
         await self._write(fn)
 
-    async def _user(self, where: str, value: str) -> UserRecord | None:
-        row = await self._fetchone(
-            f"SELECT id, username, password_hash, is_admin, created_at FROM users WHERE {where}=?",
-            (value,),
-        )
-        if row is None:
-            return None
-        return UserRecord(row[0], row[1], row[2], bool(row[3]), row[4])
-
     async def user_by_name(self, username: str) -> UserRecord | None:
-        return await self._user("username", username)
+        row = await self._fetchone(
+            "SELECT id, username, password_hash, is_admin, created_at FROM users WHERE username=?",
+            (username,),
+        )
+        return _user(row) if row else None
 
     async def user_by_id(self, user_id: str) -> UserRecord | None:
-        return await self._user("id", user_id)
+        row = await self._fetchone(
+            "SELECT id, username, password_hash, is_admin, created_at FROM users WHERE id=?", (user_id,)
+        )
+        return _user(row) if row else None
 
     async def set_password(self, user_id: str, password_hash: str) -> None:
-        async def fn(db: aiosqlite.Connection) -> None:
-            await db.execute("UPDATE users SET password_hash=? WHERE id=?", (password_hash, user_id))
+        def fn(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE users SET password_hash=? WHERE id=?", (password_hash, user_id))
             # A password change ends every session of the user.
-            await db.execute("DELETE FROM sessions WHERE user_id=?", (user_id,))
+            db.execute("DELETE FROM sessions WHERE user_id=?", (user_id,))
 
         await self._write(fn)
 
     async def create_session(self, session: SessionRecord) -> None:
-        async def fn(db: aiosqlite.Connection) -> None:
-            await db.execute(
-                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?,?,?,?)",
-                (session.token_hash, session.user_id, session.created_at, session.expires_at),
-            )
-
-        await self._write(fn)
+        await self._write(lambda db: db.execute(
+            "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?,?,?,?)",
+            (session.token_hash, session.user_id, session.created_at, session.expires_at),
+        ))
 
     async def session(self, token_hash: str) -> SessionRecord | None:
         row = await self._fetchone(
@@ -408,33 +464,46 @@ class SqliteStore(MetadataStore):
         )
         return SessionRecord(*row) if row else None
 
-    async def delete_session(self, token_hash: str) -> None:
-        async def fn(db: aiosqlite.Connection) -> None:
-            await db.execute("DELETE FROM sessions WHERE token_hash=?", (token_hash,))
+    async def session_user(self, token_hash: str) -> tuple[SessionRecord, UserRecord] | None:
+        row = await self._fetchone(
+            "SELECT s.token_hash, s.user_id, s.created_at, s.expires_at, "
+            "u.id, u.username, u.password_hash, u.is_admin, u.created_at "
+            "FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash=?",
+            (token_hash,),
+        )
+        return (SessionRecord(*row[:4]), _user(row[4:])) if row else None
 
-        await self._write(fn)
+    async def delete_session(self, token_hash: str) -> None:
+        await self._write(lambda db: db.execute("DELETE FROM sessions WHERE token_hash=?", (token_hash,)))
 
     # -- vaults and members -------------------------------------------------------------
 
     async def create_vault(self, vault: VaultRecord, root: Node) -> None:
-        async def fn(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def fn(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO vaults (id, name, owner_id, head_seq, created_at) VALUES (?,?,?,?,?)",
                 (vault.id, vault.name, vault.owner_id, vault.head_seq, vault.created_at),
             )
-            await db.execute(
+            db.execute(
                 "INSERT INTO members (vault_id, user_id, role) VALUES (?,?,'owner')",
                 (vault.id, vault.owner_id),
             )
-            await _SqliteVaultTx(db, vault.id).save_node(root, vault.created_at)
+            _save_node(db, vault.id, root, vault.created_at)
 
         await self._write(fn)
 
     async def vault(self, vault_id: str) -> VaultRecord | None:
-        row = await self._fetchone(
-            f"SELECT {_VAULT_COLS} FROM vaults WHERE id=? AND deleted=0", (vault_id,)
-        )
+        row = await self._fetchone(f"SELECT {_VAULT_COLS} FROM vaults WHERE id=? AND deleted=0", (vault_id,))
         return _vault(row) if row else None
+
+    async def access(self, vault_id: str, user_id: str) -> tuple[VaultRecord, str] | None:
+        row = await self._fetchone(
+            "SELECT v.id, v.name, v.owner_id, v.head_seq, v.created_at, v.history_floor, m.role "
+            "FROM members m JOIN vaults v ON v.id = m.vault_id "
+            "WHERE m.vault_id=? AND m.user_id=? AND v.deleted=0",
+            (vault_id, user_id),
+        )
+        return (_vault(row[:6]), row[6]) if row else None
 
     async def vaults_of(self, user_id: str) -> list[tuple[VaultRecord, str]]:
         rows = await self._fetchall(
@@ -446,30 +515,20 @@ class SqliteStore(MetadataStore):
         return [(_vault(r[:6]), r[6]) for r in rows]
 
     async def role(self, vault_id: str, user_id: str) -> str | None:
-        row = await self._fetchone(
-            "SELECT m.role FROM members m JOIN vaults v ON v.id = m.vault_id "
-            "WHERE m.vault_id=? AND m.user_id=? AND v.deleted=0",
-            (vault_id, user_id),
-        )
-        return row[0] if row else None
+        found = await self.access(vault_id, user_id)
+        return found[1] if found else None
 
     async def set_member(self, vault_id: str, user_id: str, role: str) -> None:
-        async def fn(db: aiosqlite.Connection) -> None:
-            await db.execute(
-                "INSERT INTO members (vault_id, user_id, role) VALUES (?,?,?) "
-                "ON CONFLICT (vault_id, user_id) DO UPDATE SET role=excluded.role",
-                (vault_id, user_id, role),
-            )
-
-        await self._write(fn)
+        await self._write(lambda db: db.execute(
+            "INSERT INTO members (vault_id, user_id, role) VALUES (?,?,?) "
+            "ON CONFLICT (vault_id, user_id) DO UPDATE SET role=excluded.role",
+            (vault_id, user_id, role),
+        ))
 
     async def remove_member(self, vault_id: str, user_id: str) -> None:
-        async def fn(db: aiosqlite.Connection) -> None:
-            await db.execute(
-                "DELETE FROM members WHERE vault_id=? AND user_id=?", (vault_id, user_id)
-            )
-
-        await self._write(fn)
+        await self._write(lambda db: db.execute(
+            "DELETE FROM members WHERE vault_id=? AND user_id=?", (vault_id, user_id)
+        ))
 
     async def members(self, vault_id: str) -> list[tuple[str, str]]:
         rows = await self._fetchall(
@@ -482,35 +541,37 @@ class SqliteStore(MetadataStore):
     # -- writes --------------------------------------------------------------------------
 
     async def run_write(self, vault_id: str, fn: Callable[[VaultTx], Awaitable[T]]) -> T:
-        async def body(db: aiosqlite.Connection) -> T:
-            async with db.execute(
-                "SELECT 1 FROM vaults WHERE id=? AND deleted=0", (vault_id,)
-            ) as cur:
-                if await cur.fetchone() is None:
-                    raise VaultGone(vault_id)
-            return await fn(_SqliteVaultTx(db, vault_id))
+        if self._writer is None:
+            raise StoreUnavailable("store is not open")
 
-        return await self._write(body)
+        def job(db: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> T:
+            if db.execute("SELECT 1 FROM vaults WHERE id=? AND deleted=0", (vault_id,)).fetchone() is None:
+                raise VaultGone(vault_id)
+            # The coroutine only awaits VaultTx methods, which never suspend here, so
+            # driving it on the writer's private loop runs it to completion at once.
+            return loop.run_until_complete(fn(_SqliteVaultTx(db, vault_id)))
+
+        return await asyncio.wrap_future(self._writer.submit(job))
 
     # -- chunks ---------------------------------------------------------------------------
 
     async def missing_chunks(self, vault_id: str, hashes: Sequence[str]) -> list[str]:
-        return await _missing_chunks(self._r, vault_id, hashes)
+        if not hashes:
+            return []
+        return await self._read(lambda db: _missing_chunks(db, vault_id, hashes))
 
     async def add_chunk(self, vault_id: str, hash: str, size: int, ts: float) -> bool:
-        async def fn(db: aiosqlite.Connection) -> bool:
-            async with db.execute(
+        def fn(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
                 "INSERT OR IGNORE INTO chunks (vault_id, hash, size, ts) VALUES (?,?,?,?)",
                 (vault_id, hash, size, ts),
-            ) as cur:
-                return cur.rowcount == 1
+            )
+            return cur.rowcount == 1
 
         return await self._write(fn)
 
     async def chunk_size(self, vault_id: str, hash: str) -> int | None:
-        row = await self._fetchone(
-            "SELECT size FROM chunks WHERE vault_id=? AND hash=?", (vault_id, hash)
-        )
+        row = await self._fetchone("SELECT size FROM chunks WHERE vault_id=? AND hash=?", (vault_id, hash))
         return row[0] if row else None
 
     # -- node reads -----------------------------------------------------------------------
@@ -530,9 +591,7 @@ class SqliteStore(MetadataStore):
         )
         return _node(row) if row else None
 
-    async def children(
-        self, vault_id: str, parent_id: str, after_name: str | None, limit: int
-    ) -> list[Node]:
+    async def children(self, vault_id: str, parent_id: str, after_name: str | None, limit: int) -> list[Node]:
         rows = await self._fetchall(
             f"SELECT {_NODE_COLS} FROM nodes WHERE vault_id=? AND parent=? "
             f"AND seq_to={CURRENT} AND deleted=0 AND name > ? ORDER BY name LIMIT ?",
@@ -540,9 +599,7 @@ class SqliteStore(MetadataStore):
         )
         return [_node(r) for r in rows]
 
-    async def list_tree(
-        self, vault_id: str, at: int, after_id: str | None, limit: int
-    ) -> list[Node]:
+    async def list_tree(self, vault_id: str, at: int, after_id: str | None, limit: int) -> list[Node]:
         rows = await self._fetchall(
             f"SELECT {_NODE_COLS} FROM nodes WHERE vault_id=? AND id > ? "
             "AND seq_from <= ? AND seq_to > ? AND deleted=0 ORDER BY id LIMIT ?",
@@ -552,16 +609,14 @@ class SqliteStore(MetadataStore):
 
     async def version(self, vault_id: str, node_id: str, rev: int) -> VersionRecord | None:
         row = await self._fetchone(
-            "SELECT rev, size, mtime_ns, chunks, ts, device, username FROM versions "
-            "WHERE vault_id=? AND node_id=? AND rev=?",
+            f"SELECT {_VERSION_COLS} FROM versions WHERE vault_id=? AND node_id=? AND rev=?",
             (vault_id, node_id, rev),
         )
         return _version(node_id, row) if row else None
 
     async def versions(self, vault_id: str, node_id: str) -> list[VersionRecord]:
         rows = await self._fetchall(
-            "SELECT rev, size, mtime_ns, chunks, ts, device, username FROM versions "
-            "WHERE vault_id=? AND node_id=? ORDER BY rev DESC",
+            f"SELECT {_VERSION_COLS} FROM versions WHERE vault_id=? AND node_id=? ORDER BY rev DESC",
             (vault_id, node_id),
         )
         return [_version(node_id, r) for r in rows]
@@ -582,12 +637,11 @@ class SqliteStore(MetadataStore):
     # -- maintenance ----------------------------------------------------------------------
 
     async def prune(self, events_before_ts: float, history_before_ts: float) -> int:
-        async def fn(db: aiosqlite.Connection) -> int:
-            async with db.execute("DELETE FROM events WHERE ts < ?", (events_before_ts,)) as cur:
-                dropped = cur.rowcount
+        def fn(db: sqlite3.Connection) -> int:
+            dropped = db.execute("DELETE FROM events WHERE ts < ?", (events_before_ts,)).rowcount
             # Raise each vault's floor to the newest seq_to we are about to forget, so a
             # listing at an older seq is refused instead of silently missing rows.
-            await db.execute(
+            db.execute(
                 "UPDATE vaults SET history_floor = MAX(history_floor, ("
                 f"  SELECT MAX(seq_to) FROM nodes WHERE nodes.vault_id = vaults.id "
                 f"  AND seq_to != {CURRENT} AND ts_to < ?)) "
@@ -595,11 +649,8 @@ class SqliteStore(MetadataStore):
                 f"  AND seq_to != {CURRENT} AND ts_to < ?)",
                 (history_before_ts, history_before_ts),
             )
-            await db.execute(
-                f"DELETE FROM nodes WHERE seq_to != {CURRENT} AND ts_to < ?",
-                (history_before_ts,),
-            )
-            await db.execute("DELETE FROM sessions WHERE expires_at < strftime('%s','now')")
+            db.execute(f"DELETE FROM nodes WHERE seq_to != {CURRENT} AND ts_to < ?", (history_before_ts,))
+            db.execute("DELETE FROM sessions WHERE expires_at < strftime('%s','now')")
             return dropped
 
         return await self._write(fn)
