@@ -34,4 +34,29 @@ extra=""
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}" 2>&1 \
   | grep -v -e "^WARNING: Location" -e "^$" || true
 .venv/bin/python -c "import gobi.server.app" >/dev/null
+
+# The tests' MongoDB: no real mongod installs here, so the tests run against mongoeco, a
+# MongoDB wire-protocol server that needs Python >= 3.13, in its own venv (.venv-mongo);
+# tests/backing.py starts it. Without a 3.13, nx-27017 on this Python is the fallback.
+if [[ "${1:-}" == "--test" && -z "${GOBI_TEST_MONGODB_URL:-}" ]]; then
+  py313=""
+  for c in "$(pyenv root 2>/dev/null)/versions/3.13.0/bin/python3.13" \
+           "$HOME/.pyenv/versions/3.13.0/bin/python3.13" "$(command -v python3.13 || true)"; do
+    if [[ -n "$c" && -x "$c" ]]; then py313="$c"; break; fi
+  done
+  if [[ -n "$py313" ]]; then
+    [[ -x .venv-mongo/bin/python ]] || "$py313" -m venv .venv-mongo
+    .venv-mongo/bin/python -c "import mongoeco.wire" 2>/dev/null \
+      || .venv-mongo/bin/python -m pip install -q --disable-pip-version-check "mongoeco[wire]==4.11.0" 2>&1 \
+         | grep -v -e "^WARNING: Location" -e "^$" || true
+    .venv-mongo/bin/python -c "import mongoeco.wire"
+    echo "bootstrap: tests use mongoeco (MongoDB wire protocol) on $("$py313" --version)"
+  else
+    [[ -x .venv-mongo/bin/python ]] || "$PY" -m venv .venv-mongo
+    [[ -x .venv-mongo/bin/nx-27017 ]] \
+      || .venv-mongo/bin/python -m pip install -q --disable-pip-version-check "nx-27017==0.8.1" 2>&1 \
+         | grep -v -e "^WARNING: Location" -e "^$" || true
+    echo "bootstrap: no Python 3.13: tests use nx-27017 (MongoDB wire protocol over SQLite)"
+  fi
+fi
 echo "bootstrap: ready (.venv/bin/gobi)"

@@ -27,6 +27,7 @@ from . import blueprints
 from .config import ServerConfig
 from .errors import ServiceError
 from .service import Services
+from .store.base import StoreUnavailable
 
 log = logging.getLogger("gobi.server")
 
@@ -53,6 +54,14 @@ def _version() -> str:
 def _error_response(request: Request, exc: Exception) -> HTTPResponse:
     if isinstance(exc, ServiceError):
         return json(exc.body(), status=exc.status, headers=exc.headers or None)
+    if isinstance(exc, StoreUnavailable):
+        # The database is unreachable or overloaded: nothing was changed, retry later.
+        log.warning("metadata store unavailable on %s %s: %s", request.method, request.path, exc)
+        return json(
+            {"error": {"code": ErrorCode.UNAVAILABLE.value,
+                       "message": "metadata store unavailable; retry later", "details": {}}},
+            status=503, headers={"Retry-After": "1"},
+        )
     if isinstance(exc, SanicException):
         status = getattr(exc, "status_code", 500) or 500
         code = _SANIC_CODES.get(status, ErrorCode.INTERNAL if status >= 500 else ErrorCode.BAD_REQUEST)

@@ -38,7 +38,7 @@ class Services:
     async def open(cls, config: ServerConfig) -> "Services":
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         keys = KeyFile.load_or_create(config.key_path)
-        store = open_store(config.metadata_url)
+        store = open_store(config.metadata_url, event_retention=config.event_retention)
         await store.open()
         driver = open_driver(config.storage_url)
         fanout = open_fanout(config.fanout)

@@ -7,8 +7,10 @@ from urllib.parse import unquote, urlsplit
 from .base import MetadataStore
 
 
-def open_store(url: str) -> MetadataStore:
-    """``sqlite:///abs/path.db`` (embedded) or ``mongodb://…`` (scale-out, later)."""
+def open_store(url: str, *, event_retention: float | None = None) -> MetadataStore:
+    """``sqlite:///abs/path.db`` (embedded) or ``mongodb://…`` / ``mongodb+srv://…``
+    (scale-out). ``event_retention`` lets a store enforce retention itself (MongoDB: a TTL
+    index); ``prune`` enforces it everywhere."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         from .sqlite import SqliteStore
@@ -17,4 +19,8 @@ def open_store(url: str) -> MetadataStore:
         if not path:
             raise ValueError(f"sqlite URL needs a path: {url!r}")
         return SqliteStore(path)
+    if parts.scheme in ("mongodb", "mongodb+srv"):
+        from .mongo import MongoStore
+
+        return MongoStore(url, event_retention=event_retention)
     raise ValueError(f"unknown metadata store in {url!r}")

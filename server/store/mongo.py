@@ -99,6 +99,20 @@ def _is_transient(exc: PyMongoError) -> bool:
     return False
 
 
+def _discard_server_session(s: AsyncClientSession) -> None:
+    """Do not reuse this session's server-side id after a failed transaction.
+
+    pymongo pools server sessions (lsids). mongoeco keeps the state of a transaction whose
+    commit failed with a write conflict attached to the lsid, so every later transaction
+    on a reused lsid fails too; a fresh lsid avoids that. pymongo does the same itself
+    after network errors, and real MongoDB does not mind.
+    """
+    server_session = getattr(s, "_server_session", None)
+    mark_dirty = getattr(server_session, "mark_dirty", None)
+    if mark_dirty is not None:
+        mark_dirty()
+
+
 def _translate(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     """Turn a lost database connection into ``StoreUnavailable``."""
 
@@ -426,7 +440,12 @@ class MongoStore(MetadataStore):
         while True:
             try:
                 async with self._client.start_session() as s:
-                    return await self._attempt(s, fn)
+                    try:
+                        return await self._attempt(s, fn)
+                    except PyMongoError as exc:
+                        if isinstance(exc, ConnectionFailure) or _is_transient(exc):
+                            _discard_server_session(s)
+                        raise
             except ConnectionFailure as exc:
                 if not exc.has_error_label("TransientTransactionError") or time.monotonic() > deadline:
                     raise StoreUnavailable(f"MongoDB unreachable: {exc}") from exc
@@ -549,6 +568,15 @@ class MongoStore(MetadataStore):
         if doc is None or await self.vault(vault_id) is None:
             return None
         return doc["role"]
+
+    @_translate
+    async def access(self, vault_id: str, user_id: str) -> tuple[VaultRecord, str] | None:
+        # Both reads at once: this runs before nearly every request.
+        member, vault = await asyncio.gather(
+            self._db.members.find_one({"vault_id": vault_id, "user_id": user_id}),
+            self._db.vaults.find_one({"_id": vault_id, "deleted": False}),
+        )
+        return (_vault(vault), member["role"]) if member and vault else None
 
     @_translate
     async def set_member(self, vault_id: str, user_id: str, role: str) -> None:
