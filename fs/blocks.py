@@ -1,0 +1,179 @@
+"""Local bytes of the mount: the block cache and the staging area, under one hard cap.
+
+- The **block cache** holds verified, immutable chunks fetched from (or uploaded to) the
+  server, one file per chunk under ``blocks/<hh>/<sha256>``. It is an LRU: when room is
+  needed the least recently used chunks are deleted. A chunk is only ever written here
+  after its SHA-256 matched, so a cached chunk is never re-verified on read (its size is).
+- The **staging area** holds the full current content of files being written
+  (``staging/<ino>``). Staged data may not be on the server yet, so it is never evicted.
+
+Both count against one cap (``--cache-size``). Cached chunks make room for staged data;
+when staged data alone would exceed the cap, growing it fails with ``CacheFull`` (the FUSE
+layer answers ``ENOSPC``) instead of silently overrunning. Reads that cannot be cached
+because the cap is taken by staged data are still served, straight from the network.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+
+class CacheFull(Exception):
+    """Staged (not yet uploaded) data would exceed the cache cap."""
+
+
+class BlockCache:
+    def __init__(self, root: Path, cap: int):
+        self.root = Path(root)
+        self.cap = cap
+        self.blocks_dir = self.root / "blocks"
+        self.staging_dir = self.root / "staging"
+        self.blocks_dir.mkdir(parents=True, exist_ok=True)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self._lru: OrderedDict[str, int] = OrderedDict()
+        self.cached_bytes = 0
+        self.staged_bytes = 0
+        self._staged: dict[int, int] = {}   # ino -> bytes counted for its staging file
+        self._load()
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        found: list[tuple[float, str, int]] = []
+        for sub in self.blocks_dir.iterdir():
+            if not sub.is_dir():
+                continue
+            for entry in os.scandir(sub):
+                if entry.name.endswith(".tmp"):
+                    os.unlink(entry.path)     # a write torn by a crash
+                    continue
+                st = entry.stat()
+                found.append((st.st_mtime, entry.name, st.st_size))
+        for _, name, size in sorted(found):
+            self._lru[name] = size
+            self.cached_bytes += size
+        for entry in os.scandir(self.staging_dir):
+            try:
+                ino = int(entry.name)
+            except ValueError:
+                continue
+            size = entry.stat().st_size
+            self._staged[ino] = size
+            self.staged_bytes += size
+
+    @property
+    def used(self) -> int:
+        return self.cached_bytes + self.staged_bytes
+
+    def _make_room(self, need: int) -> bool:
+        """Evict LRU chunks until ``need`` more bytes fit under the cap."""
+        while self.used + need > self.cap and self._lru:
+            victim, size = self._lru.popitem(last=False)
+            try:
+                os.unlink(self._path(victim))
+            except FileNotFoundError:
+                pass
+            self.cached_bytes -= size
+        return self.used + need <= self.cap
+
+    # -- chunks -----------------------------------------------------------------------------
+
+    def _path(self, chunk_hash: str) -> Path:
+        return self.blocks_dir / chunk_hash[:2] / chunk_hash
+
+    def __contains__(self, chunk_hash: str) -> bool:
+        return chunk_hash in self._lru
+
+    def read(self, chunk_hash: str, offset: int = 0, size: int = -1) -> bytes | None:
+        """Bytes of a cached chunk (``size=-1``: to its end), or None when not cached."""
+        if chunk_hash not in self._lru:
+            return None
+        try:
+            fd = os.open(self._path(chunk_hash), os.O_RDONLY)
+        except FileNotFoundError:
+            self.cached_bytes -= self._lru.pop(chunk_hash)
+            return None
+        try:
+            if size < 0:
+                size = self._lru[chunk_hash] - offset
+            data = os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+        self._lru.move_to_end(chunk_hash)
+        return data
+
+    def put(self, chunk_hash: str, data: bytes) -> bool:
+        """Cache verified bytes; False when the cap is taken by staged data."""
+        if chunk_hash in self._lru:
+            self._lru.move_to_end(chunk_hash)
+            return True
+        if not self._make_room(len(data)):
+            return False
+        path = self._path(chunk_hash)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        self._lru[chunk_hash] = len(data)
+        self.cached_bytes += len(data)
+        return True
+
+    def put_from_file(self, chunk_hash: str, src_fd: int, offset: int, size: int) -> bool:
+        """Cache a chunk copied from a staging file (in-kernel copy, no round trip)."""
+        if chunk_hash in self._lru:
+            self._lru.move_to_end(chunk_hash)
+            return True
+        if not self._make_room(size):
+            return False
+        path = self._path(chunk_hash)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            done = 0
+            while done < size:
+                n = os.copy_file_range(src_fd, dst, size - done, offset + done, done)
+                if n <= 0:
+                    break
+                done += n
+        finally:
+            os.close(dst)
+        if done != size:
+            os.unlink(tmp)
+            return False
+        os.replace(tmp, path)
+        self._lru[chunk_hash] = size
+        self.cached_bytes += size
+        return True
+
+    def chunk_count(self) -> int:
+        return len(self._lru)
+
+    # -- staging ----------------------------------------------------------------------------
+
+    def staging_path(self, ino: int) -> Path:
+        return self.staging_dir / str(ino)
+
+    def staged_size(self, ino: int) -> int:
+        return self._staged.get(ino, 0)
+
+    def resize_staged(self, ino: int, new_size: int) -> None:
+        """Account for a staging file growing or shrinking; ``CacheFull`` when it cannot grow."""
+        old = self._staged.get(ino, 0)
+        if new_size > old and not self._make_room(new_size - old):
+            raise CacheFull(f"cache cap of {self.cap} bytes is taken by data not yet uploaded")
+        self._staged[ino] = new_size
+        self.staged_bytes += new_size - old
+
+    def drop_staged(self, ino: int) -> None:
+        self.staged_bytes -= self._staged.pop(ino, 0)
+        try:
+            os.unlink(self.staging_path(ino))
+        except FileNotFoundError:
+            pass
+
+    def staged_inodes(self) -> list[int]:
+        return list(self._staged)

@@ -1,0 +1,254 @@
+"""Composition root of a mount: builds the layers, runs them in one trio nursery.
+
+Start-up: open the mirror and the cache, recover what a crash may have left (stale
+staging copies, orphans), bring the mirror up to date if the server answers (a mirror
+that was never filled needs the server once; after that the mount starts offline too),
+mount, then serve until unmounted (``fusermount3 -u``/``gobi umount``) or signalled
+(SIGTERM/SIGINT unmount first). After the kernel lets go, the uploader gets a bounded
+time to drain the journal; whatever is left stays in the journal for the next mount and
+is written to the log.
+
+Tasks in the nursery: the FUSE session (``pyfuse3.main``), the uploader, the puller
+(catch-up now, a cheap periodic check later; the live WebSocket joins with the live-sync
+issue), the kernel notifier (invalidations run in a worker thread, never inside a
+handler), the status file writer and the signal watcher.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from .blocks import BlockCache
+from .operations import Operations, mount_options
+from .remote import ApiError, Offline, Remote, RemoteError
+from .sync import Sync
+from .tree import Tree
+from .vfs import Link, Vfs
+
+log = logging.getLogger(__name__)
+
+
+class MountError(Exception):
+    """The mount cannot start (bad vault, no mirror and no server, …)."""
+
+
+@dataclass
+class MountConfig:
+    server: str
+    token: str
+    vault: str                      # name or id
+    mountpoint: Path
+    cache_dir: Path
+    cache_size: int
+    fuse_options: list[str] = field(default_factory=list)
+    settle: float = 1.0
+    quiet: float = 2.0
+    drain_timeout: float = 30.0
+    poll_interval: float = 30.0
+    on_ready: Callable[[], None] | None = None
+
+
+def _device_id(tree: Tree) -> str:
+    device = tree.meta("device")
+    if device is None:
+        host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())[:40]
+        device = f"{host or 'host'}-{os.urandom(3).hex()}"
+        with tree.tx():
+            tree.set_meta("device", device)
+    return device
+
+
+async def _resolve_vault(remote: Remote, wanted: str) -> tuple[str, str]:
+    vaults = await remote.vaults()
+    for v in vaults:
+        if v.id == wanted:
+            return v.id, v.name
+    named = [v for v in vaults if v.name == wanted]
+    if len(named) == 1:
+        return named[0].id, named[0].name
+    if len(named) > 1:
+        raise MountError(f"several vaults are named {wanted!r}; give its id: "
+                         + ", ".join(v.id for v in named))
+    raise MountError(f"no vault {wanted!r} on {remote.server} (see 'gobi vault list')")
+
+
+def recover(tree: Tree, cache: BlockCache, vfs: Vfs) -> None:
+    """Undo what a crash may have left: staging copies of clean files, orphans."""
+    for ino in cache.staged_inodes():
+        e = tree.get_opt(ino)
+        if e is None or not e.dirty:
+            cache.drop_staged(ino)
+        elif e.size != cache.staged_size(ino):
+            with tree.tx():
+                tree.update(ino, size=cache.staged_size(ino))
+    for e in tree.db.execute("SELECT ino FROM nodes WHERE dirty = 1").fetchall():
+        if e[0] not in cache._staged:
+            # Dirty without a staging copy cannot happen unless the cache dir was tampered
+            # with; the server's version is all there is.
+            with tree.tx():
+                tree.update(e[0], dirty=0)
+    vfs.purge_orphans()
+
+
+async def run(cfg: MountConfig) -> int:
+    cfg.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tree = Tree(cfg.cache_dir / "mirror.db")
+    remote: Remote | None = None
+    try:
+        device = _device_id(tree)
+        link = Link()
+        vault_id = tree.meta("vault")
+        probe = Remote(cfg.server, cfg.token, device=device)
+        try:
+            with trio.move_on_after(15):
+                vault_id_now, vault_name = await _resolve_vault(probe, cfg.vault)
+                if vault_id and vault_id != vault_id_now:
+                    raise MountError(f"cache dir {cfg.cache_dir} belongs to vault {vault_id}, "
+                                     f"not {vault_id_now}; use another --cache-dir")
+                vault_id = vault_id_now
+                link.up()
+        except Offline as exc:
+            link.down(str(exc))
+            log.warning("server unreachable (%s): starting offline from the mirror", exc)
+        except ApiError as exc:
+            raise MountError(f"server refused: {exc.message or exc}") from None
+        finally:
+            await probe.aclose()
+        if vault_id is None:
+            raise MountError("the server cannot be reached and this cache dir has no mirror yet")
+        with tree.tx():
+            tree.set_meta("vault", vault_id)
+            tree.set_meta("server", cfg.server)
+        cache = BlockCache(cfg.cache_dir, cfg.cache_size)
+        remote = Remote(cfg.server, cfg.token, vault=vault_id, device=device)
+        vfs = Vfs(tree, cache, remote, link, os.getuid(), os.getgid())
+        send, receive = trio.open_memory_channel(10_000)
+
+        def notify(*what) -> None:
+            try:
+                send.send_nowait(what)
+            except trio.WouldBlock:
+                log.warning("kernel notification queue full; dropped %s", what)
+
+        sync = Sync(tree, vfs, cache, remote, link, device, settle=cfg.settle, quiet=cfg.quiet,
+                    notify=notify)
+        recover(tree, cache, vfs)
+        if tree.meta("listed") is None:
+            if not link.online:
+                raise MountError("the server cannot be reached and this cache dir has no mirror yet")
+            await sync.pull()
+
+        def status() -> dict:
+            return {"mountpoint": str(cfg.mountpoint), "server": cfg.server, "vault": vault_id,
+                    "device": device, "pid": os.getpid(), "cache_dir": str(cfg.cache_dir),
+                    **sync.status()}
+
+        ops = Operations(vfs, status, sync.flush)
+        pyfuse3.init(ops, str(cfg.mountpoint), mount_options(f"gobi:{vault_id}", cfg.fuse_options))
+        mounted = True
+        try:
+            async with trio.open_nursery() as nursery:
+                vfs.spawn = nursery.start_soon
+                await nursery.start(sync.run_uploader)
+                nursery.start_soon(_puller, sync, link, cfg.poll_interval)
+                nursery.start_soon(_notifier, receive)
+                nursery.start_soon(_status_writer, cfg.cache_dir / "status.json", status)
+                nursery.start_soon(_signals)
+                if cfg.on_ready:
+                    cfg.on_ready()
+                log.info("mounted vault %s at %s", vault_id, cfg.mountpoint)
+                await pyfuse3.main()
+                # The kernel let go (unmounted) or a signal asked us to stop.
+                pyfuse3.close(unmount=True)
+                mounted = False
+                await _drain(sync, cfg.drain_timeout)
+                _write_status(cfg.cache_dir / "status.json", status())
+                nursery.cancel_scope.cancel()
+        finally:
+            if mounted:
+                pyfuse3.close(unmount=True)
+        return 0
+    finally:
+        if remote is not None:
+            await remote.aclose()
+        tree.close()
+
+
+async def _drain(sync: Sync, timeout: float) -> None:
+    if sync.journal.count() == 0:
+        return
+    sync.flush()
+    log.info("unmounted; uploading %d pending change(s) (up to %.0fs)", sync.journal.count(), timeout)
+    with trio.move_on_after(timeout):
+        while sync.journal.count():
+            await sync.idle.wait()
+    left = sync.journal.count()
+    if left:
+        log.warning("%d change(s) still pending (%s); they are kept in the journal and upload "
+                    "at the next mount", left, sync.journal.counts())
+    else:
+        log.info("all changes uploaded")
+
+
+async def _puller(sync: Sync, link: Link, interval: float) -> None:
+    while True:
+        try:
+            n = await sync.pull()
+            if n:
+                log.info("applied %d remote change(s)", n)
+        except Offline as exc:
+            link.down(str(exc))
+        except RemoteError as exc:
+            log.warning("catch-up failed: %s", exc)
+        with trio.move_on_after(interval):
+            await link.changed.wait()      # came back online: catch up at once
+
+
+async def _notifier(receive) -> None:
+    async for what in receive:
+        kind = what[0]
+        try:
+            if kind == "inode":
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, what[1])
+            elif kind == "entry":
+                _, parent, name, deleted = what
+                if deleted:
+                    await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent, name.encode(), deleted)
+                else:
+                    await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent, name.encode())
+        except OSError:
+            pass        # the kernel did not have it cached
+
+
+def _write_status(path: Path, status: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**status, "written_at": time.time()}))
+    os.replace(tmp, path)
+
+
+async def _status_writer(path: Path, status: Callable[[], dict]) -> None:
+    while True:
+        try:
+            _write_status(path, status())
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc)
+        await trio.sleep(2)
+
+
+async def _signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for sig in signals:
+            log.info("signal %s: unmounting", sig)
+            pyfuse3.terminate()
+            return

@@ -1,0 +1,473 @@
+"""Filesystem semantics of the mount: inodes, open files, reads and writes.
+
+This is the layer the FUSE adapter (``gobi.fs.operations``) calls. It combines the mirror
+(``tree``), the local bytes (``blocks``) and the server (``remote``, only to fetch chunks
+and manifests) and keeps the per-process state the kernel protocol needs: lookup counts,
+open handles, staging file descriptors.
+
+Content of a file is in exactly one of two places:
+
+- **clean**: the server's chunk list is in the mirror; reads fetch the covering chunks
+  (verified against their SHA-256) into the block cache, with read-ahead on sequential
+  access.
+- **staged**: a full local copy in ``staging/<ino>`` that reads and writes go to at disk
+  speed. A file is staged when it is created or opened for writing (its chunks are
+  copied in once). The uploader (``gobi.fs.sync``) commits staged content and, when the
+  file is closed and unchanged since, drops the staging copy.
+
+Errors are ``FsError(errno)``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from gobi.protocol import ChunkRef
+
+from .blocks import BlockCache, CacheFull
+from .remote import ApiError, Offline, Remote
+from .tree import ROOT_INO, Entry, FsError, Tree
+
+log = logging.getLogger(__name__)
+
+#: How many chunks to fetch ahead of a sequential reader.
+READ_AHEAD = 2
+
+
+def _fsync_dir(path: os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Link:
+    """Whether the server is reachable, as last seen. Lets network-bound operations fail
+    fast while offline instead of each waiting for its own connection attempt."""
+
+    RETRY_AFTER = 2.0
+
+    def __init__(self) -> None:
+        self.online = False
+        self.last_error = ""
+        self.since = time.time()
+        self.changed = trio.Event()
+
+    def up(self) -> None:
+        if not self.online:
+            self.online, self.since, self.last_error = True, time.time(), ""
+            self._wake()
+
+    def down(self, why: str) -> None:
+        self.last_error = why
+        if self.online:
+            self.online, self.since = False, time.time()
+            self._wake()
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def should_try(self) -> bool:
+        return self.online or time.time() - self.since >= self.RETRY_AFTER
+
+
+@dataclass
+class Handle:
+    ino: int
+    writable: bool
+    manifest: list[tuple[int, int, str]] | None = None
+    offsets: list[int] = field(default_factory=list)
+    last_end: int = -1
+
+
+class Vfs:
+    def __init__(self, tree: Tree, cache: BlockCache, remote: Remote, link: Link,
+                 uid: int, gid: int, spawn: Callable[..., None] | None = None):
+        self.tree = tree
+        self.cache = cache
+        self.remote = remote
+        self.link = link
+        self.uid = uid
+        self.gid = gid
+        self.spawn = spawn
+        self.lookups: dict[int, int] = {}
+        self.opens: dict[int, int] = {}
+        self.writers: dict[int, int] = {}
+        self.handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        self.fds: dict[int, int] = {}          # staging fds of open staged files
+        self.gen: dict[int, int] = {}          # bumps on every content change
+        self.queued: set[int] = set()          # dirty with a content upload queued
+        self.mtimes: dict[int, int] = {}       # mtime of staged files not yet saved
+        self.last_write: dict[int, float] = {}
+        self._fetching: dict[str, trio.Event] = {}
+        self.fetched_chunks = 0
+        self.fetched_bytes = 0
+        self.changed = trio.Event()            # content or journal changed: wake the uploader
+
+    # -- attributes and lookup counts -------------------------------------------------------
+
+    def size_of(self, e: Entry) -> int:
+        if e.ino in self.cache._staged:
+            return self.cache.staged_size(e.ino)
+        return e.size
+
+    def mtime_of(self, e: Entry) -> int:
+        return self.mtimes.get(e.ino, e.mtime_ns)
+
+    def remember(self, ino: int) -> None:
+        if ino != ROOT_INO:
+            self.lookups[ino] = self.lookups.get(ino, 0) + 1
+
+    def forget(self, ino: int, n: int) -> None:
+        left = self.lookups.get(ino, 0) - n
+        if left > 0:
+            self.lookups[ino] = left
+        else:
+            self.lookups.pop(ino, None)
+            self.maybe_purge(ino)
+
+    def in_use(self, ino: int) -> bool:
+        return ino in self.lookups or ino in self.opens
+
+    def maybe_purge(self, ino: int) -> None:
+        """Remove an orphan nobody refers to any more (and whose journal is done)."""
+        if self.in_use(ino):
+            return
+        e = self.tree.get_opt(ino)
+        if e is None or e.parent is not None or e.ino == ROOT_INO:
+            return
+        if self.tree.journal.has_entries(e.id):
+            return      # the uploader still needs its id and rev; it purges when done
+        with self.tree.tx():
+            self.tree.remove_row(ino)
+        self._drop_staging(ino)
+
+    def purge_orphans(self) -> None:
+        for ino in self.tree.orphans():
+            self.maybe_purge(ino)
+
+    # -- staging ----------------------------------------------------------------------------
+
+    def staged(self, ino: int) -> bool:
+        return ino in self.cache._staged
+
+    def _fd(self, ino: int) -> int:
+        fd = self.fds.get(ino)
+        if fd is None:
+            fd = os.open(self.cache.staging_path(ino), os.O_RDWR)
+            self.fds[ino] = fd
+        return fd
+
+    def _drop_staging(self, ino: int) -> None:
+        fd = self.fds.pop(ino, None)
+        if fd is not None:
+            os.close(fd)
+        self.cache.drop_staged(ino)
+        self.mtimes.pop(ino, None)
+
+    def new_staging(self, ino: int) -> None:
+        """An empty staged file (a new file, or one truncated to zero)."""
+        path = self.cache.staging_path(ino)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        old = self.fds.pop(ino, None)
+        if old is not None:
+            os.close(old)
+        self.fds[ino] = fd
+        self.cache.resize_staged(ino, 0)
+
+    async def materialize(self, ino: int) -> None:
+        """Copy a clean file's content into staging so it can be changed in place."""
+        if self.staged(ino):
+            return
+        e = self.tree.get(ino)
+        if e.size == 0:
+            self.new_staging(ino)
+            return
+        manifest = await self.manifest(e)
+        path = self.cache.staging_path(ino)
+        tmp = path.with_name(path.name + ".fill")
+        try:
+            self.cache.resize_staged(ino, e.size)
+        except CacheFull:
+            raise FsError(errno.ENOSPC) from None
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                for off, size, h in manifest:
+                    data = await self.chunk(h, size)
+                    os.pwrite(fd, data, off)
+                os.ftruncate(fd, e.size)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            self.cache.drop_staged(ino)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    # -- network reads ----------------------------------------------------------------------
+
+    def _offline_error(self) -> FsError:
+        return FsError(errno.ENETUNREACH, "server unreachable and the data is not cached")
+
+    async def _call(self, fn, *args):
+        if not self.link.should_try():
+            raise self._offline_error()
+        try:
+            result = await fn(*args)
+        except Offline as exc:
+            self.link.down(str(exc))
+            raise self._offline_error() from None
+        except ApiError as exc:
+            log.warning("server refused a read: %s", exc)
+            raise FsError(errno.EIO) from None
+        self.link.up()
+        return result
+
+    async def manifest(self, e: Entry) -> list[tuple[int, int, str]]:
+        if e.size == 0:
+            return []
+        if not e.manifest_known:
+            rev, chunks = await self._call(self.remote.manifest, e.id, e.content_rev)
+            e2 = self.tree.get_opt(e.ino)
+            if e2 is not None and e2.content_rev == e.content_rev:
+                with self.tree.tx():
+                    self.tree.set_manifest(e.ino, rev, chunks)
+            else:
+                off, out = 0, []
+                for c in chunks:
+                    out.append((off, c.size, c.hash))
+                    off += c.size
+                return out
+        return self.tree.manifest(e.ino)
+
+    async def chunk(self, chunk_hash: str, size: int) -> bytes:
+        """A whole chunk: from the cache, or fetched, verified and cached."""
+        while True:
+            data = self.cache.read(chunk_hash)
+            if data is not None:
+                return data
+            pending = self._fetching.get(chunk_hash)
+            if pending is None:
+                break
+            await pending.wait()
+            if chunk_hash not in self.cache:
+                break       # the other fetch failed or could not cache: fetch ourselves
+        done = trio.Event()
+        self._fetching[chunk_hash] = done
+        try:
+            data = await self._call(self.remote.get_chunk, chunk_hash)
+            if len(data) != size or hashlib.sha256(data).hexdigest() != chunk_hash:
+                log.error("chunk %s failed verification", chunk_hash)
+                raise FsError(errno.EIO)
+            self.fetched_chunks += 1
+            self.fetched_bytes += len(data)
+            self.cache.put(chunk_hash, data)     # False: cap taken by staged data; serve anyway
+            return data
+        finally:
+            del self._fetching[chunk_hash]
+            done.set()
+
+    async def _prefetch(self, chunk_hash: str, size: int) -> None:
+        try:
+            await self.chunk(chunk_hash, size)
+        except FsError:
+            pass
+
+    # -- open files -------------------------------------------------------------------------
+
+    def _new_handle(self, ino: int, writable: bool) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = Handle(ino, writable)
+        self.opens[ino] = self.opens.get(ino, 0) + 1
+        if writable:
+            self.writers[ino] = self.writers.get(ino, 0) + 1
+        return fh
+
+    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        """Returns (fh, keep_cache)."""
+        e = self.tree.get(ino)
+        if e.is_dir:
+            raise FsError(errno.EISDIR)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if writable:
+            if flags & os.O_TRUNC:
+                self.new_staging(ino)
+                self._changed(ino)
+            else:
+                await self.materialize(ino)
+        elif not self.staged(ino):
+            await self.manifest(e)        # fail at open, not at read, when it cannot be had
+        return self._new_handle(ino, writable), not self.staged(ino)
+
+    def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int) -> tuple[int, Entry]:
+        e = self.tree.make(parent, name, "file", mode, uid, gid)
+        self.new_staging(e.ino)
+        self.queued.add(e.ino)          # the create uploads the content with it
+        self.changed.set()
+        return self._new_handle(e.ino, True), e
+
+    def _changed(self, ino: int) -> None:
+        self.gen[ino] = self.gen.get(ino, 0) + 1
+        self.mtimes[ino] = time.time_ns()
+        self.last_write[ino] = time.monotonic()
+        if ino not in self.queued:
+            self.tree.mark_dirty(ino)
+            self.queued.add(ino)
+            self.changed.set()
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self.handles[fh]
+        if self.staged(h.ino):
+            return os.pread(self._fd(h.ino), size, off)
+        if h.manifest is None:
+            h.manifest = await self.manifest(self.tree.get(h.ino))
+            h.offsets = [m[0] for m in h.manifest]
+        if not h.manifest:
+            return b""
+        end_of_file = h.manifest[-1][0] + h.manifest[-1][1]
+        end = min(off + size, end_of_file)
+        out = []
+        i = max(0, bisect.bisect_right(h.offsets, off) - 1)
+        pos = off
+        while pos < end and i < len(h.manifest):
+            c_off, c_size, c_hash = h.manifest[i]
+            lo, hi = pos - c_off, min(end, c_off + c_size) - c_off
+            data = self.cache.read(c_hash, lo, hi - lo)
+            if data is None:
+                data = (await self.chunk(c_hash, c_size))[lo:hi]
+            out.append(data)
+            pos = c_off + c_size
+            i += 1
+        if self.spawn is not None and off == h.last_end:
+            j = max(0, bisect.bisect_right(h.offsets, end) - 1)
+            for c_off, c_size, c_hash in h.manifest[j + 1:j + 1 + READ_AHEAD]:
+                if c_hash not in self.cache and c_hash not in self._fetching:
+                    self.spawn(self._prefetch, c_hash, c_size)
+        h.last_end = end
+        return b"".join(out)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self.handles[fh]
+        if not self.staged(h.ino):
+            await self.materialize(h.ino)
+        new_end = off + len(buf)
+        if new_end > self.cache.staged_size(h.ino):
+            try:
+                self.cache.resize_staged(h.ino, new_end)
+            except CacheFull:
+                raise FsError(errno.ENOSPC) from None
+        n = os.pwrite(self._fd(h.ino), buf, off)
+        self._changed(h.ino)
+        return n
+
+    async def truncate(self, ino: int, size: int) -> None:
+        e = self.tree.get(ino)
+        if e.is_dir:
+            raise FsError(errno.EISDIR)
+        if not e.is_file:
+            raise FsError(errno.EINVAL)
+        if size == 0:
+            self.new_staging(ino)
+        else:
+            await self.materialize(ino)
+            if size > self.cache.staged_size(ino):
+                try:
+                    self.cache.resize_staged(ino, size)
+                except CacheFull:
+                    raise FsError(errno.ENOSPC) from None
+            os.ftruncate(self._fd(ino), size)
+            self.cache.resize_staged(ino, size)
+        self._changed(ino)
+        self.save_attrs(ino)
+
+    def save_attrs(self, ino: int) -> None:
+        """Persist size and mtime of a staged file (done at flush, fsync and release)."""
+        if not self.staged(ino):
+            return
+        e = self.tree.get_opt(ino)
+        if e is None:
+            return
+        size, mtime = self.cache.staged_size(ino), self.mtimes.get(ino, e.mtime_ns)
+        if (size, mtime) != (e.size, e.mtime_ns):
+            with self.tree.tx():
+                self.tree.update(ino, size=size, mtime_ns=mtime)
+
+    async def flush(self, fh: int) -> None:
+        h = self.handles[fh]
+        if h.writable:
+            self.save_attrs(h.ino)
+
+    async def fsync(self, fh: int | None, ino: int | None = None) -> None:
+        """Data and metadata durable locally: staging fsynced, mirror + journal on disk."""
+        if fh is not None:
+            ino = self.handles[fh].ino
+        if ino is not None and self.staged(ino):
+            fd = self._fd(ino)
+            await trio.to_thread.run_sync(os.fsync, fd)
+            self.save_attrs(ino)
+            await trio.to_thread.run_sync(_fsync_dir, self.cache.staging_dir)
+        self.tree.durable()
+
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop(fh)
+        ino = h.ino
+        self.opens[ino] -= 1
+        if h.writable:
+            self.writers[ino] -= 1
+            if not self.writers[ino]:
+                del self.writers[ino]
+            self.save_attrs(ino)
+            self.changed.set()           # a closed file is ready for upload
+        if not self.opens[ino]:
+            del self.opens[ino]
+            e = self.tree.get_opt(ino)
+            fd = self.fds.pop(ino, None)
+            if fd is not None:
+                os.close(fd)
+            if e is not None and self.staged(ino) and not e.dirty and ino not in self.queued:
+                self._drop_staging(ino)
+            self.maybe_purge(ino)
+
+    # -- upload support (used by gobi.fs.sync) ----------------------------------------------
+
+    def writable_now(self, ino: int, quiet: float) -> bool:
+        """Is the file busy being written (open for writing and written recently)?"""
+        if ino not in self.writers:
+            return False
+        return time.monotonic() - self.last_write.get(ino, 0) < quiet
+
+    def upload_started(self, ino: int) -> int:
+        self.queued.discard(ino)
+        return self.gen.get(ino, 0)
+
+    def uploaded(self, ino: int, gen: int, node_rev: int, content_rev: int,
+                 chunks: list[ChunkRef], size: int) -> bool:
+        """The server has the staged content as of ``gen``. True when it is clean now."""
+        clean = self.gen.get(ino, 0) == gen and ino not in self.queued
+        with self.tree.tx():
+            fields: dict[str, object] = {"rev": node_rev, "content_rev": content_rev}
+            if clean:
+                fields.update(dirty=0, size=size)
+            self.tree.update(ino, **fields)
+            if clean:
+                self.tree.set_manifest(ino, content_rev, chunks)
+        if clean and ino not in self.opens:
+            self._drop_staging(ino)
+        return clean

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+
+from tests.servers import ServerProcess
+
+from .mounts import Mount, User
+
+_counter = itertools.count()
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        skip = pytest.mark.skip(reason="FUSE tests need root and /dev/fuse")
+        for item in items:
+            if "tests/fs" in str(item.fspath):
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = ServerProcess(tmp_path_factory.mktemp("server")).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def user(server, tmp_path):
+    u = User(server, tmp_path / "home")
+    yield u
+    u.close()
+
+
+@pytest.fixture
+def vault(user):
+    return user.create_vault(f"vault{next(_counter)}")
+
+
+@pytest.fixture
+def mounts(user, vault, tmp_path):
+    """Factory: ``mounts()`` → a started mount of the test's vault (own cache dir each)."""
+    started: list[Mount] = []
+
+    def make(name: str | None = None, **kw) -> Mount:
+        name = name or f"m{len(started)}"
+        m = Mount(user, vault, tmp_path / name, tmp_path / f"{name}-cache", **kw)
+        started.append(m)
+        return m.start()
+
+    yield make
+    for m in started:
+        m.stop()
+
+
+@pytest.fixture
+def mnt(mounts):
+    return mounts()

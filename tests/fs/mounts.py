@@ -1,0 +1,188 @@
+"""Real gobi mounts for tests: the CLI as a user runs it, against a real server process.
+
+Every mount started here is unmounted by its fixture (``fusermount3 -u``, then
+``umount -l`` for a wedged one) and its daemon is stopped, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.servers import Api, ServerProcess, register
+
+
+def gobi(*args: str, env: dict, input: str | None = None, check: bool = True,
+         timeout: float = 120) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "gobi", *args], env=env, input=input,
+                       capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"gobi {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def is_mounted(path: Path) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == str(path) for line in f)
+
+
+def force_unmount(path: Path) -> None:
+    if not is_mounted(path):
+        return
+    r = subprocess.run(["fusermount3", "-u", str(path)], capture_output=True)
+    if r.returncode != 0 or is_mounted(path):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+class User:
+    """A registered user with a logged-in CLI config of their own."""
+
+    def __init__(self, server: ServerProcess, home: Path):
+        self.server = server
+        self.home = home
+        self.name, self.token = register(server)
+        self.env = {**os.environ, "XDG_CONFIG_HOME": str(home / "config"),
+                    "XDG_CACHE_HOME": str(home / "cache")}
+        gobi("login", server.url, "-u", self.name, "--password-stdin", env=self.env,
+             input="correct horse battery\n")
+        self.api = Api(server.api, self.token)
+
+    def create_vault(self, name: str) -> str:
+        return gobi("vault", "create", name, env=self.env).stdout.strip()
+
+    def close(self) -> None:
+        self.api.close()
+
+
+class Mount:
+    def __init__(self, user: User, vault: str, path: Path, cache_dir: Path,
+                 cache_size: str = "1G", extra: tuple[str, ...] = ()):
+        self.user = user
+        self.vault = vault
+        self.path = path
+        self.cache_dir = cache_dir
+        self.cache_size = cache_size
+        self.extra = extra
+        self.pid: int | None = None
+        path.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> "Mount":
+        r = gobi("mount", self.vault, str(self.path), "--cache-dir", str(self.cache_dir),
+                 "--cache-size", self.cache_size, "--settle", "0.2", *self.extra,
+                 env=self.user.env, check=False)
+        if r.returncode != 0:
+            raise AssertionError(f"mount failed:\n{r.stdout}\n{r.stderr}\n{self.log()}")
+        self.pid = self.status()["pid"]
+        return self
+
+    def status(self) -> dict:
+        return json.loads(os.getxattr(self.path, "user.gobi.status"))
+
+    def sync(self, timeout: float = 120) -> dict:
+        """Upload everything now and wait until the journal is empty."""
+        r = gobi("sync", str(self.path), "--timeout", str(timeout), env=self.user.env, check=False)
+        assert r.returncode == 0, f"sync failed: {r.stdout}{r.stderr}\n{self.log()[-3000:]}"
+        return self.status()
+
+    def umount(self, timeout: float = 60) -> subprocess.CompletedProcess:
+        r = gobi("umount", str(self.path), "--timeout", str(timeout), env=self.user.env, check=False)
+        self._wait_exit()
+        return r
+
+    def kill9(self) -> None:
+        """Kill the daemon without any chance to clean up, then clear the dead mount."""
+        assert self.pid
+        os.kill(self.pid, signal.SIGKILL)
+        self._wait_exit()
+        force_unmount(self.path)
+
+    def _wait_exit(self, timeout: float = 60) -> None:
+        if not self.pid:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        self.pid = None
+
+    def stop(self) -> None:
+        """Teardown: always leaves no mount and no daemon behind."""
+        if is_mounted(self.path):
+            try:
+                os.setxattr(self.path, "user.gobi.flush", b"1")
+            except OSError:
+                pass
+            force_unmount(self.path)
+        if self.pid:
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(self.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(self.pid, signal.SIGKILL)
+            self.pid = None
+
+    def log(self) -> str:
+        try:
+            return (self.cache_dir / "mount.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def server_file(user: User, vault: str, path: str) -> bytes | None:
+    """A file's bytes as the server has them (None when the path does not exist)."""
+    r = user.api.get(f"/vaults/{vault}/lookup", params={"path": path})
+    if r.status_code == 404:
+        return None
+    r.raise_for_status()
+    node = r.json()
+    r = user.api.get(f"/vaults/{vault}/nodes/{node['id']}/data")
+    r.raise_for_status()
+    return r.content
+
+
+def server_node(user: User, vault: str, path: str) -> dict | None:
+    r = user.api.get(f"/vaults/{vault}/lookup", params={"path": path})
+    if r.status_code == 404:
+        return None
+    r.raise_for_status()
+    return r.json()
+
+
+def server_tree(user: User, vault: str) -> dict[str, dict]:
+    """path → node of the whole vault as the server has it."""
+    r = user.api.get(f"/vaults/{vault}/tree", params={"limit": 5000})
+    r.raise_for_status()
+    nodes = {n["id"]: n for n in r.json()["nodes"]}
+
+    def path(n: dict) -> str:
+        parts = []
+        while n["parent"] and n["parent"] != "root":
+            parts.append(n["name"])
+            n = nodes[n["parent"]]
+        parts.append(n["name"])
+        return "/".join(reversed(parts))
+
+    return {path(n): n for n in nodes.values() if n["parent"] is not None}
+
+
+def chunk_uploads(server: ServerProcess) -> int:
+    """How many chunk PUTs the server has logged (access log lines)."""
+    return sum(1 for line in server.output if "PUT" in line and "/chunks/" in line)
+
+
+__all__ = ["Mount", "User", "gobi", "server_file", "server_node", "server_tree", "httpx",
+           "force_unmount", "is_mounted"]
