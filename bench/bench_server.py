@@ -4,7 +4,7 @@
 
 Rows:
 - chunk upload MB/s through `PUT /chunks/{sha256}` (hash verified, stored durably,
-  recorded), for 1 MiB and 64 KiB chunks, at each concurrency;
+  recorded), for 1 MiB, 256 KiB and 64 KiB chunks, at each concurrency;
   baseline A: the same bytes written straight to disk the way the local driver does it
   (temp file + fsync + rename + fsync dir), no HTTP — what the disk allows;
   baseline B: the same bytes uploaded with HTTP PUT to `rclone serve webdav` on 127.0.0.1.
@@ -155,6 +155,8 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=256, help="MiB uploaded per row")
     ap.add_argument("--commits", type=int, default=2000, help="commits per row")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--chunk-kib", type=int, nargs="+", default=[1024, 256, 64],
+                    help="chunk sizes for the upload rows")
     args = ap.parse_args()
     console = Console()
     work = Path(tempfile.mkdtemp(prefix="gobi-bench-"))
@@ -168,7 +170,7 @@ def main() -> None:
         for col in ("chunk", "conc.", "gobi PUT", "disk (driver pattern)", "rclone webdav PUT",
                     "gobi/disk", "gobi/rclone"):
             up.add_column(col, justify="right")
-        for size in (1 << 20, 64 << 10):
+        for size in (k << 10 for k in args.chunk_kib):
             for conc in args.concurrency:
                 chunks = make_chunks(args.mib << 20, size)
                 total = sum(len(d) for _, d in chunks) / 1e6

@@ -4,7 +4,7 @@ FastCDC (pyfastcdc) cuts where a rolling hash of the content says so, so an inse
 or deletion only changes the chunks around it and every other chunk keeps its hash: a
 1-byte edit in a 1 GiB file uploads one or two chunks.
 
-The size parameters (min 256 KiB, average 1 MiB, max 4 MiB) were chosen by measurement;
+The size parameters (min 128 KiB, average 512 KiB, max 2 MiB) were chosen by measurement;
 the figures and the reasoning are in ``docs/chunking.md`` and ``bench/chunk_params.py``
 re-measures them. Changing them does not break anything stored (a manifest lists chunk
 sizes explicitly), it only lowers deduplication against content chunked before.
@@ -20,9 +20,9 @@ from typing import BinaryIO
 
 from pyfastcdc import FastCDC
 
-MIN_SIZE = 256 * 1024
-AVG_SIZE = 1024 * 1024
-MAX_SIZE = 4 * 1024 * 1024
+MIN_SIZE = 128 * 1024
+AVG_SIZE = 512 * 1024
+MAX_SIZE = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
