@@ -6,8 +6,9 @@ publishes ``(vault, seq)``; every WebSocket of that vault that waits in
 A lost doorbell delays a socket by at most its poll interval (the caller bounds every
 wait with ``asyncio.timeout``), it never loses an event.
 
-``InProcessFanout`` serves one process (the embedded default). ``RedisFanout`` (scale-out)
-publishes to Redis and rings the same local bells from one subscription per instance.
+``InProcessFanout`` serves one process (the embedded default). ``RedisFanout`` (scale-out,
+``fanout_redis.py``) publishes to Redis and rings the same local bells from one
+subscription per instance.
 """
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ class InProcessFanout(Fanout):
 
 
 def open_fanout(url: str) -> Fanout:
+    """``memory`` (one process) or ``redis://…`` / ``rediss://…`` (several instances)."""
     if url in ("", "memory"):
         return InProcessFanout()
-    raise ValueError(f"unknown fan-out {url!r} (use 'memory')")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from .fanout_redis import RedisFanout
+
+        return RedisFanout(url)
+    raise ValueError(f"unknown fan-out {url!r} (use 'memory' or a redis:// URL)")
