@@ -344,6 +344,18 @@ class ErrorBody(Model):
 
 
 # --------------------------------------------------------------------------- websocket
+# Client → server frames:
+#   {"type": "ping", "id": X}
+#   {"type": "op", "id": REQ, "op": "create", "args": CreateNodeRequest}
+#   {"type": "op", "id": REQ, "op": "update", "node": NODE, "args": UpdateNodeRequest}
+#   {"type": "op", "id": REQ, "op": "delete", "node": NODE, "args": DeleteNodeRequest}
+#   {"type": "op", "id": REQ, "op": "commit", "node": NODE, "args": CommitContentRequest}
+# answered, in the order sent, by
+#   {"type": "ack", "id": REQ, "node": Node}
+#   {"type": "nack", "id": REQ, "error": ErrorDetail}   details.head = state to catch up to
+# The events the operations cause arrive on the same socket like any other event (with
+# this connection's device), so a client recognises its own echoes.
+#
 # Server → client frames:
 #   {"type": "hello", "vault": ID, "head_seq": N, "after": N}
 #   {"type": "event", "event": Event}
@@ -351,6 +363,42 @@ class ErrorBody(Model):
 #   {"type": "error", "error": ErrorDetail} e.g. cursor_expired (then the server closes 4410)
 # Close codes: 1001 going away (drain), 4401 unauthenticated, 4404 vault not found,
 # 4410 cursor expired.
+RequestId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class WsCreate(Model):
+    type: Literal["op"] = "op"
+    id: RequestId
+    op: Literal["create"]
+    args: CreateNodeRequest
+
+
+class WsUpdate(Model):
+    type: Literal["op"] = "op"
+    id: RequestId
+    op: Literal["update"]
+    node: Id
+    args: UpdateNodeRequest
+
+
+class WsDelete(Model):
+    type: Literal["op"] = "op"
+    id: RequestId
+    op: Literal["delete"]
+    node: Id
+    args: DeleteNodeRequest
+
+
+class WsCommit(Model):
+    type: Literal["op"] = "op"
+    id: RequestId
+    op: Literal["commit"]
+    node: Id
+    args: CommitContentRequest
+
+
+WsOp = Annotated[WsCreate | WsUpdate | WsDelete | WsCommit, Field(discriminator="op")]
+
 WS_CLOSE_GOING_AWAY = 1001
 WS_CLOSE_UNAUTHENTICATED = 4401
 WS_CLOSE_NOT_FOUND = 4404

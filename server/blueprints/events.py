@@ -3,7 +3,8 @@
 The WebSocket authenticates at the handshake (a request middleware of this blueprint
 runs before the upgrade), so a bad token or a foreign vault is an HTTP 401/404 and never
 becomes a socket. It then sends ``hello``, replays the events after ``?after=SEQ``, sends
-``caught_up`` and streams live events. When the server drains, Sanic closes sockets with
+``caught_up`` and streams live events; it also takes metadata operations from the client
+(``ws_ops``). When the server drains, Sanic closes sockets with
 1001 ("going away") and the client resumes elsewhere from its last seq.
 """
 
@@ -29,6 +30,7 @@ from gobi.protocol import (
 from ..access import require_role
 from ..errors import ServiceError
 from ..http import authed, authenticate, int_arg, model_response, services
+from ..ws_ops import handle_op
 from .vaults import VID
 
 bp = Blueprint("events", url_prefix=API_PREFIX)
@@ -85,7 +87,6 @@ async def stream(request: Request, ws: WebsocketImplProtocol, vault_id: str) -> 
         await ws.close(1000, "vault deleted")
 
     async def receive() -> None:
-        # Client frames: pings now; metadata operations join with live sync.
         while True:
             msg = await ws.recv()
             if msg is None:
@@ -94,8 +95,12 @@ async def stream(request: Request, ws: WebsocketImplProtocol, vault_id: str) -> 
                 frame = json.loads(msg)
             except (ValueError, TypeError):
                 frame = None
-            if isinstance(frame, dict) and frame.get("type") == "ping":
+            kind = frame.get("type") if isinstance(frame, dict) else None
+            if kind == "ping":
                 await ws.send(_frame("pong", id=frame.get("id")))
+            elif kind == "op":
+                reply = await handle_op(svc, request.ctx.actor, vault.id, frame)
+                await ws.send(json.dumps(reply, separators=(",", ":")))
             else:
                 await ws.send(_frame("error", error={"code": "bad_request",
                                                      "message": "unknown frame", "details": {}}))
