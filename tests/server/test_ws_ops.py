@@ -24,7 +24,7 @@ def next_reply(ws, req_id: str, seen_events: list) -> dict:
 
 def test_ops_ack_nack_and_echo(server, alice, vault):
     events: list = []
-    with ws_connect(server, vault, alice.token) as ws:
+    with ws_connect(server, vault, alice.token, device="alice-laptop") as ws:
         ws_frames(ws, 2)  # hello, caught_up
         op(ws, id="r1", op="create", args={"parent": "root", "name": "dir", "kind": "dir"})
         ack = next_reply(ws, "r1", events)

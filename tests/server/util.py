@@ -65,12 +65,14 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def ws_connect(server, vault: str, token: str, after: int | None = None):
+def ws_connect(server, vault: str, token: str, after: int | None = None, device: str | None = None):
     url = server.url.replace("http://", "ws://") + f"/api/v1/vaults/{vault}/ws"
     if after is not None:
         url += f"?after={after}"
-    return connect(url, additional_headers={"Authorization": f"Bearer {token}"},
-                   open_timeout=10, proxy=None)
+    headers = {"Authorization": f"Bearer {token}"}
+    if device:
+        headers["X-Gobi-Device"] = device
+    return connect(url, additional_headers=headers, open_timeout=10, proxy=None)
 
 
 def ws_frames(ws, count: int, timeout: float = 10) -> list[dict]:
