@@ -1,0 +1,148 @@
+"""POSIX behaviour and errnos, compared side by side with a local directory."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+_libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD = -100
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+
+
+def renameat2(src: Path, dst: Path, flags: int) -> None:
+    if _libc.renameat2(AT_FDCWD, bytes(src), AT_FDCWD, bytes(dst), flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def outcome(fn, *args):
+    try:
+        r = fn(*args)
+    except OSError as exc:
+        return ("errno", errno.errorcode.get(exc.errno, exc.errno))
+    return ("ok", r if isinstance(r, (bytes, str, int, list, type(None))) else None)
+
+
+def scenario(root: Path) -> list:
+    """Operations whose results (values and errnos) must match a local filesystem."""
+    out = []
+    f, d = root / "f", root / "d"
+    f.write_bytes(b"0123456789")
+    d.mkdir()
+    (d / "inner").write_text("x")
+    out.append(outcome(os.mkdir, d))                                 # EEXIST
+    out.append(outcome(os.rmdir, d))                                 # ENOTEMPTY
+    out.append(outcome(os.rmdir, f))                                 # ENOTDIR
+    out.append(outcome(os.unlink, d))                                # EISDIR
+    out.append(outcome(os.unlink, root / "missing"))                 # ENOENT
+    out.append(outcome(os.open, f / "x", os.O_RDONLY))               # ENOTDIR
+    out.append(outcome(os.open, f, os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # EEXIST
+    out.append(outcome(os.rename, d, d / "sub"))                     # EINVAL
+    out.append(outcome(os.rename, f, d))                             # EISDIR
+    (root / "e").mkdir()
+    out.append(outcome(os.rename, root / "e", f))                    # ENOTDIR
+    out.append(outcome(os.rename, root / "e", d))                    # ENOTEMPTY
+    out.append(outcome(renameat2, f, d / "inner", RENAME_NOREPLACE))  # EEXIST
+    out.append(outcome(os.rename, root / "missing", root / "z"))     # ENOENT
+    out.append(outcome(os.mkdir, root / ("n" * 256)))                # ENAMETOOLONG
+    out.append(outcome(os.rmdir, root / "e"))
+    # O_APPEND, O_TRUNC, offsets, truncate/extend
+    fd = os.open(f, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"ab")
+    os.close(fd)
+    out.append(outcome(f.read_bytes))
+    fd = os.open(f, os.O_RDWR)
+    os.pwrite(fd, b"XY", 3)
+    os.ftruncate(fd, 20)
+    out.append(outcome(os.pread, fd, 100, 0))
+    os.ftruncate(fd, 4)
+    out.append(outcome(os.pread, fd, 100, 0))
+    os.close(fd)
+    fd = os.open(f, os.O_WRONLY | os.O_TRUNC)
+    os.close(fd)
+    out.append(outcome(f.read_bytes))
+    out.append(outcome(lambda: os.stat(f).st_size))
+    # rename over an existing file, then over itself
+    (root / "g").write_text("g")
+    os.rename(root / "g", f)
+    out.append(outcome(f.read_bytes))
+    out.append(outcome(os.rename, f, f))
+    # symlinks
+    os.symlink("d/inner", root / "ln")
+    out.append(outcome(os.readlink, root / "ln"))
+    out.append(outcome((root / "ln").read_text))
+    out.append(outcome(os.symlink, "x", root / "ln"))                # EEXIST
+    out.append(outcome(os.readlink, f))                              # EINVAL
+    out.append(outcome(lambda: stat.S_ISLNK(os.lstat(root / "ln").st_mode)))
+    # chmod, utime
+    os.chmod(f, 0o640)
+    os.utime(f, ns=(5_000_000_000, 7_000_000_000))
+    out.append(outcome(lambda: (os.stat(f).st_mode & 0o7777, os.stat(f).st_mtime_ns)))
+    # xattrs
+    out.append(outcome(os.getxattr, f, "user.missing"))            # ENODATA
+    os.setxattr(f, "user.tag", b"blue")
+    out.append(outcome(os.getxattr, f, "user.tag"))
+    out.append(outcome(lambda: sorted(os.listxattr(f))))
+    os.removexattr(f, "user.tag")
+    out.append(outcome(os.removexattr, f, "user.tag"))             # ENODATA
+    out.append(outcome(lambda: sorted(os.listdir(root))))
+    # directory mtime moves when entries change
+    return out
+
+
+def test_errnos_match_a_local_filesystem(mnt, tmp_path):
+    local = tmp_path / "local"
+    local.mkdir()
+    assert scenario(mnt.path) == scenario(local)
+
+
+def test_refused_with_a_clear_errno(mnt):
+    p = mnt.path
+    (p / "f").write_text("x")
+    with pytest.raises(OSError) as e:
+        os.link(p / "f", p / "hard")
+    assert e.value.errno == errno.EPERM
+    with pytest.raises(OSError) as e:
+        os.mkfifo(p / "fifo")
+    assert e.value.errno == errno.EPERM
+    (p / "g").write_text("y")
+    with pytest.raises(OSError) as e:
+        renameat2(p / "f", p / "g", RENAME_EXCHANGE)
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as e:
+        os.setxattr(p / "f", "trusted.x", b"1")
+    assert e.value.errno in (errno.EOPNOTSUPP, errno.EPERM)
+    with pytest.raises(OSError) as e:
+        os.mkdir(p / b"bad\xff".decode("utf-8", "surrogateescape"))
+    assert e.value.errno == errno.EILSEQ
+
+
+def test_locks_within_the_machine(mnt):
+    f = mnt.path / "lock"
+    f.write_text("")
+    a = os.open(f, os.O_RDWR)
+    b = os.open(f, os.O_RDWR)
+    fcntl.flock(a, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(a, fcntl.LOCK_UN)
+    fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(a)
+    os.close(b)
+
+
+def test_statfs_and_fsync(mnt):
+    st = os.statvfs(mnt.path)
+    assert st.f_namemax == 255 and st.f_blocks > 0
+    fd = os.open(mnt.path / "x", os.O_WRONLY | os.O_CREAT)
+    os.write(fd, b"1")
+    os.fsync(fd)
+    os.fdatasync(fd)
+    os.close(fd)
