@@ -23,9 +23,10 @@ from sanic_ext import Extend
 
 from gobi.protocol import MAX_CHUNK_SIZE, MAX_JSON_BODY, WS_CLOSE_GOING_AWAY, ErrorCode
 
-from . import blueprints
+from . import blueprints, request_log
 from .config import ServerConfig
 from .errors import ServiceError
+from .metrics import Metrics
 from .service import Services
 from .store.base import StoreUnavailable
 
@@ -53,6 +54,10 @@ def _version() -> str:
 
 def _error_response(request: Request, exc: Exception) -> HTTPResponse:
     if isinstance(exc, ServiceError):
+        if exc.status in (409, 410, 429) or exc.code in (ErrorCode.MISSING_CHUNKS, ErrorCode.HASH_MISMATCH):
+            request.app.ctx.metrics.conflicts.labels(exc.code.value).inc()
+        if exc.code in (ErrorCode.INVALID_CREDENTIALS, ErrorCode.RATE_LIMITED):
+            request.app.ctx.metrics.login_failures.inc()
         return json(exc.body(), status=exc.status, headers=exc.headers or None)
     if isinstance(exc, StoreUnavailable):
         # The database is unreachable or overloaded: nothing was changed, retry later.
@@ -95,6 +100,7 @@ def create_app(config: ServerConfig, name: str = "gobi") -> Sanic:
     app.config.REQUEST_MAX_SIZE = max(MAX_CHUNK_SIZE, MAX_JSON_BODY) + 64 * 1024
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = config.graceful_shutdown_timeout
     app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.PROXIES_COUNT = config.proxies_count
     app.config.WEBSOCKET_PING_INTERVAL = 20
     app.config.WEBSOCKET_PING_TIMEOUT = 20
     app.config.WEBSOCKET_MAX_SIZE = 1024 * 1024
@@ -107,6 +113,7 @@ def create_app(config: ServerConfig, name: str = "gobi") -> Sanic:
     app.ctx.config = config
     app.ctx.draining = False
     app.ctx.sockets = set()  # open WebSockets, closed with 1001 when draining
+    app.ctx.metrics = Metrics()
     app.ctx.version = _version()
     Extend(app)
     from sanic_ext import openapi
@@ -118,9 +125,17 @@ def create_app(config: ServerConfig, name: str = "gobi") -> Sanic:
         app.blueprint(bp)
     app.error_handler.add(Exception, _error_response)
 
+    @app.on_request
+    async def _start_clock(request: Request) -> None:
+        request_log.on_request(request)
+
+    @app.on_response
+    async def _log(request: Request, response: HTTPResponse) -> None:
+        request_log.on_response(request, response, config.log_format == "json", config.access_log)
+
     @app.before_server_start
     async def _open(app: Sanic) -> None:
-        app.ctx.services = await Services.open(config)
+        app.ctx.services = await Services.open(config, app.ctx.metrics)
         app.add_task(_prune_forever(app), name="gobi-prune")
 
     @app.before_server_stop

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 from pydantic_settings import (
@@ -73,7 +73,15 @@ class ServerConfig(BaseSettings):
     graceful_shutdown_timeout: Duration = parse_duration("30s")
     #: How often a WebSocket re-reads the store even without a doorbell (lost messages).
     poll_interval: Duration = parse_duration("5s")
-    access_log: bool = False
+    #: Reverse proxies in front of this server whose X-Forwarded-For is trusted for the
+    #: client's address (login rate limits, logs). 0: use the TCP peer address.
+    proxies_count: int = Field(default=0, ge=0, le=10)
+    #: One log line per request (route, status, duration, user; never tokens).
+    access_log: bool = True
+    log_format: Literal["text", "json"] = "text"
+    #: Serve Prometheus metrics at /metrics; with a token, scrapers must send it as a bearer.
+    metrics: bool = True
+    metrics_token: str | None = Field(default=None, repr=False)
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> "ServerConfig":

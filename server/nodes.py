@@ -39,6 +39,7 @@ from gobi.protocol import (
 from .access import Actor, require_role
 from .errors import ServiceError
 from .fanout import Fanout
+from .metrics import Metrics
 from .store.base import MetadataStore, VaultGone, VaultTx, VersionRecord
 
 #: Directories deeper than this are refused; it also bounds the ancestor walk of a move.
@@ -103,12 +104,14 @@ class _Writer:
         self.actor = actor
         self.ts = time.time()
         self.last_seq = 0
+        self.event_types: list[EventType] = []
 
     async def save(
         self, node: Node, kind: EventType, old: Node | None = None, **changes
     ) -> Node:
         seq = await self.tx.next_seq()
         self.last_seq = seq
+        self.event_types.append(kind)
         if kind is EventType.CONTENT or (kind is EventType.CREATE and node.kind is NodeKind.FILE):
             changes["content_rev"] = seq
         new = node.model_copy(update={**changes, "rev": seq})
@@ -141,9 +144,10 @@ class _Writer:
 
 
 class Nodes:
-    def __init__(self, store: MetadataStore, fanout: Fanout):
+    def __init__(self, store: MetadataStore, fanout: Fanout, metrics: Metrics | None = None):
         self.store = store
         self.fanout = fanout
+        self.metrics = metrics
 
     async def _write(self, actor: Actor, vault_id: str, fn):
         """Run ``fn(writer)`` in a transaction, then ring the fan-out."""
@@ -160,6 +164,10 @@ class Nodes:
         except VaultGone:
             raise ServiceError(ErrorCode.NOT_FOUND, "vault not found", vault=vault_id) from None
         if writers and writers[0].last_seq:
+            if self.metrics is not None:
+                self.metrics.commits.inc()
+                for kind in writers[0].event_types:
+                    self.metrics.events.labels(kind.value).inc()
             await self.fanout.publish(vault_id, writers[0].last_seq)
         return result
 

@@ -47,5 +47,6 @@ def run_server(config: ServerConfig) -> int:
     async def _announce(app: Sanic) -> None:
         print(f"gobi server listening on http://{host}:{port}", flush=True)
 
-    app.run(sock=sock, single_process=True, access_log=config.access_log, motd=False)
+    # Sanic's own access log stays off: request_log writes one line per request instead.
+    app.run(sock=sock, single_process=True, access_log=False, motd=False)
     return 0

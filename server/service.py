@@ -15,6 +15,7 @@ from .chunks import Chunks
 from .config import ServerConfig
 from .events import EventLog
 from .fanout import Fanout, open_fanout
+from .metrics import MeteredDriver, Metrics
 from .nodes import Nodes
 from .store import open_store
 from .store.base import MetadataStore
@@ -33,14 +34,16 @@ class Services:
     nodes: Nodes
     chunks: Chunks
     events: EventLog
+    metrics: Metrics
 
     @classmethod
-    async def open(cls, config: ServerConfig) -> "Services":
+    async def open(cls, config: ServerConfig, metrics: Metrics | None = None) -> "Services":
+        metrics = metrics or Metrics()
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         keys = KeyFile.load_or_create(config.key_path)
         store = open_store(config.metadata_url, event_retention=config.event_retention)
         await store.open()
-        driver = open_driver(config.storage_url)
+        driver = MeteredDriver(open_driver(config.storage_url), metrics)
         fanout = open_fanout(config.fanout)
         await fanout.start()
         limiter = LoginLimiter(
@@ -54,9 +57,10 @@ class Services:
             keys=keys,
             accounts=Accounts(store, limiter, config.session_ttl),
             vaults=Vaults(store, fanout),
-            nodes=Nodes(store, fanout),
+            nodes=Nodes(store, fanout, metrics),
             chunks=Chunks(store, driver, keys.naming_secret),
             events=EventLog(store, fanout, config.poll_interval),
+            metrics=metrics,
         )
 
     async def close(self) -> None:

@@ -87,6 +87,8 @@ async def put(request: Request, vault_id: str, chunk_hash: str) -> HTTPResponse:
     if len(data) > MAX_CHUNK_SIZE:
         raise ServiceError(ErrorCode.PAYLOAD_TOO_LARGE, f"chunks are limited to {MAX_CHUNK_SIZE} bytes")
     created = await services(request).chunks.put(request.ctx.actor, vault_id, chunk_hash, data)
+    if created:
+        request.app.ctx.metrics.chunk_bytes.labels("in").inc(len(data))
     return model_response({"hash": chunk_hash, "size": len(data), "created": created},
                           status=201 if created else 200)
 
@@ -107,8 +109,10 @@ async def get(request: Request, vault_id: str, chunk_hash: str) -> HTTPResponse:
         return empty(status=200, headers={**headers, "Content-Length": str(size)})
     if rng is None:
         data = await chunks.read(vault_id, chunk_hash, 0, None, size)
+        request.app.ctx.metrics.chunk_bytes.labels("out").inc(len(data))
         return raw(data, headers=headers, content_type="application/octet-stream")
     offset, length = rng
     data = await chunks.read(vault_id, chunk_hash, offset, length, size)
+    request.app.ctx.metrics.chunk_bytes.labels("out").inc(len(data))
     headers["Content-Range"] = f"bytes {offset}-{offset + len(data) - 1}/{size}"
     return raw(data, status=206, headers=headers, content_type="application/octet-stream")

@@ -107,12 +107,14 @@ async def stream(request: Request, ws: WebsocketImplProtocol, vault_id: str) -> 
 
     tasks = [asyncio.ensure_future(send_events()), asyncio.ensure_future(receive())]
     request.app.ctx.sockets.add(ws)
+    request.app.ctx.metrics.ws_clients.inc()
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()
     finally:
         request.app.ctx.sockets.discard(ws)
+        request.app.ctx.metrics.ws_clients.dec()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,9 +1,11 @@
-"""Liveness and readiness."""
+"""Liveness and readiness; Prometheus metrics."""
 
 from __future__ import annotations
 
+import hmac
+
 from sanic import Blueprint, Request
-from sanic.response import HTTPResponse, json
+from sanic.response import HTTPResponse, json, raw
 from sanic_ext import openapi
 
 from ..store.base import StoreError
@@ -21,3 +23,20 @@ async def health(request: Request) -> HTTPResponse:
     except StoreError:
         return json({"status": "store unavailable"}, status=503)
     return json({"status": "ok", "version": request.app.ctx.version})
+
+
+@bp.get("/metrics")
+@openapi.summary("Prometheus metrics of this instance")
+async def metrics(request: Request) -> HTTPResponse:
+    from ..metrics import CONTENT_TYPE_LATEST
+
+    cfg = request.app.ctx.config
+    if not cfg.metrics:
+        return json({"error": {"code": "not_found", "message": "metrics are disabled", "details": {}}},
+                    status=404)
+    if cfg.metrics_token:
+        sent = request.headers.get("authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {cfg.metrics_token}".encode()):
+            return json({"error": {"code": "unauthenticated", "message": "metrics need the metrics token",
+                                   "details": {}}}, status=401)
+    return raw(request.app.ctx.metrics.render(), content_type=CONTENT_TYPE_LATEST)
