@@ -13,6 +13,7 @@ read it (as ssh refuses a private key). Nothing here ever logs or prints key mat
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import os
 import secrets
@@ -52,6 +53,34 @@ class KeyFile:
     def current_key(self) -> bytes:
         return self.master_keys[self.current]
 
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def reload(self) -> bool:
+        """Re-read master keys from the file (``gobi keys rotate`` ran in another process).
+
+        Returns True when something changed. The naming secret must not change: it names
+        every stored chunk, so a file with another one is refused.
+        """
+        fresh = type(self).load(self.path)
+        if not hmac.compare_digest(fresh.naming_secret, self.naming_secret):
+            raise KeyFileError(f"key file {self.path}: the naming secret changed; refusing it")
+        changed = fresh.master_keys != self.master_keys or fresh.current != self.current
+        self.master_keys, self.current = fresh.master_keys, fresh.current
+        self._seen = self._stamp()
+        return changed
+
+    def refresh(self) -> bool:
+        """Reload when the file changed on disk since it was last read (one ``stat``)."""
+        stamp = self._stamp()
+        if stamp is None or stamp == getattr(self, "_seen", None):
+            return False
+        return self.reload()
+
     def to_json(self) -> str:
         return json.dumps(
             {
@@ -85,6 +114,7 @@ class KeyFile:
         """Replace the file atomically with mode 0600 (temp file, fsync, rename, fsync dir)."""
         os.replace(self._write_temp(), self.path)
         self._sync_dir()
+        self._seen = self._stamp()
 
     def add_master_key(self) -> str:
         """Generate a new master key, make it current and return its id (not saved)."""
@@ -95,6 +125,12 @@ class KeyFile:
         self.master_keys[key_id] = secrets.token_bytes(32)
         self.current = key_id
         return key_id
+
+    def remove_master_key(self, key_id: str) -> None:
+        """Forget a retired master key (not saved). The current key cannot be removed."""
+        if key_id == self.current:
+            raise KeyFileError(f"master key {key_id!r} is the current key")
+        self.master_keys.pop(key_id, None)
 
     @classmethod
     def generate(cls, path: Path) -> "KeyFile":
@@ -123,6 +159,7 @@ class KeyFile:
             raise KeyFileError(f"key file {path}: current key {kf.current!r} is not in the file")
         if len(kf.naming_secret) < 32 or any(len(k) != 32 for k in kf.master_keys.values()):
             raise KeyFileError(f"key file {path}: keys must be 32 bytes")
+        kf._seen = kf._stamp()
         return kf
 
     @classmethod
