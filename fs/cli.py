@@ -336,6 +336,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
     try:
         st = wait_synced(mp, 0 if args.no_wait else args.timeout, progress=not args.no_wait)
         pending, pid = st["pending_ops"], st["pid"]
+        if pending:
+            # We waited already; the daemon should not keep the user waiting again.
+            os.setxattr(mp, FLUSH_XATTR, b"nodrain")
     except OSError:
         pass        # not answering: unmount anyway (nothing is lost: the journal is on disk)
     tool = shutil.which("fusermount3") or shutil.which("fusermount")

@@ -16,6 +16,7 @@ handler), the status file writer and the signal watcher.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -101,8 +102,27 @@ def recover(tree: Tree, cache: BlockCache, vfs: Vfs) -> None:
     vfs.purge_orphans()
 
 
+def _lock(cache_dir: Path) -> int:
+    """One process per cache dir: two uploaders replaying one journal would race."""
+    fd = os.open(cache_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise MountError(f"cache dir {cache_dir} is in use by another gobi mount") from None
+    return fd
+
+
 async def run(cfg: MountConfig) -> int:
     cfg.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = _lock(cfg.cache_dir)
+    try:
+        return await _run(cfg)
+    finally:
+        os.close(lock)
+
+
+async def _run(cfg: MountConfig) -> int:
     tree = Tree(cfg.cache_dir / "mirror.db")
     remote: Remote | None = None
     try:
@@ -154,7 +174,13 @@ async def run(cfg: MountConfig) -> int:
                     "device": device, "pid": os.getpid(), "cache_dir": str(cfg.cache_dir),
                     **sync.status()}
 
-        ops = Operations(vfs, status, sync.flush)
+        def control(value: bytes) -> None:
+            if value == b"nodrain":
+                sync.skip_drain = True
+            else:
+                sync.flush()
+
+        ops = Operations(vfs, status, control)
         pyfuse3.init(ops, str(cfg.mountpoint), mount_options(f"gobi:{vault_id}", cfg.fuse_options))
         mounted = True
         try:
@@ -172,7 +198,8 @@ async def run(cfg: MountConfig) -> int:
                 # The kernel let go (unmounted) or a signal asked us to stop.
                 pyfuse3.close(unmount=True)
                 mounted = False
-                await _drain(sync, cfg.drain_timeout)
+                if not sync.skip_drain:
+                    await _drain(sync, cfg.drain_timeout)
                 _write_status(cfg.cache_dir / "status.json", status())
                 nursery.cancel_scope.cancel()
         finally:

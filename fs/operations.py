@@ -58,12 +58,12 @@ def fuse_errors(fn):
 class Operations(pyfuse3.Operations):
     enable_writeback_cache = True
 
-    def __init__(self, vfs: Vfs, status: Callable[[], dict], flush: Callable[[], None]):
+    def __init__(self, vfs: Vfs, status: Callable[[], dict], control: Callable[[bytes], None]):
         super().__init__()
         self.vfs = vfs
         self.tree: Tree = vfs.tree
         self.status = status
-        self.flush_now = flush
+        self.flush_now = control
 
     # -- attributes -------------------------------------------------------------------------
 
@@ -78,7 +78,7 @@ class Operations(pyfuse3.Operations):
         a.st_uid = self.vfs.uid if e.uid is None else e.uid
         a.st_gid = self.vfs.gid if e.gid is None else e.gid
         a.st_rdev = 0
-        size = self.vfs.size_of(e)
+        size = 4096 if e.is_dir else self.vfs.size_of(e)     # dirs: as ext4 shows them
         a.st_size = size
         a.st_blksize = BLKSIZE
         a.st_blocks = (size + 511) // 512
@@ -275,7 +275,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def setxattr(self, inode, name, value, ctx):
         if inode == ROOT_INO and name == FLUSH_XATTR:
-            self.flush_now()
+            self.flush_now(value)
             return
         if not self._user_ns(name):
             raise FsError(errno.EOPNOTSUPP)

@@ -76,6 +76,7 @@ class Sync:
         self.quiet = quiet
         self.notify = notify or (lambda *a: None)
         self.flushing = False
+        self.skip_drain = False      # `gobi umount` already waited: exit right after unmount
         self.current = ""            # what the uploader is doing now (for status)
         self.uploaded_ops = 0
         self.uploaded_chunks = 0
@@ -118,6 +119,7 @@ class Sync:
         """Send everything now (no settle delay); used by ``gobi sync`` and unmount."""
         self.flushing = True
         self.vfs.changed.set()
+        self.link.poke()
 
     # -- uploader ---------------------------------------------------------------------------
 

@@ -74,6 +74,12 @@ class Link:
             self.online, self.since = False, time.time()
             self._wake()
 
+    def poke(self) -> None:
+        """Someone wants the server tried again now (``gobi sync``, unmount)."""
+        if not self.online:
+            self.since = 0.0
+        self._wake()
+
     def _wake(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
