@@ -61,7 +61,7 @@ from .base import (
     check_key,
     check_range,
 )
-from .keys import KeyFile
+from .keys import KeyFile, KeyFileError
 
 log = logging.getLogger("gobi.drivers.encrypted")
 
@@ -206,7 +206,10 @@ class EncryptedDriver(StorageDriver):
         key = self._keyfile.master_keys.get(master_id)
         if key is None:
             # Another process may have rotated: read the file again before giving up.
-            self._keyfile.reload()
+            try:
+                self._keyfile.reload()
+            except (OSError, KeyFileError) as exc:
+                log.warning("could not re-read the key file: %s", exc)
             key = self._keyfile.master_keys.get(master_id)
         if key is None:
             raise KeyUnavailable(f"master key {master_id!r} is not in the key file {self._keyfile.path}")
@@ -228,7 +231,9 @@ class EncryptedDriver(StorageDriver):
                     keys[key_id] = AESGCM(self._master(master_id)).decrypt(
                         nonce, wrapped, _wrap_aad(scope, key_id, master_id))
                 except InvalidTag:
-                    raise ObjectCorrupted(f"{where}: data key {key_id} failed authentication") from None
+                    raise ObjectCorrupted(
+                        f"{where}: data key {key_id} does not unwrap with master key {master_id!r} "
+                        "(the keyring was altered, or this is not the key file that wrapped it)") from None
                 masters[key_id] = master_id
             current = int(doc["current"])
         except (ValueError, KeyError, TypeError, AttributeError):

@@ -75,6 +75,8 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    from . import cli_storage  # gobi keys …, gobi storage … (imported here: it imports this module)
+    cli_storage.add_commands(sub)
     p = sub.add_parser("server", help="run the API server (embedded defaults: no other service needed)")
     server_options(p)
     p.add_argument("--host", help="address to bind (default 127.0.0.1; env: GOBI_HOST)")

@@ -2,8 +2,8 @@
 an optional TOML file, in that order of precedence.
 
 Everything has an embedded default: with no configuration at all, ``gobi server`` keeps
-SQLite metadata, local blob storage and its master key under ``data_dir`` and needs no
-other service.
+SQLite metadata, encrypted local blob storage and its master key under ``data_dir`` and
+needs no other service.
 """
 
 from __future__ import annotations
@@ -54,8 +54,16 @@ class ServerConfig(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     #: Metadata store URL. Empty: SQLite at ``data_dir/metadata.db``.
     metadata: str = ""
-    #: Storage driver URL. Empty: ``local://`` under ``data_dir/blobs``.
+    #: Storage setting: a URL (``local:///…``, ``nfs:///…``, ``s3://bucket/prefix?…``) or
+    #: wrappers around URLs (``encrypted(…)``, ``replicated(…, quorum=N)``); see
+    #: docs/storage.md. Empty: ``local://`` under ``data_dir/blobs``.
     storage: str = ""
+    #: Encryption at rest (AES-256-GCM, keys in ``key_file``). On by default: every backend
+    #: without an ``encrypted(…)`` layer gets one. ``false`` takes ``storage`` as written.
+    storage_encryption: bool = True
+    #: How often storage housekeeping runs (replica repair, leftovers of crashed writes);
+    #: 0 turns it off.
+    storage_maintenance_interval: Duration = parse_duration("10m")
     #: Event fan-out between instances: ``memory`` (one process) or a ``redis://`` URL.
     fanout: str = "memory"
     #: Master key file (created with mode 0600 on first start). Empty: ``data_dir/master.key``.

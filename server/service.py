@@ -4,6 +4,9 @@ through it; tests and admin commands build one without HTTP."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass
 
 from gobi.drivers import StorageDriver, open_driver
@@ -20,6 +23,19 @@ from .nodes import Nodes
 from .store import open_store
 from .store.base import MetadataStore
 from .vaults import Vaults
+
+log = logging.getLogger("gobi.server")
+
+
+async def _maintain_storage(driver: StorageDriver, interval: float) -> None:
+    """Storage housekeeping every ``interval`` seconds: replica repair, sweeping what
+    crashed writers left behind. Failures are logged; the next round retries."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await driver.maintain()
+        except Exception:  # keep the job alive
+            log.exception("storage maintenance failed")
 
 
 @dataclass
@@ -43,7 +59,8 @@ class Services:
         keys = KeyFile.load_or_create(config.key_path)
         store = open_store(config.metadata_url, event_retention=config.event_retention)
         await store.open()
-        driver = MeteredDriver(open_driver(config.storage_url), metrics)
+        driver = MeteredDriver(
+            open_driver(config.storage_url, keys=keys, encrypt=config.storage_encryption), metrics)
         fanout = open_fanout(config.fanout)
         await fanout.start()
         limiter = LoginLimiter(
@@ -63,7 +80,18 @@ class Services:
             metrics=metrics,
         )
 
+    def __post_init__(self) -> None:
+        self._maintenance: asyncio.Task[None] | None = None
+        if self.config.storage_maintenance_interval > 0:
+            self._maintenance = asyncio.create_task(
+                _maintain_storage(self.driver, self.config.storage_maintenance_interval),
+                name="gobi-storage-maintenance")
+
     async def close(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
         await self.fanout.close()
         await self.driver.close()
         await self.store.close()
