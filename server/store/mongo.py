@@ -25,20 +25,27 @@ the transaction hit a transient error (label ``TransientTransactionError``, code
 ``WriteConflict``, or mongoeco's unlabelled "Write conflict"), with jittered exponential
 back-off, the way pymongo's ``with_transaction`` does; a commit whose outcome is unknown
 is re-committed. Writers of one vault inside one process queue on a per-vault lock first,
-so conflicts only arise between instances. A lost connection surfaces as
+so with MongoDB conflicts only arise between instances. A transaction that conflicted
+retries alone in its instance (and for a second after, all of them do), so it cannot be
+starved; that matters on servers whose conflicts are coarser than MongoDB's per-document
+ones (mongoeco: any two concurrent transactions). A lost connection surfaces as
 ``StoreUnavailable`` (HTTP 503).
+
+Reads of the event log are coalesced (see ``events_after``): a doorbell that wakes 1,000
+sockets of a vault costs one query per instance.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import functools
 import logging
 import random
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
@@ -74,6 +81,8 @@ SCHEMA_VERSION = 1
 WRITE_CONCERN = WriteConcern("majority", j=True)
 #: How long ``run_write`` keeps retrying a conflicting transaction before giving up.
 CONTENTION_TIMEOUT = 30.0
+#: After a write conflict, how long this instance runs its transactions one at a time.
+CONTENDED_FOR = 1.0
 _WRITE_CONFLICT = 112
 _INDEX_OPTIONS_CONFLICT = (85, 86)
 _BATCH = 1000
@@ -317,6 +326,45 @@ def _client_url(url: str) -> tuple[str, dict[str, Any]]:
     return url, {k: v for k, v in _CLIENT_DEFAULTS.items() if k.lower() not in given}
 
 
+class _ConflictGate:
+    """Transactions share the gate; one that must run alone (after a conflict) takes it
+    exclusively: it waits for the running ones to finish and new ones wait for it."""
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._wanted = 0  # exclusive waiters: they go before new shared holders
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._exclusive and not self._wanted)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._cond:
+            self._wanted += 1
+            try:
+                await self._cond.wait_for(lambda: not self._exclusive and not self._shared)
+            finally:
+                self._wanted -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 class MongoStore(MetadataStore):
     """``mongodb://host[,host…]/DBNAME?replicaSet=rs0…``; see the module docstring.
 
@@ -330,6 +378,9 @@ class MongoStore(MetadataStore):
         self._client: AsyncMongoClient | None = None
         self._db: Any = None
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._gate = _ConflictGate()
+        self._contended_until = 0.0
+        self._reads: dict[tuple[str, int, int], asyncio.Future[list[Event]]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -437,15 +488,18 @@ class MongoStore(MetadataStore):
         assert self._client is not None
         deadline = time.monotonic() + CONTENTION_TIMEOUT
         delay = 0.002
+        retry = False
         while True:
             try:
-                async with self._client.start_session() as s:
-                    try:
-                        return await self._attempt(s, fn)
-                    except PyMongoError as exc:
-                        if isinstance(exc, ConnectionFailure) or _is_transient(exc):
-                            _discard_server_session(s)
-                        raise
+                # Transactions run side by side; one that conflicted retries alone in this
+                # instance, so a stream of fresh ones cannot starve it, and for a moment
+                # after a conflict every transaction here runs alone. MongoDB conflicts
+                # per document (two instances writing one vault) and rarely gets here;
+                # servers with coarser conflict detection, like mongoeco, where any two
+                # concurrent transactions conflict, need this to make progress.
+                alone = retry or time.monotonic() < self._contended_until
+                async with self._gate.exclusive() if alone else self._gate.shared():
+                    return await self._attempt_in_session(fn)
             except ConnectionFailure as exc:
                 if not exc.has_error_label("TransientTransactionError") or time.monotonic() > deadline:
                     raise StoreUnavailable(f"MongoDB unreachable: {exc}") from exc
@@ -454,8 +508,20 @@ class MongoStore(MetadataStore):
                     raise
                 if time.monotonic() > deadline:
                     raise StoreUnavailable("too much write contention; retry later") from exc
+            retry = True
+            self._contended_until = time.monotonic() + CONTENDED_FOR
             await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.25)
+            delay = min(delay * 2, 0.05)
+
+    async def _attempt_in_session(self, fn: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
+        assert self._client is not None
+        async with self._client.start_session() as s:
+            try:
+                return await self._attempt(s, fn)
+            except PyMongoError as exc:
+                if isinstance(exc, ConnectionFailure) or _is_transient(exc):
+                    _discard_server_session(s)
+                raise
 
     async def _attempt(self, s: AsyncClientSession, fn: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
         await s.start_transaction(write_concern=WRITE_CONCERN)
@@ -689,8 +755,26 @@ class MongoStore(MetadataStore):
 
     # -- events ---------------------------------------------------------------------------
 
-    @_translate
     async def events_after(self, vault_id: str, after: int, limit: int) -> list[Event]:
+        """Coalesced: callers asking for the same page at the same time share one query.
+
+        After a doorbell every socket of the vault on this instance asks for the events
+        after the same seq; one round trip serves them all instead of one per socket. A
+        caller that joins a query already under way may get a page that ends just before
+        the commit it was woken for; its bell still holds that seq, so it reads again at
+        once (``LocalBells.wait_beyond`` does not wait for a seq it has already seen).
+        """
+        key = (vault_id, after, limit)
+        shared = self._reads.get(key)
+        if shared is None:
+            shared = asyncio.ensure_future(self._events_after(vault_id, after, limit))
+            self._reads[key] = shared
+            shared.add_done_callback(lambda f: self._reads.pop(key, None) if self._reads.get(key) is f else None)
+        # Shielded: one caller giving up (a socket closing) must not cancel the others' read.
+        return list(await asyncio.shield(shared))
+
+    @_translate
+    async def _events_after(self, vault_id: str, after: int, limit: int) -> list[Event]:
         cursor = self._db.events.find(
             {"vault_id": vault_id, "seq": {"$gt": after}}, projection={"body": 1}
         ).sort("seq", ASCENDING).limit(limit)

@@ -85,3 +85,37 @@ async def test_lost_database_after_open_is_store_unavailable(mongo_url):
             await store.ping()
     finally:
         store._client = None
+
+
+async def test_conflict_gate_lets_a_retrying_transaction_run_alone():
+    import asyncio
+
+    from gobi.server.store.mongo import _ConflictGate
+
+    gate = _ConflictGate()
+    log: list[str] = []
+    release_first = asyncio.Event()
+
+    async def shared(name: str, hold: asyncio.Event | None = None) -> None:
+        async with gate.shared():
+            log.append(f"{name}+")
+            if hold:
+                await hold.wait()
+            log.append(f"{name}-")
+
+    async def exclusive() -> None:
+        async with gate.exclusive():
+            log.append("X+")
+            await asyncio.sleep(0.01)
+            log.append("X-")
+
+    first = asyncio.create_task(shared("a", release_first))
+    await asyncio.sleep(0.01)
+    retry = asyncio.create_task(exclusive())
+    await asyncio.sleep(0.01)
+    late = asyncio.create_task(shared("b"))  # arrives while the retry waits: goes after it
+    await asyncio.sleep(0.01)
+    assert log == ["a+"]
+    release_first.set()
+    await asyncio.gather(first, retry, late)
+    assert log == ["a+", "a-", "X+", "X-", "b+", "b-"]
