@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import stat
+import time
 from collections.abc import Callable
 
 import pyfuse3
@@ -38,9 +39,10 @@ def fuse_errors(fn):
     """Translate FsError → FUSEError; anything unexpected is logged and becomes EIO."""
 
     @functools.wraps(fn)
-    async def wrapper(*args, **kwargs):
+    async def wrapper(self, *args, **kwargs):
+        self.vfs.last_request = time.monotonic()
         try:
-            return await fn(*args, **kwargs)
+            return await fn(self, *args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except FsError as exc:
@@ -90,7 +92,17 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def lookup(self, parent_inode, name, ctx=None):
-        e = self.tree.lookup(parent_inode, name)
+        try:
+            e = self.tree.lookup(parent_inode, name)
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            # A negative entry the kernel may cache (git, make, shells probe many missing
+            # names); remote creates invalidate it.
+            a = pyfuse3.EntryAttributes()
+            a.st_ino = 0
+            a.entry_timeout = TIMEOUT
+            return a
         self.vfs.remember(e.ino)
         return self._attr(e)
 
@@ -266,8 +278,10 @@ class Operations(pyfuse3.Operations):
     async def getxattr(self, inode, name, ctx):
         if inode == ROOT_INO and name == STATUS_XATTR:
             return json.dumps(self.status()).encode()
-        self.tree.get(inode)
-        value = self.tree.xattr(inode, name) if self._user_ns(name) else None
+        if not self._user_ns(name):
+            # security.selinux, system.posix_acl_* (asked by ls -l for every file): none.
+            raise FsError(pyfuse3.ENOATTR)
+        value = self.tree.xattr(inode, name)
         if value is None:
             raise FsError(pyfuse3.ENOATTR)
         return value

@@ -39,14 +39,26 @@ from gobi.protocol import ROOT_ID, ChunkRef, ErrorCode, Node
 
 from .blocks import BlockCache
 from .journal import Entry
-from .remote import ApiError, Offline, Remote
+from .remote import ApiError, Offline, Remote, RemoteError
 from .tree import ROOT_INO, Tree
 from .vfs import Link, Vfs
 
 log = logging.getLogger(__name__)
 
-UPLOAD_CONCURRENCY = 4
+UPLOAD_CONCURRENCY = 8       # entries in flight at once (and chunk PUTs per file)
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+FOREGROUND_GRACE = 0.05     # seconds after a kernel request during which uploads are throttled
+SMALL_FILE = 256 * 1024      # files up to this size skip the 'which chunks are missing' round trip
+
+
+async def _first(*events: trio.Event) -> None:
+    """Return as soon as any of the events is set."""
+    async with trio.open_nursery() as nursery:
+        for ev in events:
+            async def one(ev=ev) -> None:
+                await ev.wait()
+                nursery.cancel_scope.cancel()
+            nursery.start_soon(one)
 
 
 class _Changed(Exception):
@@ -77,7 +89,10 @@ class Sync:
         self.notify = notify or (lambda *a: None)
         self.flushing = False
         self.skip_drain = False      # `gobi umount` already waited: exit right after unmount
-        self.current = ""            # what the uploader is doing now (for status)
+        self.active: dict[int, str] = {}   # journal seq → what is being sent (for status)
+        self.kick = trio.Event()           # set by flush(): stop waiting, send now
+        self._backoff = BACKOFF_MIN
+        self._resume_at = 0.0              # offline backoff: no new uploads before this
         self.uploaded_ops = 0
         self.uploaded_chunks = 0
         self.uploaded_bytes = 0
@@ -101,7 +116,8 @@ class Sync:
             "pending_ops": self.journal.count(),
             "pending_by_op": self.journal.counts(),
             "queued_bytes": self.queued_bytes(),
-            "uploading": self.current,
+            "uploading": ", ".join(list(self.active.values())[:3])
+                         + (f" (+{len(self.active) - 3})" if len(self.active) > 3 else ""),
             "uploaded_ops": self.uploaded_ops,
             "uploaded_chunks": self.uploaded_chunks,
             "uploaded_bytes": self.uploaded_bytes,
@@ -118,81 +134,163 @@ class Sync:
     def flush(self) -> None:
         """Send everything now (no settle delay); used by ``gobi sync`` and unmount."""
         self.flushing = True
-        self.vfs.changed.set()
+        self._resume_at = 0.0
+        self.kick.set()
+        self.kick = trio.Event()
         self.link.poke()
 
     # -- uploader ---------------------------------------------------------------------------
 
-    def _next(self) -> tuple[Entry | None, float]:
-        """The next entry to send, or (None, seconds to wait)."""
+    @staticmethod
+    def _take_free(e: Entry) -> tuple[set[str], set[str]]:
+        """Directories where an entry takes a name, and where it frees one."""
+        a = e.args
+        if e.op == "create":
+            return {a["parent"]}, set()
+        if e.op == "move":
+            return {a["parent"]}, {a.get("from") or a["parent"]}
+        if e.op == "delete":
+            return set(), ({a["parent"]} if a.get("parent") else set())
+        return set(), set()
+
+    def _runnable(self, room: int) -> tuple[list[Entry], float]:
+        """Entries that may start now, in journal order, and how long to wait otherwise.
+
+        An entry waits for every earlier unfinished entry it could depend on on the
+        server: the same node; its parent (created or moved first); its children (a
+        directory is deleted after them); an earlier entry that frees a name in the
+        directory where it takes one; and, for a move that replaces, earlier entries
+        taking names there. Creates (and deletes) in one directory are independent, so
+        ``tar x``, ``cp -r`` and ``rm -r`` upload in parallel.
+        """
         now = time.time()
+        picks: list[Entry] = []
+        nodes: set[str] = set()         # nodes of earlier unfinished entries
+        used: set[str] = set()          # directories those entries take or free names in
+        taking: set[str] = set()
+        freeing: set[str] = set()
+        wait = 3600.0
         after = 0
-        while True:
-            batch = self.journal.entries(after, 500)
+        scanned = 0
+        while len(picks) < room and scanned < 2000:
+            # Small first batch: usually the next runnable entry is among the first few.
+            batch = self.journal.entries(after, 32 if scanned == 0 else 256)
             if not batch:
-                return None, 3600.0
+                break
+            after = batch[-1].seq
             for e in batch:
-                if e.seq in self.journal.inflight:
-                    continue
-                if not self.flushing and now - e.ts < self.settle:
-                    return None, self.settle - (now - e.ts)
-                if e.op == "content":
+                scanned += 1
+                if e.op == "content" and e.seq not in self.journal.inflight:
                     row = self.tree.by_id(e.node)
                     if row is not None and self.vfs.writable_now(row.ino, self.quiet):
-                        continue
-                return e, 0.0
-            after = batch[-1].seq
+                        wait = min(wait, self.quiet)
+                        continue    # deferred: blocks nothing, waits for the writer
+                take, free = self._take_free(e)
+                replace = e.op == "move" and e.args.get("replace")
+                blocked = (e.node in nodes or e.node in used or bool(take & nodes)
+                           or bool(take & freeing) or bool(replace and take & taking))
+                nodes.add(e.node)
+                used |= take | free
+                taking |= take
+                freeing |= free
+                if e.seq in self.journal.inflight or blocked:
+                    continue
+                if not self.flushing and now - e.ts < self.settle:
+                    # Younger entries follow in order: nothing later is settled either.
+                    return picks, min(wait, self.settle - (now - e.ts))
+                picks.append(e)
+                if len(picks) >= room:
+                    break
+        return picks, wait
 
     async def run_uploader(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        backoff = BACKOFF_MIN
-        while True:
-            self.vfs.changed = trio.Event()
-            entry, wait = self._next()
-            if entry is None:
-                if self.journal.count() == 0:
+        async with trio.open_nursery() as nursery:
+            while True:
+                changed = self.vfs.changed = trio.Event()
+                kick = self.kick
+                inflight = len(self.journal.inflight)
+                if time.monotonic() < self._resume_at:
+                    with trio.move_on_after(self._resume_at - time.monotonic()):
+                        await _first(self.link.changed, kick)
+                    self._resume_at = 0.0
+                    continue
+                if not self.link.should_try():
+                    with trio.move_on_after(Link.RETRY_AFTER):
+                        await _first(self.link.changed, kick)
+                    continue
+                # Foreground first: while the kernel keeps sending requests, uploads (which
+                # share this thread) go one at a time so ls, git or tar do not wait on them.
+                busy = time.monotonic() - self.vfs.last_request < FOREGROUND_GRACE
+                room = (1 if busy else UPLOAD_CONCURRENCY) - inflight
+                if room <= 0:
+                    with trio.move_on_after(FOREGROUND_GRACE):
+                        await self._finished_event().wait()
+                    continue
+                picks, wait = self._runnable(room)
+                for e in picks:
+                    self.journal.inflight.add(e.seq)
+                    nursery.start_soon(self._run_one, e)
+                if picks:
+                    await trio.sleep(0)
+                    continue
+                if inflight == 0 and self.journal.count() == 0:
                     self.flushing = False
                     self.idle.set()
                     self.idle = trio.Event()
-                with trio.move_on_after(min(wait, self.quiet if self.vfs.writers else wait)):
-                    await self.vfs.changed.wait()
-                continue
-            if not self.link.should_try():
-                with trio.move_on_after(Link.RETRY_AFTER):
-                    await self.link.changed.wait()
-                continue
-            self.journal.inflight.add(entry.seq)
-            self.current = f"{entry.op} {entry.node}"
-            try:
-                await self._send(entry)
-            except Offline as exc:
-                self.link.down(str(exc))
-                delay = backoff * (0.5 + random.random())
-                backoff = min(backoff * 2, BACKOFF_MAX)
-                log.info("offline (%s); retrying in %.1fs", exc, delay)
-                self.journal.inflight.discard(entry.seq)
-                self.current = ""
-                with trio.move_on_after(delay):
-                    await self.link.changed.wait()
-                continue
-            except _Changed:
-                self.journal.inflight.discard(entry.seq)
-                self.current = ""
-                continue
-            except ApiError as exc:
-                # The server refused for good: record it, do not block the queue for ever.
-                msg = f"{entry.op} {entry.node}: {exc}"
-                log.error("upload refused: %s", msg)
-                self.failures.append(msg)
-            self.link.up()
-            backoff = BACKOFF_MIN
-            with self.tree.tx():
-                self.journal.done(entry.seq)
-            self.current = ""
-            self.uploaded_ops += 1
-            row = self.tree.by_id(entry.node)
-            if row is not None and row.parent is None:
-                self.vfs.maybe_purge(row.ino)
+                # Wake on: a finished upload, a flush, new work (unless only the settle
+                # delay holds the queue: then new work cannot be earlier than it).
+                settling = wait < 3600.0 and not self.flushing and self.journal.count() > 0
+                with trio.move_on_after(wait):
+                    if settling:
+                        await _first(kick, self._finished_event())
+                    else:
+                        await _first(changed, kick, self._finished_event())
+
+    def _finished_event(self) -> trio.Event:
+        if not hasattr(self, "_finished") or self._finished.is_set():
+            self._finished = trio.Event()
+        return self._finished
+
+    async def _run_one(self, entry: Entry) -> None:
+        try:
+            self.active[entry.seq] = f"{entry.op} {entry.node}"
+            await self._send(entry)
+        except Offline as exc:
+            self.link.down(str(exc))
+            delay = self._backoff * (0.5 + random.random())
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+            self._resume_at = max(self._resume_at, time.monotonic() + delay)
+            log.info("offline (%s); retrying in %.1fs", exc, delay)
+            self.journal.inflight.discard(entry.seq)
+            return
+        except _Changed:
+            self.journal.inflight.discard(entry.seq)
+            return
+        except ApiError as exc:
+            # The server refused for good: record it, do not block the queue for ever.
+            msg = f"{entry.op} {entry.node}: {exc}"
+            log.error("upload refused: %s", msg)
+            self.failures.append(msg)
+        except Exception as exc:
+            # A bug must not take the mount down or drop the change: keep the entry,
+            # say so, retry later.
+            log.exception("upload of %s %s failed", entry.op, entry.node)
+            self.failures.append(f"{entry.op} {entry.node}: {type(exc).__name__}: {exc}")
+            self._resume_at = max(self._resume_at, time.monotonic() + BACKOFF_MAX)
+            self.journal.inflight.discard(entry.seq)
+            return
+        finally:
+            self.active.pop(entry.seq, None)
+            self._finished_event().set()
+        self.link.up()
+        self._backoff = BACKOFF_MIN
+        with self.tree.tx():
+            self.journal.done(entry.seq)
+        self.uploaded_ops += 1
+        row = self.tree.by_id(entry.node)
+        if row is not None and row.parent is None:
+            self.vfs.maybe_purge(row.ino)
 
     async def _send(self, e: Entry) -> None:
         handler = getattr(self, f"_op_{e.op}")
@@ -245,6 +343,7 @@ class Sync:
                 if self.tree.child(cur.parent, new) is None:
                     self.tree.update(row.ino, name=new)
                     self.notify("entry", cur.parent, name, None)
+                    self.notify("entry", cur.parent, new, None)
         return new
 
     async def _update(self, e: Entry, body: dict, done: Callable[[Node], bool]) -> None:
@@ -373,9 +472,14 @@ class Sync:
 
         pieces = await trio.to_thread.run_sync(cut)
         size = sum(p[1] for p in pieces)
-        missing = await self.remote.missing(sorted({p[2] for p in pieces}))
+        if size <= SMALL_FILE:
+            # One small chunk: uploading it is cheaper than asking whether to.
+            missing = {p[2] for p in pieces}
+        else:
+            missing = await self.remote.missing(sorted({p[2] for p in pieces}))
         fd = os.open(path, os.O_RDONLY)
         limiter = trio.Semaphore(UPLOAD_CONCURRENCY)
+        errors: list[Exception] = []
         try:
             async def one(off: int, n: int, h: str) -> None:
                 try:
@@ -387,6 +491,10 @@ class Sync:
                         await self.remote.put_chunk(h, data)
                         self.uploaded_chunks += 1
                         self.uploaded_bytes += n
+                except (RemoteError, _Changed) as exc:
+                    # First failure wins; the rest of this upload is pointless.
+                    errors.append(exc)
+                    nursery.cancel_scope.cancel()
                 finally:
                     limiter.release()
 
@@ -400,6 +508,8 @@ class Sync:
                     nursery.start_soon(one, off, n, h)
         finally:
             os.close(fd)
+        if errors:
+            raise errors[0]
         return [ChunkRef(hash=h, size=n) for _, n, h in pieces], size, gen
 
     # -- puller -----------------------------------------------------------------------------

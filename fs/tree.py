@@ -383,7 +383,7 @@ class Tree:
         """unlink (want_dir False) or rmdir (True). The node becomes an orphan."""
         text = check_name(name)
         with self.tx():
-            self._dir(parent)
+            p = self._dir(parent)
             e = self.child(parent, text)
             if e is None:
                 raise FsError(errno.ENOENT)
@@ -395,7 +395,7 @@ class Tree:
             elif e.is_dir:
                 raise FsError(errno.EISDIR)
             if self._retire(e):
-                self.journal.append("delete", e.id)
+                self.journal.append("delete", e.id, {"parent": p.id})
             self._orphan(e)
             now = time.time_ns()
             self.update(parent, mtime_ns=now, ctime_ns=now)
@@ -406,7 +406,7 @@ class Tree:
         """rename(2). Returns (moved node, replaced node or None)."""
         old_text, new_text = check_name(old_name), check_name(new_name)
         with self.tx():
-            self._dir(old_parent)
+            op = self._dir(old_parent)
             np = self._dir(new_parent)
             src = self.child(old_parent, old_text)
             if src is None:
@@ -439,7 +439,7 @@ class Tree:
                     self._orphan(dst)
                 self.update(src.ino, parent=new_parent, name=new_text, ctime_ns=now)
                 self.journal.append("move", src.id, {
-                    "parent": np.id, "name": new_text, "replace": dst is not None,
+                    "parent": np.id, "name": new_text, "replace": dst is not None, "from": op.id,
                 }, ref=np.id)
             for p in {old_parent, new_parent}:
                 self.update(p, mtime_ns=now, ctime_ns=now)

@@ -121,6 +121,7 @@ class Vfs:
         self.fetched_chunks = 0
         self.fetched_bytes = 0
         self.changed = trio.Event()            # content or journal changed: wake the uploader
+        self.last_request = 0.0                # monotonic time of the last kernel request
 
     # -- attributes and lookup counts -------------------------------------------------------
 

@@ -1,0 +1,231 @@
+"""Mount benchmark: the same workloads on a native dir, gobi, rclone mount and sshfs.
+
+    .venv/bin/python bench/bench_mount.py                 # the full issue-3 set (~20-40 min)
+    .venv/bin/python bench/bench_mount.py --quick         # small sizes, a smoke run
+    .venv/bin/python bench/bench_mount.py --targets native,gobi
+
+Targets run one after another in one invocation (same machine, same data):
+native directory; gobi (``gobi server`` on 127.0.0.1 + ``gobi mount``); rclone mount
+``--vfs-cache-mode full`` over ``rclone serve webdav`` on 127.0.0.1; sshfs over a private
+sshd on 127.0.0.1 (when sshd and sshfs are installed). Needs root (mounts,
+``/proc/sys/vm/drop_caches`` for the cold rows).
+
+Rows: sequential write + fsync, sequential read cold/warm, random 4 KiB reads, create /
+``ls -l`` cold and warm / delete N small files, ``tar x`` of a real source tree,
+``git add -A && git commit``, ``git status`` cold and warm; each mutating row is followed
+by a "durable on the server" row: the time from the end of the workload until the server
+holds the result (gobi: ``gobi sync``; rclone/sshfs: the backend directory shows the same
+files and sizes as the mount; native: ``sync``). Figures are seconds, lower is better;
+the last columns are gobi/rclone and gobi/native ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mounts import ROOT, Gobi, Native, Rclone, Sshfs, Target  # noqa: E402
+
+MiB = 1024 * 1024
+GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.org",
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.org"}
+
+
+def drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def make_tarball(dest: Path, entries: int) -> Path:
+    """A real source tree: the first ``entries`` entries of the venv's site-packages."""
+    src = ROOT / ".venv" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    tar_path = dest / "source.tar"
+    count = 0
+    with tarfile.open(tar_path, "w") as tar:
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames.sort()
+            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+            for name in sorted(filenames) + [None]:
+                p = Path(dirpath) if name is None else Path(dirpath) / name
+                if name is None and p == src:
+                    continue
+                tar.add(p, arcname=str(p.relative_to(src)), recursive=False)
+                count += 1
+                if count >= entries:
+                    return tar_path
+    return tar_path
+
+
+def run(args: argparse.Namespace, t: Target, tarball: Path) -> dict[str, float]:
+    r: dict[str, float] = {}
+    w = t.path / "bench"
+    w.mkdir()
+    size = args.size_mib * MiB
+    block = os.urandom(MiB)
+
+    # -- sequential write + fsync; reads cold and warm
+    (w / "seq").mkdir()
+    big = w / "seq" / "big"
+
+    def seq_write():
+        with open(big, "wb") as f:
+            for i in range(size // MiB):
+                f.write(block[i % 7:] + block[:i % 7])
+            f.flush()
+            os.fsync(f.fileno())
+    r["seq write + fsync"] = timed(seq_write)
+    r["  durable on server"] = t.durable("bench/seq")
+
+    def seq_read():
+        with open(big, "rb", buffering=0) as f:
+            while f.read(MiB):
+                pass
+    drop_caches()
+    r["seq read cold"] = timed(seq_read)
+    r["seq read warm"] = timed(seq_read)
+
+    # -- random 4 KiB reads
+    (w / "rand").mkdir()
+    rnd_file = w / "rand" / "file"
+    with open(rnd_file, "wb") as f:
+        for i in range(args.random_file_mib):
+            f.write(os.urandom(MiB) if i < 4 else block[i % 5:] + block[:i % 5])
+    t.durable("bench/rand")
+    rng = random.Random(7)
+    offsets = [rng.randrange(0, args.random_file_mib * MiB - 4096) // 4096 * 4096
+               for _ in range(args.random_reads)]
+    drop_caches()
+
+    def rand_read():
+        fd = os.open(rnd_file, os.O_RDONLY)
+        try:
+            for off in offsets:
+                os.pread(fd, 4096, off)
+        finally:
+            os.close(fd)
+    r[f"{args.random_reads} random 4K reads"] = timed(rand_read)
+
+    # -- many small files
+    small = w / "small"
+    small.mkdir()
+    data = os.urandom(4096)
+
+    def create():
+        for i in range(args.files):
+            with open(small / f"f{i:05}", "wb") as f:
+                f.write(data)
+    r[f"create {args.files} 4K files"] = timed(create)
+    r["  durable on server "] = t.durable("bench/small")
+    drop_caches()
+    ls = lambda: subprocess.run(["ls", "-l", str(small)], stdout=subprocess.DEVNULL, check=True)  # noqa: E731
+    r["ls -l cold"] = timed(ls)
+    r["ls -l warm"] = timed(ls)
+
+    def delete():
+        for i in range(args.files):
+            os.unlink(small / f"f{i:05}")
+    r[f"delete {args.files} files"] = timed(delete)
+    r["  durable on server  "] = t.durable("bench/small")
+
+    # -- tar x, git
+    tdir = w / "tar"
+    tdir.mkdir()
+    r["tar x"] = timed(lambda: subprocess.run(["tar", "xf", str(tarball), "-C", str(tdir)], check=True))
+    r["  durable on server   "] = t.durable("bench/tar")
+    subprocess.run(["git", "init", "-q"], cwd=tdir, env=GIT_ENV, check=True)
+    r["git add -A && git commit"] = timed(lambda: subprocess.run(
+        "git add -A && git commit -q -m bench", shell=True, cwd=tdir, env=GIT_ENV, check=True))
+    r["  durable on server    "] = t.durable("bench/tar")
+    status = lambda: subprocess.run(["git", "status", "--porcelain"], cwd=tdir, env=GIT_ENV,  # noqa: E731
+                                    stdout=subprocess.DEVNULL, check=True)
+    drop_caches()
+    r["git status cold"] = timed(status)
+    r["git status warm"] = timed(status)
+    return r
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--targets", default="native,gobi,rclone,sshfs")
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--random-file-mib", type=int, default=256)
+    ap.add_argument("--random-reads", type=int, default=8192)
+    ap.add_argument("--files", type=int, default=10_000)
+    ap.add_argument("--tar-entries", type=int, default=10_000)
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    ap.add_argument("--work", help="work directory (default: a temp dir, removed afterwards)")
+    args = ap.parse_args()
+    if args.quick:
+        args.size_mib, args.random_file_mib, args.random_reads = 64, 32, 512
+        args.files, args.tar_entries = 500, 500
+    if os.geteuid() != 0:
+        print("bench_mount needs root (FUSE mounts, drop_caches)", file=sys.stderr)
+        return 2
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gobi-bench-mount-"))
+    work.mkdir(parents=True, exist_ok=True)
+    tarball = make_tarball(work, args.tar_entries)
+    kinds = {"native": Native, "gobi": Gobi, "rclone": Rclone, "sshfs": Sshfs}
+    results: dict[str, dict[str, float]] = {}
+    try:
+        for name in args.targets.split(","):
+            if name == "sshfs" and not Sshfs.available():
+                print("sshfs: skipped (needs sshfs and openssh-server)", file=sys.stderr)
+                continue
+            if name == "rclone" and not shutil.which("rclone"):
+                print("rclone: skipped (not installed)", file=sys.stderr)
+                continue
+            target = kinds[name](work / name)
+            print(f"== {name}", file=sys.stderr, flush=True)
+            try:
+                target.start()
+                results[name] = run(args, target, tarball)
+            finally:
+                target.stop()
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    print_table(results, args)
+    return 0
+
+
+def print_table(results: dict[str, dict[str, float]], args) -> None:
+    names = list(results)
+    rows = list(next(iter(results.values())))
+    print(f"\nmount benchmark: seq {args.size_mib} MiB, random file {args.random_file_mib} MiB, "
+          f"{args.files} small files, tar of {args.tar_entries} entries (seconds, lower is better)\n")
+    head = f"{'workload':<28}" + "".join(f"{n:>10}" for n in names)
+    if "gobi" in results and "rclone" in results:
+        head += f"{'gobi/rclone':>13}"
+    if "gobi" in results and "native" in results:
+        head += f"{'gobi/native':>13}"
+    print(head)
+    print("-" * len(head))
+    for row in rows:
+        line = f"{row.rstrip():<28}" + "".join(f"{results[n].get(row, float('nan')):>10.3f}" for n in names)
+        g = results.get("gobi", {}).get(row)
+        for other in ("rclone", "native"):
+            if "gobi" in results and other in results:
+                o = results[other].get(row)
+                line += f"{(g / o if o else float('inf')):>13.2f}" if g is not None and o is not None else f"{'':>13}"
+        print(line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
