@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 packages=(python3 python3-venv python3-dev gcc pkg-config libfuse3-dev fuse3 ca-certificates)
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(redis-server sqlite3 git rsync inotify-tools psmisc procps curl)
+  # bench/bench_mount.py compares against rclone mount and sshfs (its sshfs row also needs
+  # openssh-server, left out here: its package starts an sshd on all interfaces)
+  packages+=(rclone sshfs)
   # S3 driver tests run against a real Ceph RADOS Gateway (scripts/ceph/start_rgw.sh)
   packages+=(ceph-mon ceph-osd radosgw ceph-common)
 fi
