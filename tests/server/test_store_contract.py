@@ -45,6 +45,21 @@ def store_url(request, tmp_path):
     return request.getfixturevalue("mongo_url")
 
 
+# Where the nx-27017 fallback (used only when no Python 3.13 can run mongoeco) lacks a
+# MongoDB feature the store relies on: those tests are expected to fail there, loudly.
+NX_GAPS = {
+    "partial_index": "nx-27017 ignores partialFilterExpression: the unique index covers every row",
+    "concurrent_tx": "nx-27017 runs transactions as savepoints on one SQLite connection",
+}
+
+
+def fallback_gap(request, gap: str) -> None:
+    if request.node.callspec.params.get("store_url") != "mongo":
+        return
+    if request.getfixturevalue("mongo_server").kind.startswith("nx-27017"):
+        pytest.xfail(NX_GAPS[gap])
+
+
 def make_store(url: str) -> MetadataStore:
     if url.startswith("sqlite://"):
         return SqliteStore(url.removeprefix("sqlite://"))
@@ -278,8 +293,10 @@ async def test_run_write_returns_fn_result_and_may_call_fn_again(store):
 
 
 @pytest.mark.parametrize("instances", [1, 2])
-async def test_concurrent_writers_get_contiguous_seqs(store, store_url, instances):
+async def test_concurrent_writers_get_contiguous_seqs(store, store_url, instances, request):
     """Many writers at once, through one or two store objects (two API instances)."""
+    if instances > 1:
+        fallback_gap(request, "concurrent_tx")
     alice = await new_user(store)
     vid = await new_vault(store, alice)
     stores = [store]
@@ -314,7 +331,8 @@ async def test_concurrent_writers_get_contiguous_seqs(store, store_url, instance
 
 # -- nodes: temporal rows, listings, unique live names -----------------------------------------
 
-async def test_list_tree_is_exact_at_every_seq(store):
+async def test_list_tree_is_exact_at_every_seq(store, request):
+    fallback_gap(request, "partial_index")
     alice = await new_user(store)
     vid = await new_vault(store, alice)
     d = await create(store, vid, folder("docs"))                       # 1
@@ -358,7 +376,8 @@ async def test_list_tree_is_exact_at_every_seq(store):
     assert await store.child(vid, ROOT_ID, "b.txt") is None
 
 
-async def test_children_are_live_ordered_by_name_and_paged(store):
+async def test_children_are_live_ordered_by_name_and_paged(store, request):
+    fallback_gap(request, "partial_index")
     alice = await new_user(store)
     vid = await new_vault(store, alice)
     names = ["b", "a", "Z", "ä", "a b", "a.txt", "日本", "_"]
@@ -380,7 +399,8 @@ async def test_children_are_live_ordered_by_name_and_paged(store):
     assert await store.children(vid, nodes["a"].id, None, 10) == []
 
 
-async def test_live_names_are_unique_per_directory(store):
+async def test_live_names_are_unique_per_directory(store, request):
+    fallback_gap(request, "partial_index")
     alice = await new_user(store)
     vid = await new_vault(store, alice)
     a = await create(store, vid, file("same"))
