@@ -169,7 +169,7 @@ class S3Driver(StorageDriver):
             "region_name": region or "us-east-1",
             "endpoint_url": endpoint,
             "config": Config(
-                retries={"mode": "standard", "max_attempts": max_attempts},
+                retries={"mode": "standard", "total_max_attempts": max_attempts},
                 s3={"addressing_style": addressing},
                 max_pool_connections=max_connections,
                 connect_timeout=10,
