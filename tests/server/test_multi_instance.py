@@ -300,3 +300,30 @@ def test_kill_9_of_an_instance_loses_nothing_it_acknowledged(make_cluster):
     assert node["rev"] == events["head_seq"] + 1
     api_a.close()
     api_b.close()
+
+
+def test_lost_database_answers_503_and_health_says_so(tmp_path, redis_server):
+    from tests.backing import MongoServer
+
+    mongo = MongoServer().start()
+    try:
+        if mongo.proc is None:
+            pytest.skip("external MongoDB: this test stops the server")
+        url = mongo.url("gobi_lost") + "&serverSelectionTimeoutMS=500"
+        cluster = Cluster(tmp_path, url, redis_server.url)
+        try:
+            a = cluster.start("a")
+            _, token = register(a)
+            api = Api(a.api, token)
+            vault = api.post("/vaults", json={"name": "v"}).json()["id"]
+            mongo.stop()
+            r = api.post(f"/vaults/{vault}/nodes", json={"parent": "root", "name": "x", "kind": "dir"})
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "unavailable" and r.headers["retry-after"]
+            health = httpx.get(a.url + "/health", timeout=GUARD)
+            assert health.status_code == 503 and health.json()["status"] == "store unavailable"
+            api.close()
+        finally:
+            cluster.stop()
+    finally:
+        mongo.stop()
