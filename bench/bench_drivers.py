@@ -6,7 +6,7 @@ local, encrypted(local), s3 and encrypted(s3), side by side in one run.
     .venv/bin/python bench/bench_drivers.py --s3 none        # local only
 
 Each round runs every driver once in turn (interleaved, so a noisy neighbour hits all of
-them alike) and the median round is reported. Puts are durable (local: fsync of file and
+them alike; the order rotates from round to round) and the median round is reported. Puts are durable (local: fsync of file and
 directory; s3: the server's answer). Gets read back what was put. ``--concurrency`` runs
 that many operations at once (the server uploads several chunks at a time).
 The cost of encryption is the throughput lost relative to the same driver without it.
@@ -132,8 +132,11 @@ async def main(args: argparse.Namespace) -> None:
         for label, (size, count) in SIZES.items():
             count = max(4, int(count * args.scale))
             payloads = [os.urandom(size) for _ in range(count)]
+            names = list(drivers)
             for rnd in range(args.rounds):
-                for name, d in drivers.items():
+                # rotate the order each round: no driver always follows the same neighbour
+                for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+                    d = drivers[name]
                     keys = [f"v{rnd}/{label[:2].strip()}{i:04x}{os.urandom(6).hex()}" for i in range(count)]
                     for op in ("put", "get"):
                         elapsed = await run_ops(d, keys, payloads, args.concurrency, op)

@@ -149,5 +149,6 @@ async def test_leftover_temp_files_are_swept(share):
 
 
 def test_filesystem_type_is_reported(share):
-    assert filesystem_type(share) in {"ext4", "xfs", "btrfs", "tmpfs", "overlay"}
-    assert filesystem_type(share) in NfsDriver(share).describe()
+    fstype = filesystem_type(share)
+    assert fstype not in ("unknown", "nfs", "nfs4")  # the simulation runs on a local file system
+    assert fstype in NfsDriver(share).describe()
