@@ -7,31 +7,10 @@ parser (and every client command) stays free of Sanic.
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
 import sys
 
-
-def server_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="TOML configuration file (env: GOBI_CONFIG)")
-    p.add_argument("--data-dir", metavar="DIR", help="where metadata, blobs and keys live (env: GOBI_DATA_DIR)")
-
-
-def load_config(args: argparse.Namespace, **extra: object):
-    from .config import ServerConfig
-
-    return ServerConfig.load(
-        args.config or os.environ.get("GOBI_CONFIG"), data_dir=args.data_dir, **extra
-    )
-
-
-def read_password(args: argparse.Namespace, confirm: bool) -> str:
-    if args.password_stdin:
-        return sys.stdin.readline().rstrip("\n")
-    password = getpass.getpass("Password: ")
-    if confirm and getpass.getpass("Again: ") != password:
-        raise SystemExit("gobi: passwords do not match")
-    return password
+from . import cli_storage
+from .cli_common import load_config, read_password, server_options
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -75,7 +54,6 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from . import cli_storage  # gobi keys …, gobi storage … (imported here: it imports this module)
     cli_storage.add_commands(sub)
     p = sub.add_parser("server", help="run the API server (embedded defaults: no other service needed)")
     server_options(p)

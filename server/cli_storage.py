@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from .cli import load_config, server_options
+from .cli_common import load_config, server_options
 
 
 def _open(cfg: Any, keys: Any) -> Any:

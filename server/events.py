@@ -10,6 +10,7 @@ client must re-list the tree.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from gobi.protocol import ErrorCode, Event, EventType, Node
@@ -20,11 +21,28 @@ from .fanout import Fanout
 from .store.base import MetadataStore, VaultRecord
 
 
+#: Serialised ``event`` frames kept per process: one commit seen by a thousand sockets
+#: is serialised once, not a thousand times.
+FRAME_CACHE = 4096
+
+
 class EventLog:
     def __init__(self, store: MetadataStore, fanout: Fanout, poll_interval: float):
         self.store = store
         self.fanout = fanout
         self.poll_interval = poll_interval
+        self._frames: OrderedDict[tuple[str, int], str] = OrderedDict()
+
+    def frame(self, vault_id: str, event: Event) -> str:
+        """The WebSocket ``event`` frame of an event, serialised once per process."""
+        key = (vault_id, event.seq)
+        text = self._frames.get(key)
+        if text is None:
+            text = '{"type":"event","event":' + event.model_dump_json() + "}"
+            self._frames[key] = text
+            if len(self._frames) > FRAME_CACHE:
+                self._frames.popitem(last=False)
+        return text
 
     async def check_cursor(self, vault: VaultRecord, after: int) -> None:
         if after > vault.head_seq:

@@ -75,7 +75,7 @@ async def stream(request: Request, ws: WebsocketImplProtocol, vault_id: str) -> 
         try:
             async for item in svc.events.stream(vault, after):
                 if isinstance(item, Event):
-                    await ws.send(_frame("event", event=item.model_dump(mode="json")))
+                    await ws.send(svc.events.frame(vault.id, item))
                 else:
                     await ws.send(_frame("caught_up", seq=item))
         except ServiceError as exc:

@@ -15,7 +15,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from gobi.server.fanout import InProcessFanout, open_fanout
-from gobi.server.fanout_redis import DEFAULT_CHANNEL, RedisFanout
+from gobi.server.fanout.redis import DEFAULT_CHANNEL, RedisFanout
 from tests.backing import RedisServer
 
 pytestmark = pytest.mark.asyncio

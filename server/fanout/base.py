@@ -7,7 +7,7 @@ A lost doorbell delays a socket by at most its poll interval (the caller bounds 
 wait with ``asyncio.timeout``), it never loses an event.
 
 ``InProcessFanout`` serves one process (the embedded default). ``RedisFanout`` (scale-out,
-``fanout_redis.py``) publishes to Redis and rings the same local bells from one
+``redis.py``) publishes to Redis and rings the same local bells from one
 subscription per instance.
 """
 
@@ -91,14 +91,3 @@ class InProcessFanout(Fanout):
 
     async def wait_beyond(self, vault_id: str, after: int) -> None:
         await self.bells.wait_beyond(vault_id, after)
-
-
-def open_fanout(url: str) -> Fanout:
-    """``memory`` (one process) or ``redis://…`` / ``rediss://…`` (several instances)."""
-    if url in ("", "memory"):
-        return InProcessFanout()
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from .fanout_redis import RedisFanout
-
-        return RedisFanout(url)
-    raise ValueError(f"unknown fan-out {url!r} (use 'memory' or a redis:// URL)")

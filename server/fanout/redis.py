@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .fanout import Fanout, LocalBells
+from .base import Fanout, LocalBells
 
 log = logging.getLogger("gobi.server.fanout")
 
