@@ -8,6 +8,8 @@ Rows:
   baseline A: the same bytes written straight to disk the way the local driver does it
   (temp file + fsync + rename + fsync dir), no HTTP — what the disk allows;
   baseline B: the same bytes uploaded with HTTP PUT to `rclone serve webdav` on 127.0.0.1.
+- small files/s: 4 KiB files made durable one request pair each vs. chunk and op
+  batches (`POST /chunks`, `POST /ops`).
 - commits/s: create-file commits (one event, one version each) at each concurrency;
   baseline: bare SQLite transactions with synchronous=FULL that insert one row each
   (what durable commits can cost at best on this disk).
@@ -116,6 +118,37 @@ async def gobi_commits(api: str, token: str, vault: str, n: int, concurrency: in
         return await run_parallel(range(n), concurrency, create)
 
 
+async def small_files(api: str, token: str, vault: str, n: int, batched: bool, tag: str) -> float:
+    """n 4 KiB files: one PUT + one create each, or chunk and op batches of 500."""
+    files = [os.urandom(4096) for _ in range(n)]
+    refs = [(hashlib.sha256(d).hexdigest(), d) for d in files]
+    async with httpx.AsyncClient(base_url=api, headers={"Authorization": f"Bearer {token}"},
+                                 timeout=120, limits=httpx.Limits(max_connections=8)) as c:
+        t0 = time.perf_counter()
+        if not batched:
+            async def one(i: int) -> None:
+                h, d = refs[i]
+                assert (await c.put(f"/vaults/{vault}/chunks/{h}", content=d)).status_code == 201
+                r = await c.post(f"/vaults/{vault}/nodes", json={
+                    "parent": "root", "name": f"{tag}-{i}", "kind": "file",
+                    "content": {"chunks": [{"hash": h, "size": len(d)}], "size": len(d)}})
+                assert r.status_code == 201, r.text
+
+            await run_parallel(range(n), 8, one)
+        else:
+            for start in range(0, n, 500):
+                part = refs[start:start + 500]
+                body = b"".join(bytes.fromhex(h) + len(d).to_bytes(4, "big") + d for h, d in part)
+                assert (await c.post(f"/vaults/{vault}/chunks", content=body)).status_code == 200
+                ops = [{"id": str(start + i), "op": "create", "args": {
+                    "parent": "root", "name": f"{tag}-{start + i}", "kind": "file",
+                    "content": {"chunks": [{"hash": h, "size": len(d)}], "size": len(d)}}}
+                    for i, (h, d) in enumerate(part)]
+                r = await c.post(f"/vaults/{vault}/ops", json={"ops": ops})
+                assert all(x["type"] == "ack" for x in r.json()["results"])
+        return time.perf_counter() - t0
+
+
 def sqlite_commits(path: Path, n: int) -> float:
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
@@ -190,6 +223,13 @@ def main() -> None:
                 gobi_commits(srv.api, token, vault, args.commits, conc, f"c{conc}"))
             cm.add_row(str(conc), f"{rate:.0f}", f"{base:.0f}", f"{rate / base:.2f}")
         console.print(cm)
+        sf = Table(title=f"{args.commits} small files (4 KiB) made durable on the server (files/s)")
+        for col in ("per-file requests (8 parallel)", "batches of 500", "batch/per-file"):
+            sf.add_column(col, justify="right")
+        one = args.commits / asyncio.run(small_files(srv.api, token, vault, args.commits, False, "s1"))
+        batch = args.commits / asyncio.run(small_files(srv.api, token, vault, args.commits, True, "s2"))
+        sf.add_row(f"{one:.0f}", f"{batch:.0f}", f"{batch / one:.1f}")
+        console.print(sf)
     finally:
         srv.stop()
         if dav:

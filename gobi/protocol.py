@@ -399,6 +399,21 @@ class WsCommit(Model):
 
 WsOp = Annotated[WsCreate | WsUpdate | WsDelete | WsCommit, Field(discriminator="op")]
 
+MAX_BATCH_OPS = 1000
+
+
+class OpsBatchRequest(Model):
+    """``POST /vaults/{v}/ops``: the WebSocket operations over REST, many per request.
+
+    Each element is an ``op`` frame (``{"id", "op", "node"?, "args"}``; ``type`` may be
+    left out). They run in order, each in its own transaction; the answer lists one
+    ``ack``/``nack`` per operation. With ``stop_on_error`` the operations after the first
+    ``nack`` are not run and are answered ``skipped``.
+    """
+
+    ops: list[dict] = Field(min_length=1, max_length=MAX_BATCH_OPS)
+    stop_on_error: bool = False
+
 WS_CLOSE_GOING_AWAY = 1001
 WS_CLOSE_UNAUTHENTICATED = 4401
 WS_CLOSE_NOT_FOUND = 4404

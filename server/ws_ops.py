@@ -1,4 +1,4 @@
-"""Metadata operations that arrive over a vault's WebSocket.
+"""Metadata operations that arrive over a vault's WebSocket (or in a REST batch).
 
 The same four writes as REST (create, update = rename/move/setattr, delete, commit), with
 a request id, answered by ``ack`` (the node's new state) or ``nack`` (a typed error whose
@@ -26,8 +26,14 @@ def _nack(req_id: Any, err: ServiceError) -> dict[str, Any]:
     return {"type": "nack", "id": req_id, **err.body()}
 
 
-async def handle_op(services: Services, actor: Actor, vault_id: str, frame: dict[str, Any]) -> dict[str, Any]:
-    """Validate and run one ``op`` frame; return the ``ack``/``nack`` frame to send."""
+async def handle_op(
+    services: Services, actor: Actor, vault_id: str, frame: dict[str, Any], *, recheck: bool = True
+) -> dict[str, Any]:
+    """Validate and run one ``op`` frame; return the ``ack``/``nack`` frame to send.
+
+    ``recheck``: look membership up again for this operation (a long-lived socket);
+    a batch inside one HTTP request shares the request's check instead.
+    """
     req_id = frame.get("id") if isinstance(frame.get("id"), str) else None
     try:
         op = _OP.validate_python(frame)
@@ -37,8 +43,9 @@ async def handle_op(services: Services, actor: Actor, vault_id: str, frame: dict
         code = (ErrorCode.INVALID_NAME if first.get("loc") and first["loc"][-1] == "name"
                 and first.get("type") == "value_error" else ErrorCode.BAD_REQUEST)
         return _nack(req_id, ServiceError(code, f"invalid operation: {loc}: {first.get('msg')}"))
-    # A fresh actor per operation: no memoised membership survives between operations.
-    actor = Actor(actor.user, actor.device)
+    if recheck:
+        # A fresh actor: no memoised membership survives between socket operations.
+        actor = Actor(actor.user, actor.device)
     nodes = services.nodes
     try:
         if isinstance(op, WsCreate):

@@ -28,6 +28,7 @@ from .vaults import VID
 bp = Blueprint("content", url_prefix=API_PREFIX)
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 CACHE_CONTROL = "private, max-age=31536000, immutable"
+MAX_BATCH_CHUNKS = 4096
 
 
 def _hash(raw_hash: str) -> str:
@@ -75,6 +76,38 @@ async def missing(request: Request, vault_id: str) -> HTTPResponse:
     req = parse_body(request, MissingChunksRequest)
     hashes = await services(request).chunks.missing(request.ctx.actor, vault_id, req.hashes)
     return model_response(MissingChunksResponse(missing=hashes))
+
+
+def parse_chunk_batch(body: bytes) -> list[tuple[str, bytes]]:
+    """Frames of ``32-byte SHA-256 | 4-byte big-endian size | bytes``, back to back."""
+    items, pos = [], 0
+    while pos < len(body):
+        if len(body) - pos < 36:
+            raise ServiceError(ErrorCode.BAD_REQUEST, f"truncated chunk frame header at byte {pos}")
+        digest, size = body[pos:pos + 32], int.from_bytes(body[pos + 32:pos + 36], "big")
+        pos += 36
+        if size == 0 or size > len(body) - pos:
+            raise ServiceError(ErrorCode.BAD_REQUEST, f"chunk frame size {size} does not fit the body")
+        items.append((digest.hex(), body[pos:pos + size]))
+        pos += size
+        if len(items) > MAX_BATCH_CHUNKS:
+            raise ServiceError(ErrorCode.BAD_REQUEST, f"at most {MAX_BATCH_CHUNKS} chunks per batch")
+    if not items:
+        raise ServiceError(ErrorCode.BAD_REQUEST, "empty chunk batch")
+    return items
+
+
+@bp.post(f"/vaults/{VID}/chunks")
+@openapi.summary("Upload several chunks at once: frames of sha256(32 bytes) | size (u32 BE) | bytes")
+@openapi.body({"application/octet-stream": bytes})
+@authed
+async def put_batch(request: Request, vault_id: str) -> HTTPResponse:
+    items = parse_chunk_batch(request.body or b"")
+    created = await services(request).chunks.put_many(request.ctx.actor, vault_id, items)
+    new_bytes = sum(len(d) for (_, d), c in zip(items, created) if c)
+    request.app.ctx.metrics.chunk_bytes.labels("in").inc(new_bytes)
+    return model_response({"chunks": [{"hash": h, "size": len(d), "created": c}
+                                      for (h, d), c in zip(items, created)]})
 
 
 @bp.put(f"/vaults/{VID}/chunks/<chunk_hash:str>")

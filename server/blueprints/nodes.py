@@ -17,6 +17,7 @@ from gobi.protocol import (
     ErrorCode,
     Node,
     NodeList,
+    OpsBatchRequest,
     TreePage,
     UpdateNodeRequest,
     validate_id,
@@ -25,6 +26,7 @@ from gobi.protocol import (
 from ..errors import ServiceError
 from ..http import authed, body_doc, bool_arg, int_arg, model_response, parse_body, services, str_arg
 from ..store.base import VersionRecord
+from ..ws_ops import handle_op
 from .vaults import VID
 
 bp = Blueprint("nodes", url_prefix=API_PREFIX)
@@ -50,6 +52,25 @@ async def create(request: Request, vault_id: str) -> HTTPResponse:
     req = parse_body(request, CreateNodeRequest)
     node, created = await services(request).nodes.create(request.ctx.actor, vault_id, req)
     return model_response(node, status=201 if created else 200)
+
+
+@bp.post(f"/vaults/{VID}/ops")
+@openapi.summary("Run many node operations (the WebSocket op frames) in order, one answer each")
+@body_doc(OpsBatchRequest)
+@authed
+async def ops_batch(request: Request, vault_id: str) -> HTTPResponse:
+    req = parse_body(request, OpsBatchRequest)
+    svc = services(request)
+    results: list[dict] = []
+    failed = False
+    for frame in req.ops:
+        if failed and req.stop_on_error:
+            results.append({"type": "skipped", "id": frame.get("id")})
+            continue
+        reply = await handle_op(svc, request.ctx.actor, vault_id, {"type": "op", **frame}, recheck=False)
+        failed = failed or reply["type"] == "nack"
+        results.append(reply)
+    return model_response({"results": results})
 
 
 @bp.get(f"/vaults/{VID}/nodes/{NID}")
