@@ -67,6 +67,7 @@ class ErrorCode(str, enum.Enum):
     CURSOR_EXPIRED = "cursor_expired"        # events before the cursor were dropped: re-list
     RANGE_NOT_SATISFIABLE = "range_not_satisfiable"
     UNAVAILABLE = "unavailable"              # draining or a dependency is down: retry
+    DELETE_HELD = "delete_held"              # mass delete held for the owner (details.hold)
     INTERNAL = "internal"
 
 
@@ -83,6 +84,9 @@ class EventType(str, enum.Enum):
     ATTR = "attr"          # mode or mtime changed
     DELETE = "delete"      # node became a tombstone
     VAULT_DELETED = "vault_deleted"
+    CONFLICT = "conflict"  # a conflict was settled by a strategy or recorded (``conflict``);
+    #                        ``node`` is the node's current state (its rev may be older)
+    HOLD = "hold"          # a mass delete was held, confirmed, rejected or expired (``hold``)
 
 
 def validate_name(name: str) -> str:
@@ -149,6 +153,14 @@ NonNegInt = Annotated[int, Field(ge=0)]
 # Signed 64-bit nanoseconds: a few centuries either side of 1970.
 TimeNs = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 Password = Annotated[str, Field(min_length=8, max_length=1024)]
+
+#: What a write does when it meets a change it did not know about (a stale ``base_rev``,
+#: a taken name, a deleted parent): ``fail`` answers 409 with the head (the client
+#: decides); ``strategy`` lets the server apply the vault's conflict strategy for that path
+#: and answer a ``WriteOutcome`` saying what it did. See docs/conflicts.md.
+OnConflict = Literal["fail", "strategy"]
+StrategyName = Literal["keep-both", "last-writer-wins", "server-wins", "client-wins", "manual"]
+STRATEGY_NAMES: tuple[str, ...] = ("keep-both", "last-writer-wins", "server-wins", "client-wins", "manual")
 
 
 class Model(BaseModel):
@@ -268,6 +280,7 @@ class CreateNodeRequest(Model):
     mtime_ns: TimeNs | None = None
     target: SymlinkTarget | None = None     # required for symlinks, refused otherwise
     content: Manifest | None = None          # files only; default: empty file
+    on_conflict: OnConflict = "fail"          # name taken / parent deleted: see OnConflict
 
 
 class CommitContentRequest(Model):
@@ -276,6 +289,7 @@ class CommitContentRequest(Model):
     size: NonNegInt
     mtime_ns: TimeNs | None = None
     mode: Mode | None = None
+    on_conflict: OnConflict = "fail"
 
 
 class UpdateNodeRequest(Model):
@@ -293,11 +307,20 @@ class UpdateNodeRequest(Model):
     mtime_ns: TimeNs | None = None
     replace: bool = False
     replace_rev: NonNegInt | None = None
+    on_conflict: OnConflict = "fail"
 
 
 class DeleteNodeRequest(Model):
+    """``seen_seq``: the vault seq whose effects the deleter had seen; in a recursive delete
+    (or with ``on_conflict="strategy"``) nodes changed after it are new to the deleter and
+    the vault's strategy decides whether they survive. ``at_ns``: when the delete happened
+    on the client (last-writer-wins compares it; default: now)."""
+
     base_rev: NonNegInt
     recursive: bool = False
+    on_conflict: OnConflict = "fail"
+    seen_seq: NonNegInt | None = None
+    at_ns: TimeNs | None = None
 
 
 class NodeList(Model):
@@ -313,6 +336,162 @@ class TreePage(Model):
     next_cursor: str | None = None
 
 
+# --------------------------------------------------------------------------- history
+# Versions, trash, mass-delete holds, conflicts, garbage collection (docs/conflicts.md).
+
+ConflictCase = Literal[
+    "modify_modify",    # both changed the content
+    "modify_delete",    # the request changes content the server has deleted
+    "delete_modify",    # the request deletes content the server has changed
+    "delete_delete",    # deleted on both sides
+    "rename_rename",    # both moved/renamed the same node
+    "attr_attr",        # both changed mode or mtime
+    "name_clash",       # create/create or a move onto a name taken meanwhile (any kinds)
+    "parent_deleted",   # created or moved into a directory deleted meanwhile
+    "dir_changed",      # a directory deleted while nodes inside it changed or appeared
+]
+Keep = Literal["mine", "theirs", "both"]
+
+
+class ConflictInfo(Model):
+    """A conflict and what happened to it. ``mine`` is the side of the request that met
+    the conflict, ``theirs`` the server's state it did not know about. ``result``: which
+    side the tree shows (``mine``, ``theirs``, ``both``), ``merged`` (two directories of
+    one name: ``theirs.node`` is the one to use), ``already`` (delete/delete) or
+    ``recorded`` (manual: waits for ``resolve``; the tree shows theirs)."""
+
+    id: str
+    case: ConflictCase
+    strategy: StrategyName
+    result: Literal["mine", "theirs", "both", "merged", "already", "recorded"]
+    state: Literal["open", "resolved"] = "resolved"
+    resolution: Keep | None = None   # manual conflicts, once decided
+    node: str                         # the node the request addressed
+    path: str                         # its path when the conflict happened
+    ts: float
+    device: str | None = None         # mine's device and user
+    user: str | None = None
+    mine: dict = Field(default_factory=dict)    # e.g. {"rev": R} (kept version), {"parent", "name"}
+    theirs: dict = Field(default_factory=dict)  # e.g. {"rev": R}, {"node": ID}
+    conflicted_copy: Node | None = None   # keep-both: the conflicted copy
+    message: str = ""
+
+
+class WriteOutcome(Model):
+    """Answer of a write sent with ``on_conflict="strategy"``: the node the request
+    addressed as it is now, and the conflict if there was one."""
+
+    node: Node
+    conflict: ConflictInfo | None = None
+
+
+class ConflictRule(Model):
+    """``pattern``: a glob on the vault path; without ``/`` it matches the file name at any
+    depth (``*.docx``), with ``/`` the whole path (``docs/**``, ``*`` stays inside one
+    component, ``**`` crosses them)."""
+
+    pattern: str = Field(min_length=1, max_length=1024)
+    strategy: StrategyName
+
+
+class VaultSettings(Model):
+    """Per-vault settings: the conflict strategy and per-path overrides (first match wins)."""
+
+    conflict_strategy: StrategyName = "keep-both"
+    conflict_rules: list[ConflictRule] = Field(default_factory=list, max_length=200)
+
+
+class ResolveConflictRequest(Model):
+    keep: Keep
+
+
+class VersionInfo(Model):
+    node: str
+    rev: int
+    size: int
+    mtime_ns: int
+    ts: float
+    device: str | None = None
+    user: str | None = None
+    origin: str | None = None   # "restore:R", "conflict" (a losing commit kept in history)
+    head: bool = False          # the file's current content
+    chunks: list[ChunkRef] | None = None
+
+
+class RestoreVersionRequest(Model):
+    """Make version ``rev`` the file's content again, as a new version. ``base_rev``
+    (optional) guards it like a commit's."""
+
+    rev: NonNegInt
+    base_rev: NonNegInt | None = None
+
+
+class TrashEntry(Model):
+    """One delete: a file, or a directory with the subtree it had (``files``, ``bytes``)."""
+
+    id: str
+    node: str
+    parent: str | None
+    name: str
+    kind: NodeKind
+    path: str
+    files: int
+    dirs: int
+    bytes: int
+    deleted_at: float
+    device: str | None = None
+    user: str | None = None
+    reason: Literal["delete", "replace", "conflict"] = "delete"
+    hold: str | None = None     # the mass-delete hold it went through, if any
+
+
+class RestoreTrashRequest(Model):
+    """Restore to the old place (default), or into ``parent`` and/or under ``name``."""
+
+    parent: Id | None = None
+    name: Name | None = None
+
+
+class TrashRestored(Model):
+    node: Node          # the restored top node
+    restored: int       # nodes brought back
+    renamed: bool       # the old name was taken: ``node.name`` is a new one
+    revived_parents: int = 0   # deleted ancestor directories brought back to hold it
+
+
+class HoldInfo(Model):
+    """A mass delete held for the vault owner (see ``delete_held``)."""
+
+    id: str
+    state: Literal["pending", "confirmed", "rejected", "expired"]
+    device: str | None = None     # who asked for the deletes
+    user: str | None = None
+    created: float
+    expires: float
+    files: int                    # files the held deletes would remove
+    items: int                    # delete requests held
+    resolved_by: str | None = None
+    resolved_at: float | None = None
+    applied: int | None = None    # after confirm: deletes applied / skipped (changed meanwhile)
+    skipped: int | None = None
+
+
+class GcRequest(Model):
+    dry_run: bool = False
+
+
+class GcReport(Model):
+    """Chunks as ``{"chunks": N, "bytes": B}`` (plaintext bytes)."""
+
+    dry_run: bool
+    grace_seconds: float
+    referenced: dict
+    collectable: dict      # unreferenced and past the grace period: what a run frees
+    in_grace: dict         # unreferenced but recent (uploads not committed yet): kept
+    freed: dict            # what this run deleted (zero for a dry run)
+    seconds: float
+
+
 # --------------------------------------------------------------------------- events
 
 
@@ -325,6 +504,8 @@ class Event(Model):
     old_name: str | None = None      # MOVE only
     device: str | None = None        # X-Gobi-Device of the request that caused it
     user: str | None = None          # username that caused it
+    conflict: ConflictInfo | None = None   # CONFLICT only
+    hold: HoldInfo | None = None           # HOLD only
 
 
 class EventPage(Model):
@@ -351,7 +532,7 @@ class ErrorBody(Model):
 #   {"type": "op", "id": REQ, "op": "delete", "node": NODE, "args": DeleteNodeRequest}
 #   {"type": "op", "id": REQ, "op": "commit", "node": NODE, "args": CommitContentRequest}
 # answered, in the order sent, by
-#   {"type": "ack", "id": REQ, "node": Node}
+#   {"type": "ack", "id": REQ, "node": Node[, "conflict": ConflictInfo]}   (on_conflict="strategy")
 #   {"type": "nack", "id": REQ, "error": ErrorDetail}   details.head = state to catch up to
 # The events the operations cause arrive on the same socket like any other event (with
 # this connection's device), so a client recognises its own echoes.

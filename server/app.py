@@ -136,6 +136,7 @@ def create_app(config: ServerConfig, name: str = "gobi") -> Sanic:
     @app.before_server_start
     async def _open(app: Sanic) -> None:
         app.ctx.services = await Services.open(config, app.ctx.metrics)
+        app.ctx.services.start_jobs()
         app.add_task(_prune_forever(app), name="gobi-prune")
 
     @app.before_server_stop

@@ -57,6 +57,7 @@ class Chunks:
             )
         if await self.store.chunk_size(vault_id, chunk_hash) is not None:
             return False
+        await self._refuse_doomed(vault_id, [chunk_hash])
         try:
             await self.driver.put(self.storage_key(vault_id, chunk_hash), data)
         except StorageError as exc:
@@ -80,6 +81,7 @@ class Chunks:
                                    expected=expected, actual=got)
         missing = set(await self.store.missing_chunks(vault_id, [h for h, _ in items]))
         todo = {h: data for h, data in items if h in missing}
+        await self._refuse_doomed(vault_id, list(todo))
         gate = asyncio.Semaphore(8)
 
         async def store_one(chunk_hash: str, data: bytes) -> bool:
@@ -97,6 +99,15 @@ class Chunks:
             out.append(created.get(h, False) and h not in seen)
             seen.add(h)
         return out
+
+    async def _refuse_doomed(self, vault_id: str, hashes: list[str]) -> None:
+        """Garbage collection is deleting these objects (see ``gc.py``): writing one now
+        could be undone by that delete, so the upload waits until the collector is done."""
+        if hashes and (doomed := await self.store.doomed_chunks(vault_id, hashes)):
+            err = ServiceError(ErrorCode.UNAVAILABLE, "chunk is being garbage-collected; retry in a moment",
+                               doomed=doomed[:100])
+            err.headers["Retry-After"] = "2"
+            raise err
 
     async def size(self, actor: Actor, vault_id: str, chunk_hash: str) -> int:
         await require_role(self.store, actor, vault_id, "read")

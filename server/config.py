@@ -73,6 +73,28 @@ class ServerConfig(BaseSettings):
     #: How long superseded node rows are kept, i.e. how long a paged tree listing may take.
     listing_window: Duration = parse_duration("1d")
     prune_interval: Duration = parse_duration("1h")
+    #: Versions (docs/conflicts.md): every version is kept this long, then thinned to one per
+    #: day until ``version_keep_daily``, then dropped; the current one is always kept.
+    version_keep_all: Duration = parse_duration("30d")
+    version_keep_daily: Duration = parse_duration("365d")
+    #: How long deleted files and directories stay restorable.
+    trash_retention: Duration = parse_duration("30d")
+    #: Mass-delete guard: one device deleting more than ``mass_delete_files`` files, or more
+    #: than ``mass_delete_fraction`` of a vault's files (and at least
+    #: ``mass_delete_min_files``) within ``mass_delete_window`` is held for the owner; held
+    #: deletes expire after ``mass_delete_expiry``. ``mass_delete_files = 0`` turns it off.
+    mass_delete_files: int = Field(default=500, ge=0)
+    mass_delete_fraction: float = Field(default=0.25, ge=0, le=1)
+    mass_delete_min_files: int = Field(default=50, ge=1)
+    mass_delete_window: Duration = parse_duration("5m")
+    mass_delete_expiry: Duration = parse_duration("3d")
+    #: Garbage collection: unreferenced chunks younger than ``gc_grace`` are kept (their
+    #: upload's commit may still come); ``gc_interval``: how often it runs by itself (0: only
+    #: on request).
+    gc_grace: Duration = parse_duration("1h")
+    gc_interval: Duration = parse_duration("1d")
+    #: How often version retention, trash purging and hold expiry run (0: never).
+    history_interval: Duration = parse_duration("1h")
     session_ttl: Duration = parse_duration("90d")
     login_max_failures: int = Field(default=10, ge=1)
     login_max_failures_per_address: int = Field(default=50, ge=1)

@@ -29,6 +29,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_A_DIRECTORY: 409,
     ErrorCode.IS_A_DIRECTORY: 409,
     ErrorCode.DIRECTORY_NOT_EMPTY: 409,
+    ErrorCode.DELETE_HELD: 409,
     ErrorCode.CURSOR_EXPIRED: 410,
     ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.RANGE_NOT_SATISFIABLE: 416,

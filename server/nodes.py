@@ -2,34 +2,36 @@
 
 Every write runs in one store transaction that checks the caller's base revision,
 allocates the event seq(s), saves the new node state(s) and appends the event(s); the
-fan-out is rung after the commit. Invariants kept here:
+fan-out is rung after the commit. Invariants kept here (with ``writes.Writer``):
 
 - every live node's parent is a live directory (deleting a directory tombstones its whole
-  subtree; nothing can be created or moved under a tombstone);
+  subtree into one trash entry; nothing can be created or moved under a tombstone);
 - names are unique among the live children of a directory;
 - a node's ``rev`` is the seq of its last change; a content commit is accepted when no
   other content was committed since its base (``content_rev <= base_rev <= rev``), so a
   rename or chmod made elsewhere does not turn an edit into a conflict; metadata changes
   and deletes need ``base_rev == rev``.
 
-Rejected writes raise ``ServiceError`` whose details carry what the client needs to catch
-up (``head``: the node's current state; ``missing``: chunk hashes to upload).
+A write that meets a change it did not know about is refused with ``conflict`` (details
+``head``: the node's current state) unless it was sent with ``on_conflict="strategy"``:
+then the vault's conflict strategy for the path decides (``conflicts.py``) and the answer
+is an ``Outcome`` saying what happened. Deletes also pass the mass-delete guard
+(``holds.py``), which may hold them for the owner instead (``delete_held``).
 """
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from gobi.protocol import (
     ROOT_ID,
-    ChunkRef,
     CommitContentRequest,
+    ConflictInfo,
     CreateNodeRequest,
     DeleteNodeRequest,
     ErrorCode,
-    Event,
     EventType,
     Node,
     NodeKind,
@@ -37,125 +39,51 @@ from gobi.protocol import (
 )
 
 from .access import Actor, require_role
+from .conflicts import Conflicts
 from .errors import ServiceError
 from .fanout import Fanout
+from .holds import Held, HoldNeeded, Holds
 from .metrics import Metrics
 from .store.base import MetadataStore, VaultGone, VaultTx, VersionRecord
+from .writes import (
+    MAX_DEPTH,
+    Outcome,
+    Writer,
+    apply_commit,
+    check_chunks_sum,
+    conflict_error,
+    head,
+    live_dir,
+    new_id,
+    require_chunks,
+)
 
-#: Directories deeper than this are refused; it also bounds the ancestor walk of a move.
-MAX_DEPTH = 4096
+T = TypeVar("T")
 
 
 def new_node_id() -> str:
-    return "n" + secrets.token_hex(10)
-
-
-def _head(node: Node) -> dict:
-    return node.model_dump(mode="json")
-
-
-def _conflict(node: Node, message: str = "base_rev is not the head revision") -> ServiceError:
-    return ServiceError(ErrorCode.CONFLICT, message, head=_head(node))
-
-
-def _check_chunks_sum(chunks: Sequence[ChunkRef], size: int) -> None:
-    total = sum(c.size for c in chunks)
-    if total != size:
-        raise ServiceError(
-            ErrorCode.BAD_REQUEST, f"size {size} does not equal the sum of chunk sizes {total}"
-        )
-
-
-async def _require_chunks(tx: VaultTx, chunks: Sequence[ChunkRef]) -> None:
-    missing = await tx.missing_chunks([c.hash for c in chunks])
-    if missing:
-        raise ServiceError(
-            ErrorCode.MISSING_CHUNKS,
-            f"{len(missing)} chunk(s) must be uploaded before this commit",
-            missing=missing,
-        )
-
-
-async def _live_dir(tx: VaultTx, node_id: str) -> Node:
-    parent = await tx.node(node_id)
-    if parent is None or parent.deleted:
-        raise ServiceError(ErrorCode.NOT_FOUND, "parent directory not found", node=node_id)
-    if parent.kind is not NodeKind.DIR:
-        raise ServiceError(ErrorCode.NOT_A_DIRECTORY, "parent is not a directory", node=node_id)
-    return parent
-
-
-async def _live_node(tx: VaultTx, node_id: str) -> Node:
-    node = await tx.node(node_id)
-    if node is None:
-        raise ServiceError(ErrorCode.NOT_FOUND, "node not found", node=node_id)
-    if node.deleted:
-        # Deleted since the caller last looked: a conflict with the tombstone as the head,
-        # so a client can decide (e.g. keep its modification by re-creating the file).
-        raise _conflict(node, "the node was deleted")
-    return node
-
-
-class _Writer:
-    """Builds the events of one transaction."""
-
-    def __init__(self, tx: VaultTx, actor: Actor):
-        self.tx = tx
-        self.actor = actor
-        self.ts = time.time()
-        self.last_seq = 0
-        self.event_types: list[EventType] = []
-
-    async def save(
-        self, node: Node, kind: EventType, old: Node | None = None, **changes
-    ) -> Node:
-        seq = await self.tx.next_seq()
-        self.last_seq = seq
-        self.event_types.append(kind)
-        if kind is EventType.CONTENT or (kind is EventType.CREATE and node.kind is NodeKind.FILE):
-            changes["content_rev"] = seq
-        new = node.model_copy(update={**changes, "rev": seq})
-        await self.tx.save_node(new, self.ts)
-        moved = old is not None and (old.parent != new.parent or old.name != new.name)
-        await self.tx.add_event(
-            Event(
-                seq=seq,
-                ts=self.ts,
-                type=kind,
-                node=new,
-                old_parent=old.parent if moved else None,
-                old_name=old.name if moved else None,
-                device=self.actor.device,
-                user=self.actor.user.username,
-            )
-        )
-        return new
-
-    async def tombstone_subtree(self, node: Node) -> None:
-        """Delete a node and everything under it, leaves first (one event per node)."""
-        if node.kind is NodeKind.DIR:
-            while True:
-                children = await self.tx.live_children(node.id, 500)
-                if not children:
-                    break
-                for child in children:
-                    await self.tombstone_subtree(child)
-        await self.save(node, EventType.DELETE, deleted=True)
+    return new_id("n")
 
 
 class Nodes:
-    def __init__(self, store: MetadataStore, fanout: Fanout, metrics: Metrics | None = None):
+    def __init__(self, store: MetadataStore, fanout: Fanout, metrics: Metrics | None = None,
+                 holds: Holds | None = None, conflicts: Conflicts | None = None):
         self.store = store
         self.fanout = fanout
         self.metrics = metrics
+        self.holds = holds or Holds(store)
+        self.conflicts = conflicts or Conflicts(store)
 
-    async def _write(self, actor: Actor, vault_id: str, fn):
-        """Run ``fn(writer)`` in a transaction, then ring the fan-out."""
-        await require_role(self.store, actor, vault_id, "write")
-        writers: list[_Writer] = []
+    async def write(self, actor: Actor, vault_id: str, fn: Callable[[Writer], Awaitable[T]],
+                    role: str | None = "write") -> T:
+        """Run ``fn(writer)`` in a transaction, then ring the fan-out. ``role``: what the
+        actor must be in the vault (None: a server job, no check)."""
+        if role is not None:
+            await require_role(self.store, actor, vault_id, role)
+        writers: list[Writer] = []
 
-        async def body(tx: VaultTx):
-            w = _Writer(tx, actor)
+        async def body(tx: VaultTx) -> T:
+            w = Writer(tx, actor)
             writers[:] = [w]
             return await fn(w)
 
@@ -171,11 +99,15 @@ class Nodes:
             await self.fanout.publish(vault_id, writers[0].last_seq)
         return result
 
-    # -- writes ----------------------------------------------------------------------------
+    # -- create ----------------------------------------------------------------------------
 
     async def create(self, actor: Actor, vault_id: str, req: CreateNodeRequest) -> tuple[Node, bool]:
         """Create a node. Returns (node, created); ``created`` is False when ``req.id`` names a
         node that this very request already created (a retried request is idempotent)."""
+        outcome, created = await self.create_outcome(actor, vault_id, req)
+        return outcome.node, created
+
+    async def create_outcome(self, actor: Actor, vault_id: str, req: CreateNodeRequest) -> tuple[Outcome, bool]:
         if req.kind is NodeKind.SYMLINK and req.target is None:
             raise ServiceError(ErrorCode.BAD_REQUEST, "a symlink needs a target")
         if req.kind is not NodeKind.SYMLINK and req.target is not None:
@@ -184,29 +116,43 @@ class Nodes:
             raise ServiceError(ErrorCode.BAD_REQUEST, "only files have content")
         content = req.content
         if content is not None:
-            _check_chunks_sum(content.chunks, content.size)
+            check_chunks_sum(content.chunks, content.size)
+        strategy = req.on_conflict == "strategy"
+        node_id = req.id or new_node_id()
 
-        async def fn(w: _Writer) -> tuple[Node, bool]:
+        async def fn(w: Writer) -> tuple[Outcome, bool]:
             if req.id is not None:
                 existing = await w.tx.node(req.id)
                 if existing is not None:
                     if (not existing.deleted and existing.parent == req.parent
-                            and existing.name == req.name and existing.kind is req.kind):
-                        return existing, False
-                    raise ServiceError(ErrorCode.CONFLICT, "node id is taken", head=_head(existing))
-            parent = await _live_dir(w.tx, req.parent)
+                            and existing.kind is req.kind and (existing.name == req.name or strategy)):
+                        # A retry (with a strategy, the first attempt may have renamed it).
+                        return Outcome(existing), False
+                    raise ServiceError(ErrorCode.CONFLICT, "node id is taken", head=head(existing))
+            info: ConflictInfo | None = None
+            parent = await w.tx.node(req.parent)
+            if parent is not None and parent.deleted and strategy:
+                # Created in a directory deleted meanwhile: new files survive, so the
+                # directory (and its deleted ancestors) come back.
+                parent, _ = await w.revive_chain(parent.id)
+                info = await self.conflicts.parent_deleted(w, node_id, parent, req.name)
+            parent = await live_dir(w.tx, req.parent)
             await self._check_depth(w.tx, parent)
-            taken = await w.tx.child(parent.id, req.name)
+            name = req.name
+            taken = await w.tx.child(parent.id, name)
             if taken is not None:
-                raise ServiceError(
-                    ErrorCode.NAME_EXISTS, f"{req.name!r} exists", node=_head(taken)
-                )
+                if not strategy:
+                    raise ServiceError(ErrorCode.NAME_EXISTS, f"{req.name!r} exists", node=head(taken))
+                name, merged, info = await self.conflicts.name_clash(
+                    w, parent, taken, node_id, req.kind, req.mtime_ns)
+                if merged is not None:
+                    return Outcome(merged, await self.conflicts.record(w, info, merged)), False
             if content is not None:
-                await _require_chunks(w.tx, content.chunks)
+                await require_chunks(w.tx, content.chunks)
             node = Node(
-                id=req.id or new_node_id(),
+                id=node_id,
                 parent=parent.id,
-                name=req.name,
+                name=name,
                 kind=req.kind,
                 rev=0,
                 size=(content.size if content else 0) if req.kind is NodeKind.FILE
@@ -217,19 +163,12 @@ class Nodes:
             )
             node = await w.save(node, EventType.CREATE)
             if node.kind is NodeKind.FILE:
-                await self._add_version(w, node, content.chunks if content else ())
-            return node, True
+                await w.add_version(node, content.chunks if content else ())
+            if info is not None:
+                info = await self.conflicts.record(w, info, node)
+            return Outcome(node, info), True
 
-        return await self._write(actor, vault_id, fn)
-
-    async def _add_version(self, w: _Writer, node: Node, chunks: Sequence[ChunkRef]) -> None:
-        await w.tx.add_version(
-            w.tx.vault_id,
-            VersionRecord(
-                node_id=node.id, rev=node.rev, size=node.size, mtime_ns=node.mtime_ns,
-                chunks=tuple(chunks), ts=w.ts, device=w.actor.device, user=w.actor.user.username,
-            ),
-        )
+        return await self.write(actor, vault_id, fn)
 
     async def _check_depth(self, tx: VaultTx, parent: Node) -> None:
         depth = 0
@@ -243,59 +182,98 @@ class Nodes:
                 break
             node = nxt
 
-    async def commit(
-        self, actor: Actor, vault_id: str, node_id: str, req: CommitContentRequest
-    ) -> Node:
-        _check_chunks_sum(req.chunks, req.size)
+    # -- commit ----------------------------------------------------------------------------
 
-        async def fn(w: _Writer) -> Node:
-            node = await _live_node(w.tx, node_id)
+    async def commit(self, actor: Actor, vault_id: str, node_id: str, req: CommitContentRequest) -> Node:
+        return (await self.commit_outcome(actor, vault_id, node_id, req)).node
+
+    async def commit_outcome(
+        self, actor: Actor, vault_id: str, node_id: str, req: CommitContentRequest
+    ) -> Outcome:
+        check_chunks_sum(req.chunks, req.size)
+        strategy = req.on_conflict == "strategy"
+
+        async def fn(w: Writer) -> Outcome:
+            node = await w.tx.node(node_id)
+            if node is None:
+                raise ServiceError(ErrorCode.NOT_FOUND, "node not found", node=node_id)
             if node.kind is not NodeKind.FILE:
                 raise ServiceError(ErrorCode.IS_A_DIRECTORY if node.kind is NodeKind.DIR
                                    else ErrorCode.BAD_REQUEST, "only files have content")
-            if not (node.content_rev or 0) <= req.base_rev <= node.rev:
-                raise _conflict(node, "the file's content changed since base_rev")
-            await _require_chunks(w.tx, req.chunks)
-            changes = {"size": req.size,
-                       "mtime_ns": req.mtime_ns if req.mtime_ns is not None else time.time_ns()}
-            if req.mode is not None:
-                changes["mode"] = req.mode
-            new = await w.save(node, EventType.CONTENT, **changes)
-            await self._add_version(w, new, req.chunks)
-            return new
+            if node.deleted:
+                if not strategy:
+                    # Deleted since the caller last looked: the tombstone is the head, so a
+                    # client can decide (e.g. keep its modification by re-creating the file).
+                    raise conflict_error(node, "the node was deleted")
+                return await self.conflicts.modify_deleted(w, node, req)
+            if req.base_rev > node.rev:
+                raise conflict_error(node, "base_rev is ahead of the node's revision")
+            if req.base_rev < (node.content_rev or 0):
+                if not strategy:
+                    raise conflict_error(node, "the file's content changed since base_rev")
+                return await self.conflicts.modify_modify(w, node, req)
+            await require_chunks(w.tx, req.chunks)
+            return Outcome(await apply_commit(w, node, req))
 
-        return await self._write(actor, vault_id, fn)
+        return await self.write(actor, vault_id, fn)
 
-    async def update(
+    # -- update (rename, move, setattr) -------------------------------------------------------
+
+    async def update(self, actor: Actor, vault_id: str, node_id: str, req: UpdateNodeRequest) -> Node:
+        return (await self.update_outcome(actor, vault_id, node_id, req)).node
+
+    async def update_outcome(
         self, actor: Actor, vault_id: str, node_id: str, req: UpdateNodeRequest
-    ) -> Node:
-        async def fn(w: _Writer) -> Node:
-            node = await _live_node(w.tx, node_id)
+    ) -> Outcome:
+        strategy = req.on_conflict == "strategy"
+
+        async def fn(w: Writer) -> Outcome:
+            node = await w.tx.node(node_id)
+            if node is None:
+                raise ServiceError(ErrorCode.NOT_FOUND, "node not found", node=node_id)
+            if node.deleted:
+                if not strategy:
+                    raise conflict_error(node, "the node was deleted")
+                return await self.conflicts.changed_deleted(w, node, req)
+            if req.base_rev > node.rev:
+                raise conflict_error(node, "base_rev is ahead of the node's revision")
+            info: ConflictInfo | None = None
+            want_parent = req.parent if req.parent is not None else node.parent
+            want_name = req.name if req.name is not None else node.name
+            mode, mtime = req.mode, req.mtime_ns
             if req.base_rev != node.rev:
-                raise _conflict(node)
-            new_parent = req.parent if req.parent is not None else node.parent
-            new_name = req.name if req.name is not None else node.name
+                if not strategy:
+                    raise conflict_error(node)
+                (want_parent, want_name, mode, mtime), info = await self.conflicts.stale_update(
+                    w, node, req)
             attrs = {}
-            if req.mode is not None and req.mode != node.mode:
-                attrs["mode"] = req.mode
-            if req.mtime_ns is not None and req.mtime_ns != node.mtime_ns:
-                attrs["mtime_ns"] = req.mtime_ns
-            moving = new_parent != node.parent or new_name != node.name
+            if mode is not None and mode != node.mode:
+                attrs["mode"] = mode
+            if mtime is not None and mtime != node.mtime_ns:
+                attrs["mtime_ns"] = mtime
+            moving = want_parent != node.parent or want_name != node.name
             if not moving:
-                return await w.save(node, EventType.ATTR, **attrs) if attrs else node
+                new = await w.save(node, EventType.ATTR, **attrs) if attrs else node
+                return Outcome(new, info and await self.conflicts.record(w, info, new))
             if node.id == ROOT_ID:
                 raise ServiceError(ErrorCode.INVALID_MOVE, "the root cannot be moved")
-            parent = await _live_dir(w.tx, new_parent)
+            target_dir = await w.tx.node(want_parent) if want_parent else None
+            if target_dir is not None and target_dir.deleted and strategy:
+                target_dir, _ = await w.revive_chain(target_dir.id)
+                info = info or await self.conflicts.parent_deleted(w, node.id, target_dir, want_name)
+            parent = await live_dir(w.tx, want_parent)  # type: ignore[arg-type]
             if node.kind is NodeKind.DIR:
                 await self._refuse_cycle(w.tx, node, parent)
-            target = await w.tx.child(parent.id, new_name)
+            target = await w.tx.child(parent.id, want_name)
             if target is not None and target.id != node.id:
-                await self._replace(w, node, target, req)
-            return await w.save(
-                node, EventType.MOVE, old=node, parent=parent.id, name=new_name, **attrs
-            )
+                if strategy and not req.replace:
+                    want_name, info = await self.conflicts.move_clash(w, node, parent, want_name)
+                else:
+                    await self._replace(w, node, target, req)
+            new = await w.save(node, EventType.MOVE, old=node, parent=parent.id, name=want_name, **attrs)
+            return Outcome(new, info and await self.conflicts.record(w, info, new))
 
-        return await self._write(actor, vault_id, fn)
+        return await self.write(actor, vault_id, fn)
 
     async def _refuse_cycle(self, tx: VaultTx, node: Node, new_parent: Node) -> None:
         cur: Node | None = new_parent
@@ -310,43 +288,87 @@ class Nodes:
             depth += 1
             cur = await tx.node(cur.parent)
 
-    async def _replace(self, w: _Writer, node: Node, target: Node, req: UpdateNodeRequest) -> None:
-        """rename(2) over an existing name: the target becomes a tombstone first."""
+    async def _replace(self, w: Writer, node: Node, target: Node, req: UpdateNodeRequest) -> None:
+        """rename(2) over an existing name: the target goes to the trash first."""
         if not req.replace:
             raise ServiceError(
-                ErrorCode.NAME_EXISTS, f"{target.name!r} exists", node=_head(target)
+                ErrorCode.NAME_EXISTS, f"{target.name!r} exists", node=head(target)
             )
         if req.replace_rev is not None and req.replace_rev != target.rev:
-            raise _conflict(target, "the replaced node changed since replace_rev")
+            raise conflict_error(target, "the replaced node changed since replace_rev")
         if node.kind is NodeKind.DIR:
             if target.kind is not NodeKind.DIR:
                 raise ServiceError(ErrorCode.NOT_A_DIRECTORY, "cannot replace a non-directory "
-                                   "with a directory", node=_head(target))
+                                   "with a directory", node=head(target))
             if await w.tx.live_children(target.id, 1):
                 raise ServiceError(ErrorCode.DIRECTORY_NOT_EMPTY, "target directory is not "
-                                   "empty", node=_head(target))
+                                   "empty", node=head(target))
         elif target.kind is NodeKind.DIR:
             raise ServiceError(ErrorCode.IS_A_DIRECTORY, "cannot replace a directory with a "
-                               "non-directory", node=_head(target))
-        await w.save(target, EventType.DELETE, deleted=True)
+                               "non-directory", node=head(target))
+        await w.trash(target, reason="replace")
 
-    async def delete(
+    # -- delete ----------------------------------------------------------------------------
+
+    async def delete(self, actor: Actor, vault_id: str, node_id: str, req: DeleteNodeRequest) -> Node:
+        return (await self.delete_outcome(actor, vault_id, node_id, req)).node
+
+    async def delete_outcome(
         self, actor: Actor, vault_id: str, node_id: str, req: DeleteNodeRequest
-    ) -> Node:
+    ) -> Outcome:
         if node_id == ROOT_ID:
             raise ServiceError(ErrorCode.INVALID_MOVE, "the root cannot be deleted")
+        strategy = req.on_conflict == "strategy"
 
-        async def fn(w: _Writer) -> Node:
-            node = await _live_node(w.tx, node_id)
+        async def fn(w: Writer) -> Outcome | Held:
+            node = await w.tx.node(node_id)
+            if node is None:
+                raise ServiceError(ErrorCode.NOT_FOUND, "node not found", node=node_id)
+            if node.deleted:
+                if not strategy:
+                    raise conflict_error(node, "the node was deleted")
+                return Outcome(node, self.conflicts.already_deleted(node))
+            if req.base_rev > node.rev:
+                raise conflict_error(node, "base_rev is ahead of the node's revision")
+            info: ConflictInfo | None = None
             if req.base_rev != node.rev:
-                raise _conflict(node)
-            if node.kind is NodeKind.DIR and not req.recursive:
-                if await w.tx.live_children(node.id, 1):
+                if not strategy:
+                    raise conflict_error(node)
+                if node.kind is NodeKind.FILE and (node.content_rev or 0) > req.base_rev:
+                    applied, info = await self.conflicts.delete_modified(w, node, req)
+                    if not applied:
+                        return Outcome(node, await self.conflicts.record(w, info, node))
+                # Otherwise only names or attributes changed: the delete stands.
+            survives = None
+            if node.kind is NodeKind.DIR:
+                unknown_children = not req.recursive and bool(await w.tx.live_children(node.id, 1))
+                if unknown_children and not strategy:
                     raise ServiceError(ErrorCode.DIRECTORY_NOT_EMPTY, "directory is not empty")
-            await w.tombstone_subtree(node)
-            return await w.tx.node(node.id)  # type: ignore[return-value]
+                if unknown_children or (req.recursive and (strategy or req.seen_seq is not None)):
+                    seen = -1 if unknown_children else (
+                        req.seen_seq if req.seen_seq is not None else req.base_rev)
+                    survives = await self.conflicts.survivors(w, node, seen, req.at_ns)
+            pending = await self.holds.pending(w.tx, actor)
+            if pending is not None:
+                return await self.holds.add(w, pending, node, req, await self.holds.count_files(w.tx, node))
+            entry, result = await w.trash(node, survives=survives)
+            if result.files:
+                await self.holds.guard(w, actor, result.files)
+            now = await w.tx.node(node.id)
+            assert now is not None
+            if result.survivors:
+                info = await self.conflicts.dir_changed(w, now, result.survivors, len(result.nodes))
+            return Outcome(now, info and await self.conflicts.record(w, info, now))
 
-        return await self._write(actor, vault_id, fn)
+        try:
+            result = await self.write(actor, vault_id, fn)
+        except HoldNeeded as need:
+            files = need.files
+            result = await self.write(
+                actor, vault_id, lambda w: self.holds.hold(w, actor, node_id, req, files))
+        if isinstance(result, Held):
+            raise result.error()
+        return result
 
     # -- reads -------------------------------------------------------------------------------
 

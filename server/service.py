@@ -16,12 +16,18 @@ from .accounts import Accounts
 from .auth import LoginLimiter
 from .chunks import Chunks
 from .config import ServerConfig
+from .conflicts import Conflicts
 from .events import EventLog
 from .fanout import Fanout, open_fanout
+from .gc import Collector
+from .history import History
+from .holds import HoldPolicy, Holds
+from .maintenance import run_history_jobs
 from .metrics import MeteredDriver, Metrics
 from .nodes import Nodes
 from .store import open_store
 from .store.base import MetadataStore
+from .trash import Trash
 from .vaults import Vaults
 
 log = logging.getLogger("gobi.server")
@@ -51,6 +57,11 @@ class Services:
     chunks: Chunks
     events: EventLog
     metrics: Metrics
+    holds: Holds
+    conflicts: Conflicts
+    trash: Trash
+    history: History
+    gc: Collector
 
     @classmethod
     async def open(cls, config: ServerConfig, metrics: Metrics | None = None) -> "Services":
@@ -66,6 +77,12 @@ class Services:
         limiter = LoginLimiter(
             config.login_max_failures, config.login_max_failures_per_address, config.login_window
         )
+        holds = Holds(store, HoldPolicy(
+            files=config.mass_delete_files, fraction=config.mass_delete_fraction,
+            min_files=config.mass_delete_min_files, window=config.mass_delete_window,
+            expiry=config.mass_delete_expiry))
+        conflicts = Conflicts(store)
+        chunks = Chunks(store, driver, keys.naming_secret)
         return cls(
             config=config,
             store=store,
@@ -74,24 +91,36 @@ class Services:
             keys=keys,
             accounts=Accounts(store, limiter, config.session_ttl),
             vaults=Vaults(store, fanout),
-            nodes=Nodes(store, fanout, metrics),
-            chunks=Chunks(store, driver, keys.naming_secret),
+            nodes=Nodes(store, fanout, metrics, holds=holds, conflicts=conflicts),
+            chunks=chunks,
             events=EventLog(store, fanout, config.poll_interval),
             metrics=metrics,
+            holds=holds,
+            conflicts=conflicts,
+            trash=Trash(store, config.trash_retention),
+            history=History(store, config.version_keep_all, config.version_keep_daily),
+            gc=Collector(store, chunks, driver, config.gc_grace),
         )
 
     def __post_init__(self) -> None:
-        self._maintenance: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         if self.config.storage_maintenance_interval > 0:
-            self._maintenance = asyncio.create_task(
+            self._tasks.append(asyncio.create_task(
                 _maintain_storage(self.driver, self.config.storage_maintenance_interval),
-                name="gobi-storage-maintenance")
+                name="gobi-storage-maintenance"))
+
+    def start_jobs(self) -> None:
+        """Start the history jobs (retention, trash, holds, gc): the server does, one-shot
+        admin commands that open ``Services`` do not."""
+        if self.config.history_interval > 0 or self.config.gc_interval > 0:
+            self._tasks.append(asyncio.create_task(run_history_jobs(self), name="gobi-history"))
 
     async def close(self) -> None:
-        if self._maintenance is not None:
-            self._maintenance.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+                await task
         await self.fanout.close()
         await self.driver.close()
         await self.store.close()

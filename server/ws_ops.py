@@ -49,14 +49,18 @@ async def handle_op(
     nodes = services.nodes
     try:
         if isinstance(op, WsCreate):
-            node, _ = await nodes.create(actor, vault_id, op.args)
+            outcome, _ = await nodes.create_outcome(actor, vault_id, op.args)
         elif isinstance(op, WsUpdate):
-            node = await nodes.update(actor, vault_id, op.node, op.args)
+            outcome = await nodes.update_outcome(actor, vault_id, op.node, op.args)
         elif isinstance(op, WsDelete):
-            node = await nodes.delete(actor, vault_id, op.node, op.args)
+            outcome = await nodes.delete_outcome(actor, vault_id, op.node, op.args)
         else:
             assert isinstance(op, WsCommit)
-            node = await nodes.commit(actor, vault_id, op.node, op.args)
+            outcome = await nodes.commit_outcome(actor, vault_id, op.node, op.args)
     except ServiceError as err:
         return _nack(op.id, err)
-    return {"type": "ack", "id": op.id, "node": node.model_dump(mode="json")}
+    ack = {"type": "ack", "id": op.id, "node": outcome.node.model_dump(mode="json")}
+    if outcome.conflict is not None:
+        # Only operations sent with on_conflict="strategy" meet conflicts without a nack.
+        ack["conflict"] = outcome.conflict.model_dump(mode="json")
+    return ack

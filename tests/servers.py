@@ -25,7 +25,9 @@ class ServerProcess:
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, port: int = 0):
         self.data_dir = Path(data_dir)
-        self.env = {**os.environ, **(env or {})}
+        # The mass-delete guard holds bulk deletes for the vault owner; tests that delete a
+        # lot through a mount or a benchmark would be held. Tests of the guard set it.
+        self.env = {**os.environ, "GOBI_MASS_DELETE_FILES": "0", **(env or {})}
         self.port = port
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""

@@ -20,17 +20,26 @@ from gobi.protocol import (
     OpsBatchRequest,
     TreePage,
     UpdateNodeRequest,
+    WriteOutcome,
     validate_id,
 )
 
 from ..errors import ServiceError
 from ..http import authed, body_doc, bool_arg, int_arg, model_response, parse_body, services, str_arg
 from ..store.base import VersionRecord
+from ..writes import Outcome
 from ..ws_ops import handle_op
 from .vaults import VID
 
 bp = Blueprint("nodes", url_prefix=API_PREFIX)
 NID = "<node_id:[A-Za-z0-9_-]{1,64}>"
+
+
+def _outcome(outcome: Outcome, on_conflict: str, status: int = 200) -> HTTPResponse:
+    """A plain Node, or (for requests sent with ``on_conflict="strategy"``) a WriteOutcome."""
+    if on_conflict == "strategy":
+        return model_response(WriteOutcome(node=outcome.node, conflict=outcome.conflict), status=status)
+    return model_response(outcome.node, status=status)
 
 
 def _version_json(v: VersionRecord, with_chunks: bool) -> dict:
@@ -50,8 +59,8 @@ def _version_json(v: VersionRecord, with_chunks: bool) -> dict:
 @authed
 async def create(request: Request, vault_id: str) -> HTTPResponse:
     req = parse_body(request, CreateNodeRequest)
-    node, created = await services(request).nodes.create(request.ctx.actor, vault_id, req)
-    return model_response(node, status=201 if created else 200)
+    outcome, created = await services(request).nodes.create_outcome(request.ctx.actor, vault_id, req)
+    return _outcome(outcome, req.on_conflict, status=201 if created else 200)
 
 
 @bp.post(f"/vaults/{VID}/ops")
@@ -88,22 +97,33 @@ async def get(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
 @authed
 async def update(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
     req = parse_body(request, UpdateNodeRequest)
-    node = await services(request).nodes.update(request.ctx.actor, vault_id, node_id, req)
-    return model_response(node)
+    outcome = await services(request).nodes.update_outcome(request.ctx.actor, vault_id, node_id, req)
+    return _outcome(outcome, req.on_conflict)
 
 
 @bp.delete(f"/vaults/{VID}/nodes/{NID}")
-@openapi.summary("Delete (tombstone) a node: ?base_rev=N[&recursive=true]")
+@openapi.summary("Delete a node into the trash: ?base_rev=N[&recursive=true][&on_conflict=strategy]"
+                 "[&seen_seq=S][&at_ns=T]")
 @openapi.parameter("base_rev", int, "query", required=True)
 @openapi.parameter("recursive", bool, "query")
+@openapi.parameter("on_conflict", str, "query")
+@openapi.parameter("seen_seq", int, "query")
+@openapi.parameter("at_ns", int, "query")
 @authed
 async def delete(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
     base_rev = int_arg(request, "base_rev", None)
     if base_rev is None:
         raise ServiceError(ErrorCode.BAD_REQUEST, "query parameter 'base_rev' is required")
-    req = DeleteNodeRequest(base_rev=base_rev, recursive=bool_arg(request, "recursive"))
-    node = await services(request).nodes.delete(request.ctx.actor, vault_id, node_id, req)
-    return model_response(node)
+    on_conflict = str_arg(request, "on_conflict", 16) or "fail"
+    if on_conflict not in ("fail", "strategy"):
+        raise ServiceError(ErrorCode.BAD_REQUEST, "on_conflict must be 'fail' or 'strategy'")
+    req = DeleteNodeRequest(
+        base_rev=base_rev, recursive=bool_arg(request, "recursive"), on_conflict=on_conflict,
+        seen_seq=int_arg(request, "seen_seq", None),
+        at_ns=int_arg(request, "at_ns", None, -(2**63), 2**63 - 1),
+    )
+    outcome = await services(request).nodes.delete_outcome(request.ctx.actor, vault_id, node_id, req)
+    return _outcome(outcome, on_conflict)
 
 
 @bp.get(f"/vaults/{VID}/nodes/{NID}/children")
@@ -125,8 +145,8 @@ async def children(request: Request, vault_id: str, node_id: str) -> HTTPRespons
 @authed
 async def commit(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
     req = parse_body(request, CommitContentRequest)
-    node = await services(request).nodes.commit(request.ctx.actor, vault_id, node_id, req)
-    return model_response(node)
+    outcome = await services(request).nodes.commit_outcome(request.ctx.actor, vault_id, node_id, req)
+    return _outcome(outcome, req.on_conflict)
 
 
 @bp.get(f"/vaults/{VID}/nodes/{NID}/content")
@@ -140,11 +160,11 @@ async def manifest(request: Request, vault_id: str, node_id: str) -> HTTPRespons
 
 
 @bp.get(f"/vaults/{VID}/nodes/{NID}/versions")
-@openapi.summary("Every kept version of a file, newest first")
+@openapi.summary("Every kept version of a file, newest first (head: the current content)")
 @authed
 async def versions(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
-    versions = await services(request).nodes.versions(request.ctx.actor, vault_id, node_id)
-    return model_response({"versions": [_version_json(v, with_chunks=False) for v in versions]})
+    versions = await services(request).history.versions(request.ctx.actor, vault_id, node_id)
+    return model_response({"versions": [v.model_dump(mode="json", exclude={"chunks"}) for v in versions]})
 
 
 @bp.get(f"/vaults/{VID}/nodes/{NID}/data")

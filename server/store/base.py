@@ -17,6 +17,18 @@ new one, so ``list_tree(at=S)`` can return the exact state of the vault at seq `
 writes continue (a consistent, paged initial listing). Rows superseded long enough ago are
 dropped by ``prune``; listing before ``history_floor`` is refused.
 
+Chunks carry a reference count: the number of kept versions naming them (``add_version``
+adds one per distinct chunk of the version, ``drop_versions`` takes it back). Garbage
+collection is two-phased so that it can never race an upload: ``doom_chunks`` marks
+unreferenced chunks older than a grace period as *doomed* inside a vault transaction (so it
+serialises with commits, which reference chunks in theirs); from then on a doomed chunk
+counts as missing for commits and ``missing_chunks`` and uploads of it are refused until
+the collector has deleted the object and ``forget_chunks`` the record.
+
+Small service records that need no schema of their own (trash entries, mass-delete holds,
+recorded conflicts, vault settings) are kept as ``Record`` rows: ``(kind, id)`` per vault,
+a ``key`` and a ``state`` to look them up by, a timestamp and a JSON body.
+
 Exceptions:
 
     StoreError
@@ -82,7 +94,12 @@ class VaultRecord:
 
 @dataclass(frozen=True)
 class VersionRecord:
-    """One accepted content commit of a file."""
+    """One accepted content commit of a file.
+
+    ``origin`` says how a version came to be when it was not a plain commit:
+    ``"restore:R"`` (version R made the head again), ``"conflict"`` (a commit that lost a
+    conflict, kept in history but never the head).
+    """
 
     node_id: str
     rev: int
@@ -92,6 +109,29 @@ class VersionRecord:
     ts: float
     device: str | None
     user: str | None
+    origin: str | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """A small service record of one vault (see the module docstring)."""
+
+    kind: str
+    id: str
+    key: str
+    state: str
+    ts: float
+    body: dict
+
+
+@dataclass(frozen=True)
+class ChunkStats:
+    """Chunks of a vault by state: (count, plaintext bytes) each."""
+
+    referenced: tuple[int, int]
+    collectable: tuple[int, int]   # unreferenced and older than the grace period
+    in_grace: tuple[int, int]      # unreferenced but recent: maybe an upload not committed yet
+    doomed: tuple[int, int]        # being collected
 
 
 class VaultTx(abc.ABC):
@@ -123,11 +163,62 @@ class VaultTx(abc.ABC):
     async def add_event(self, event: Event) -> None: ...
 
     @abc.abstractmethod
-    async def add_version(self, vault_id: str, version: VersionRecord) -> None: ...
+    async def add_version(self, vault_id: str, version: VersionRecord) -> None:
+        """Keep a version; each distinct chunk it names gains one reference."""
+
+    @abc.abstractmethod
+    async def version(self, node_id: str, rev: int) -> VersionRecord | None: ...
+
+    @abc.abstractmethod
+    async def versions(self, node_id: str) -> list[VersionRecord]:
+        """Every kept version of a node, newest first."""
+
+    @abc.abstractmethod
+    async def drop_versions(self, node_id: str, revs: Sequence[int]) -> int:
+        """Forget these versions (their chunks lose one reference each); returns how many."""
 
     @abc.abstractmethod
     async def missing_chunks(self, hashes: Sequence[str]) -> list[str]:
-        """Those of ``hashes`` that the vault does not hold, in input order."""
+        """Those of ``hashes`` that the vault does not hold (or that are doomed), in input
+        order."""
+
+    @abc.abstractmethod
+    async def doom_chunks(self, before_ts: float, now: float, limit: int) -> list[tuple[str, int]]:
+        """Mark up to ``limit`` unreferenced chunks recorded before ``before_ts`` as doomed;
+        return their (hash, size)."""
+
+    @abc.abstractmethod
+    async def node_at(self, node_id: str, seq: int) -> Node | None:
+        """The node as it was at ``seq`` (None when unknown then or pruned since)."""
+
+    @abc.abstractmethod
+    async def deleted_children(self, parent_id: str, seq_from: int, seq_to: int, limit: int) -> list[Node]:
+        """Tombstones whose parent is ``parent_id`` and whose delete has a seq in
+        ``[seq_from, seq_to]``."""
+
+    @abc.abstractmethod
+    async def count_live_files(self, limit: int) -> int:
+        """Live non-directory nodes of the vault, counting at most ``limit``."""
+
+    # records (see the module docstring)
+
+    @abc.abstractmethod
+    async def get_record(self, kind: str, record_id: str) -> Record | None: ...
+
+    @abc.abstractmethod
+    async def put_record(self, record: Record) -> None:
+        """Insert or replace the record ``(kind, id)``."""
+
+    @abc.abstractmethod
+    async def delete_record(self, kind: str, record_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def find_records(
+        self, kind: str, *, key: str | None = None, state: str | None = None,
+        since_ts: float | None = None, limit: int = 1000,
+    ) -> list[Record]:
+        """Records of a kind (optionally with this key / state / ts >= since_ts), oldest
+        first."""
 
     @abc.abstractmethod
     async def mark_vault_deleted(self) -> None:
@@ -229,7 +320,22 @@ class MetadataStore(abc.ABC):
         """Record that the vault holds this chunk; False when it already did."""
 
     @abc.abstractmethod
-    async def chunk_size(self, vault_id: str, hash: str) -> int | None: ...
+    async def chunk_size(self, vault_id: str, hash: str) -> int | None:
+        """Size of a chunk the vault holds; None when absent or doomed."""
+
+    @abc.abstractmethod
+    async def doomed_chunks(self, vault_id: str, hashes: Sequence[str] | None = None,
+                            limit: int = 1000) -> list[str]:
+        """Those of ``hashes`` that are doomed; without ``hashes``, up to ``limit`` doomed
+        chunks of the vault (a collection that was interrupted)."""
+
+    @abc.abstractmethod
+    async def forget_chunks(self, vault_id: str, hashes: Sequence[str]) -> int:
+        """Drop the records of these chunks if they are doomed; returns how many went."""
+
+    @abc.abstractmethod
+    async def chunk_stats(self, vault_id: str, before_ts: float) -> ChunkStats:
+        """Counts and bytes of the vault's chunks by state (``before_ts``: end of grace)."""
 
     # -- node reads -----------------------------------------------------------------------
 
@@ -259,6 +365,36 @@ class MetadataStore(abc.ABC):
     @abc.abstractmethod
     async def versions(self, vault_id: str, node_id: str) -> list[VersionRecord]:
         """Every kept version of a file, newest first."""
+
+    @abc.abstractmethod
+    async def version_nodes(
+        self, before_ts: float, after: tuple[str, str] | None, limit: int
+    ) -> list[tuple[str, str]]:
+        """``(vault_id, node_id)`` pairs, in that order after ``after``, of nodes with a
+        version older than ``before_ts`` (the candidates of version retention)."""
+
+    @abc.abstractmethod
+    async def vault_ids(self) -> list[str]:
+        """Ids of every live vault."""
+
+    # -- records --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_record(self, vault_id: str, kind: str, record_id: str) -> Record | None: ...
+
+    @abc.abstractmethod
+    async def find_records(
+        self, vault_id: str, kind: str, *, key: str | None = None, state: str | None = None,
+        since_ts: float | None = None, before_ts: float | None = None, limit: int = 1000,
+        newest_first: bool = False,
+    ) -> list[Record]:
+        """Records of a vault by kind (and key, state, ``since_ts <= ts < before_ts``),
+        ordered by (ts, id)."""
+
+    @abc.abstractmethod
+    async def due_records(self, kind: str, state: str, before_ts: float, limit: int) -> list[tuple[str, Record]]:
+        """(vault_id, record) of every vault's records of a kind and state with
+        ``ts < before_ts``, oldest first (what retention jobs act on)."""
 
     # -- events ---------------------------------------------------------------------------
 

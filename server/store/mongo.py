@@ -18,7 +18,9 @@ Layout (one database, named by the URL's path, default ``gobi``):
 - ``events``    ``(vault_id, seq)`` unique; optionally a TTL index on ``at`` implementing
   the retention even when no instance runs ``prune``.
 - ``users`` (unique ``username``), ``sessions``, ``members`` (unique ``(vault_id,
-  user_id)``), ``versions``, ``chunks`` (``_id`` = ``vault:hash``), ``meta``.
+  user_id)``), ``versions``, ``chunks`` (``_id`` = ``vault:hash``; ``refs`` = kept
+  versions naming it, ``doomed`` set while garbage collection deletes it), ``records``
+  (``_id`` = ``vault:kind:id``: trash entries, holds, conflicts, settings), ``meta``.
 
 Transactions and conflicts: ``run_write`` retries the whole ``fn`` when the database says
 the transaction hit a transient error (label ``TransientTransactionError``, code 112
@@ -62,7 +64,9 @@ from pymongo.write_concern import WriteConcern
 from gobi.protocol import ChunkRef, Event, Node, NodeKind
 
 from .base import (
+    ChunkStats,
     MetadataStore,
+    Record,
     SessionRecord,
     StoreUnavailable,
     UserRecord,
@@ -77,7 +81,7 @@ T = TypeVar("T")
 log = logging.getLogger("gobi.server.store.mongo")
 
 CURRENT = 2**63 - 1  # seq_to of a node's current row (same sentinel as SQLite)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 WRITE_CONCERN = WriteConcern("majority", j=True)
 #: How long ``run_write`` keeps retrying a conflicting transaction before giving up.
 CONTENTION_TIMEOUT = 30.0
@@ -184,6 +188,7 @@ def _version_doc(vault_id: str, v: VersionRecord) -> dict[str, Any]:
         "ts": v.ts,
         "device": v.device,
         "user": v.user,
+        "origin": v.origin,
     }
 
 
@@ -197,7 +202,41 @@ def _version(doc: dict[str, Any]) -> VersionRecord:
         ts=doc["ts"],
         device=doc["device"],
         user=doc["user"],
+        origin=doc.get("origin"),
     )
+
+
+def _record_doc(vault_id: str, r: Record) -> dict[str, Any]:
+    return {"_id": f"{vault_id}:{r.kind}:{r.id}", "vault_id": vault_id, "kind": r.kind,
+            "rid": r.id, "key": r.key, "state": r.state, "ts": r.ts, "body": r.body}
+
+
+def _record(doc: dict[str, Any]) -> Record:
+    return Record(kind=doc["kind"], id=doc["rid"], key=doc["key"], state=doc["state"],
+                  ts=doc["ts"], body=doc["body"])
+
+
+def _record_query(vault_id: str, kind: str, key: str | None, state: str | None,
+                  since_ts: float | None, before_ts: float | None) -> dict[str, Any]:
+    q: dict[str, Any] = {"vault_id": vault_id, "kind": kind}
+    if key is not None:
+        q["key"] = key
+    if state is not None:
+        q["state"] = state
+    ts: dict[str, float] = {}
+    if since_ts is not None:
+        ts["$gte"] = since_ts
+    if before_ts is not None:
+        ts["$lt"] = before_ts
+    if ts:
+        q["ts"] = ts
+    return q
+
+
+async def _add_refs(db: Any, s: AsyncClientSession | None, vault_id: str, hashes: Sequence[str], delta: int) -> None:
+    ids = [_chunk_id(vault_id, h) for h in dict.fromkeys(hashes)]
+    for i in range(0, len(ids), _BATCH):
+        await db.chunks.update_many({"_id": {"$in": ids[i : i + _BATCH]}}, {"$inc": {"refs": delta}}, session=s)
 
 
 def _vault(doc: dict[str, Any]) -> VaultRecord:
@@ -286,9 +325,81 @@ class _MongoVaultTx(VaultTx):
 
     async def add_version(self, vault_id: str, version: VersionRecord) -> None:
         await self.db.versions.insert_one(_version_doc(vault_id, version), session=self.s)
+        await _add_refs(self.db, self.s, vault_id, [c.hash for c in version.chunks], 1)
+
+    async def version(self, node_id: str, rev: int) -> VersionRecord | None:
+        doc = await self.db.versions.find_one(
+            {"vault_id": self.vault_id, "node_id": node_id, "rev": rev}, session=self.s)
+        return _version(doc) if doc else None
+
+    async def versions(self, node_id: str) -> list[VersionRecord]:
+        cursor = self.db.versions.find(
+            {"vault_id": self.vault_id, "node_id": node_id}, session=self.s).sort("rev", DESCENDING)
+        return [_version(d) async for d in cursor]
+
+    async def drop_versions(self, node_id: str, revs: Sequence[int]) -> int:
+        dropped = 0
+        for rev in revs:
+            doc = await self.db.versions.find_one_and_delete(
+                {"vault_id": self.vault_id, "node_id": node_id, "rev": rev},
+                projection={"chunks": 1}, session=self.s)
+            if doc is not None:
+                dropped += 1
+                await _add_refs(self.db, self.s, self.vault_id, [c[0] for c in doc["chunks"]], -1)
+        return dropped
 
     async def missing_chunks(self, hashes: Sequence[str]) -> list[str]:
         return await _missing_chunks(self.db, self.vault_id, hashes, self.s)
+
+    async def doom_chunks(self, before_ts: float, now: float, limit: int) -> list[tuple[str, int]]:
+        # Touch the vault document: a commit that references one of these chunks in a
+        # concurrent transaction conflicts with this one (it increments the seq there),
+        # so one of the two is retried and sees the other's outcome.
+        await self.db.vaults.update_one({"_id": self.vault_id}, {"$inc": {"gc_epoch": 1}}, session=self.s)
+        query = {"vault_id": self.vault_id, "refs": {"$lte": 0}, "doomed": None, "ts": {"$lt": before_ts}}
+        found = [d async for d in self.db.chunks.find(
+            query, projection={"hash": 1, "size": 1}, session=self.s).limit(limit)]
+        if found:
+            await self.db.chunks.update_many(
+                {**query, "_id": {"$in": [d["_id"] for d in found]}}, {"$set": {"doomed": now}}, session=self.s)
+        return [(d["hash"], d["size"]) for d in found]
+
+    async def node_at(self, node_id: str, seq: int) -> Node | None:
+        doc = await self.db.nodes.find_one(
+            {"vault_id": self.vault_id, "node_id": node_id, "seq_from": {"$lte": seq}, "seq_to": {"$gt": seq}},
+            session=self.s)
+        return _node(doc) if doc else None
+
+    async def deleted_children(self, parent_id: str, seq_from: int, seq_to: int, limit: int) -> list[Node]:
+        cursor = self.db.nodes.find(
+            {"vault_id": self.vault_id, "parent": parent_id, "seq_to": CURRENT, "deleted": True,
+             "seq_from": {"$gte": seq_from, "$lte": seq_to}}, session=self.s,
+        ).sort("seq_from", ASCENDING).limit(limit)
+        return [_node(d) async for d in cursor]
+
+    async def count_live_files(self, limit: int) -> int:
+        return await self.db.nodes.count_documents(
+            {"vault_id": self.vault_id, **_CURRENT_LIVE, "kind": {"$ne": "dir"}}, limit=limit, session=self.s)
+
+    async def get_record(self, kind: str, record_id: str) -> Record | None:
+        doc = await self.db.records.find_one({"_id": f"{self.vault_id}:{kind}:{record_id}"}, session=self.s)
+        return _record(doc) if doc else None
+
+    async def put_record(self, record: Record) -> None:
+        doc = _record_doc(self.vault_id, record)
+        await self.db.records.replace_one({"_id": doc["_id"]}, doc, upsert=True, session=self.s)
+
+    async def delete_record(self, kind: str, record_id: str) -> None:
+        await self.db.records.delete_one({"_id": f"{self.vault_id}:{kind}:{record_id}"}, session=self.s)
+
+    async def find_records(
+        self, kind: str, *, key: str | None = None, state: str | None = None,
+        since_ts: float | None = None, limit: int = 1000,
+    ) -> list[Record]:
+        cursor = self.db.records.find(
+            _record_query(self.vault_id, kind, key, state, since_ts, None), session=self.s,
+        ).sort([("ts", ASCENDING), ("rid", ASCENDING)]).limit(limit)
+        return [_record(d) async for d in cursor]
 
     async def mark_vault_deleted(self) -> None:
         await self.db.vaults.update_one(
@@ -316,7 +427,8 @@ async def _missing_chunks(
     present: set[str] = set()
     for i in range(0, len(unique), _BATCH):
         batch = [_chunk_id(vault_id, h) for h in unique[i : i + _BATCH]]
-        cursor = db.chunks.find({"_id": {"$in": batch}}, projection={"hash": 1}, session=session)
+        cursor = db.chunks.find({"_id": {"$in": batch}, "doomed": None}, projection={"hash": 1},
+                                session=session)
         present.update([d["hash"] async for d in cursor])
     return [h for h in unique if h not in present]
 
@@ -429,10 +541,32 @@ class MongoStore(MetadataStore):
             [("vault_id", ASCENDING), ("seq", ASCENDING)], unique=True, name="seq"
         )
         await db.events.create_index("ts", name="by_ts")
+        await db.versions.create_index("ts", name="by_ts")
+        await db.chunks.create_index(
+            [("vault_id", ASCENDING), ("refs", ASCENDING), ("ts", ASCENDING)], name="unreferenced")
+        await db.records.create_index(
+            [("vault_id", ASCENDING), ("kind", ASCENDING), ("key", ASCENDING), ("state", ASCENDING),
+             ("ts", ASCENDING)], name="by_key")
+        await db.records.create_index(
+            [("kind", ASCENDING), ("state", ASCENDING), ("ts", ASCENDING)], name="by_state")
         await self._ensure_retention_index()
+        meta = await db.meta.find_one({"_id": "schema_version"})
+        if meta is not None and meta.get("value", 1) < 2:
+            await self._migrate_refs()
         await db.meta.update_one(
-            {"_id": "schema_version"}, {"$setOnInsert": {"value": SCHEMA_VERSION}}, upsert=True
+            {"_id": "schema_version"}, {"$set": {"value": SCHEMA_VERSION}}, upsert=True
         )
+
+    async def _migrate_refs(self) -> None:
+        """Version 1 → 2: chunk reference counts, computed from the kept versions."""
+        counts: dict[str, int] = {}
+        async for v in self._db.versions.find({}, projection={"vault_id": 1, "chunks": 1}):
+            for h in {c[0] for c in v["chunks"]}:
+                cid = _chunk_id(v["vault_id"], h)
+                counts[cid] = counts.get(cid, 0) + 1
+        await self._db.chunks.update_many({"refs": None}, {"$set": {"refs": 0}})
+        for cid, n in counts.items():
+            await self._db.chunks.update_one({"_id": cid}, {"$set": {"refs": n}})
 
     async def _ensure_retention_index(self) -> None:
         events = self._db.events
@@ -691,7 +825,7 @@ class MongoStore(MetadataStore):
         try:
             await self._db.chunks.insert_one(
                 {"_id": _chunk_id(vault_id, hash), "vault_id": vault_id, "hash": hash,
-                 "size": size, "ts": ts}
+                 "size": size, "ts": ts, "refs": 0, "doomed": None}
             )
         except DuplicateKeyError:
             return False
@@ -699,8 +833,44 @@ class MongoStore(MetadataStore):
 
     @_translate
     async def chunk_size(self, vault_id: str, hash: str) -> int | None:
-        doc = await self._db.chunks.find_one({"_id": _chunk_id(vault_id, hash)}, projection={"size": 1})
+        doc = await self._db.chunks.find_one(
+            {"_id": _chunk_id(vault_id, hash), "doomed": None}, projection={"size": 1})
         return doc["size"] if doc else None
+
+    @_translate
+    async def doomed_chunks(self, vault_id: str, hashes: Sequence[str] | None = None,
+                            limit: int = 1000) -> list[str]:
+        if hashes is None:
+            cursor = self._db.chunks.find(
+                {"vault_id": vault_id, "doomed": {"$ne": None}}, projection={"hash": 1}).limit(limit)
+            return [d["hash"] async for d in cursor]
+        unique = list(dict.fromkeys(hashes))
+        found: set[str] = set()
+        for i in range(0, len(unique), _BATCH):
+            ids = [_chunk_id(vault_id, h) for h in unique[i : i + _BATCH]]
+            cursor = self._db.chunks.find({"_id": {"$in": ids}, "doomed": {"$ne": None}}, projection={"hash": 1})
+            found.update([d["hash"] async for d in cursor])
+        return [h for h in unique if h in found]
+
+    @_translate
+    async def forget_chunks(self, vault_id: str, hashes: Sequence[str]) -> int:
+        ids = [_chunk_id(vault_id, h) for h in dict.fromkeys(hashes)]
+        gone = 0
+        for i in range(0, len(ids), _BATCH):
+            res = await self._db.chunks.delete_many({"_id": {"$in": ids[i : i + _BATCH]}, "doomed": {"$ne": None}})
+            gone += res.deleted_count
+        return gone
+
+    @_translate
+    async def chunk_stats(self, vault_id: str, before_ts: float) -> ChunkStats:
+        got = {k: [0, 0] for k in ("referenced", "collectable", "in_grace", "doomed")}
+        async for d in self._db.chunks.find({"vault_id": vault_id},
+                                            projection={"size": 1, "refs": 1, "ts": 1, "doomed": 1}):
+            state = ("doomed" if d.get("doomed") is not None else "referenced" if d.get("refs", 0) > 0
+                     else "collectable" if d["ts"] < before_ts else "in_grace")
+            got[state][0] += 1
+            got[state][1] += d["size"]
+        return ChunkStats(**{k: (v[0], v[1]) for k, v in got.items()})
 
     # -- node reads -----------------------------------------------------------------------
 
@@ -752,6 +922,50 @@ class MongoStore(MetadataStore):
             "rev", DESCENDING
         )
         return [_version(d) async for d in cursor]
+
+    @_translate
+    async def version_nodes(
+        self, before_ts: float, after: tuple[str, str] | None, limit: int
+    ) -> list[tuple[str, str]]:
+        after_key = "\x00".join(after) if after else ""
+        rows = await (await self._db.versions.aggregate([
+            {"$match": {"ts": {"$lt": before_ts}}},
+            {"$group": {"_id": {"$concat": ["$vault_id", "\x00", "$node_id"]}}},
+            {"$match": {"_id": {"$gt": after_key}}},
+            {"$sort": {"_id": 1}},
+            {"$limit": limit},
+        ])).to_list()
+        return [tuple(r["_id"].split("\x00", 1)) for r in rows]  # type: ignore[misc]
+
+    @_translate
+    async def vault_ids(self) -> list[str]:
+        return [d["_id"] async for d in self._db.vaults.find({"deleted": False}, projection={"_id": 1}).sort("_id", ASCENDING)]
+
+    # -- records --------------------------------------------------------------------------
+
+    @_translate
+    async def get_record(self, vault_id: str, kind: str, record_id: str) -> Record | None:
+        doc = await self._db.records.find_one({"_id": f"{vault_id}:{kind}:{record_id}"})
+        return _record(doc) if doc else None
+
+    @_translate
+    async def find_records(
+        self, vault_id: str, kind: str, *, key: str | None = None, state: str | None = None,
+        since_ts: float | None = None, before_ts: float | None = None, limit: int = 1000,
+        newest_first: bool = False,
+    ) -> list[Record]:
+        order = DESCENDING if newest_first else ASCENDING
+        cursor = self._db.records.find(
+            _record_query(vault_id, kind, key, state, since_ts, before_ts)
+        ).sort([("ts", order), ("rid", order)]).limit(limit)
+        return [_record(d) async for d in cursor]
+
+    @_translate
+    async def due_records(self, kind: str, state: str, before_ts: float, limit: int) -> list[tuple[str, Record]]:
+        cursor = self._db.records.find(
+            {"kind": kind, "state": state, "ts": {"$lt": before_ts}}
+        ).sort("ts", ASCENDING).limit(limit)
+        return [(d["vault_id"], _record(d)) async for d in cursor]
 
     # -- events ---------------------------------------------------------------------------
 

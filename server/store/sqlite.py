@@ -30,7 +30,9 @@ from typing import Any, TypeVar
 from gobi.protocol import ChunkRef, Event, Node, NodeKind
 
 from .base import (
+    ChunkStats,
     MetadataStore,
+    Record,
     SessionRecord,
     StoreUnavailable,
     UserRecord,
@@ -44,7 +46,7 @@ from .base import (
 T = TypeVar("T")
 
 CURRENT = 2**63 - 1  # seq_to of a node's current row
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 READERS = 4          # read connections (threads) in the pool
 MAX_BATCH = 128      # write jobs per group commit
 
@@ -111,6 +113,7 @@ CREATE TABLE IF NOT EXISTS versions (
     ts REAL NOT NULL,
     device TEXT,
     username TEXT,
+    origin TEXT,
     PRIMARY KEY (vault_id, node_id, rev)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS chunks (
@@ -118,8 +121,22 @@ CREATE TABLE IF NOT EXISTS chunks (
     hash TEXT NOT NULL,
     size INTEGER NOT NULL,
     ts REAL NOT NULL,
+    refs INTEGER NOT NULL DEFAULT 0,   -- kept versions naming this chunk
+    doomed REAL,                       -- set while garbage collection deletes it
     PRIMARY KEY (vault_id, hash)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+    vault_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    ts REAL NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (vault_id, kind, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS records_by_key ON records(vault_id, kind, key, state, ts);
+CREATE INDEX IF NOT EXISTS records_by_state ON records(kind, state, ts);
 CREATE TABLE IF NOT EXISTS events (
     vault_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -128,11 +145,20 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (vault_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_ts ON events(ts);
+CREATE INDEX IF NOT EXISTS nodes_tombstones
+    ON nodes(vault_id, parent, seq_from) WHERE seq_to = {CURRENT} AND deleted = 1;
+"""
+
+# Indexes on columns that schema version 1 lacked: created after ``_migrate`` added them.
+_SCHEMA_2 = """
+CREATE INDEX IF NOT EXISTS chunks_unreferenced ON chunks(vault_id, ts) WHERE refs = 0 AND doomed IS NULL;
+CREATE INDEX IF NOT EXISTS chunks_doomed ON chunks(vault_id, hash) WHERE doomed IS NOT NULL;
 """
 
 _NODE_COLS = "id, seq_from, parent, name, kind, size, mtime_ns, mode, target, content_rev, deleted"
 _VAULT_COLS = "id, name, owner_id, head_seq, created_at, history_floor"
-_VERSION_COLS = "rev, size, mtime_ns, chunks, ts, device, username"
+_VERSION_COLS = "rev, size, mtime_ns, chunks, ts, device, username, origin"
+_RECORD_COLS = "kind, id, key, state, ts, body"
 
 
 def _node(row: Sequence[Any]) -> Node:
@@ -143,12 +169,52 @@ def _node(row: Sequence[Any]) -> Node:
 
 
 def _version(node_id: str, row: Sequence[Any]) -> VersionRecord:
-    rev, size, mtime_ns, chunks, ts, device, username = row
+    rev, size, mtime_ns, chunks, ts, device, username, origin = row
     return VersionRecord(
         node_id=node_id, rev=rev, size=size, mtime_ns=mtime_ns,
         chunks=tuple(ChunkRef(hash=h, size=s) for h, s in json.loads(chunks)),
-        ts=ts, device=device, user=username,
+        ts=ts, device=device, user=username, origin=origin,
     )
+
+
+def _record(row: Sequence[Any]) -> Record:
+    return Record(kind=row[0], id=row[1], key=row[2], state=row[3], ts=row[4], body=json.loads(row[5]))
+
+
+def _batches(items: Sequence[str], size: int = 500):
+    # SQLite limits bound parameters (32766 by default); stay far below.
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _add_refs(db: sqlite3.Connection, vault_id: str, hashes: Sequence[str], delta: int) -> None:
+    for batch in _batches(list(dict.fromkeys(hashes))):
+        db.execute(
+            f"UPDATE chunks SET refs = refs + ? WHERE vault_id=? AND hash IN ({','.join('?' * len(batch))})",
+            (delta, vault_id, *batch),
+        )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a version 1 database to version 2: chunk reference counts and doom marks,
+    version origins. Reference counts are computed from the kept versions."""
+    cols = {r[1] for r in db.execute("PRAGMA table_info(chunks)")}
+    if "refs" not in cols:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ALTER TABLE chunks ADD COLUMN refs INTEGER NOT NULL DEFAULT 0")
+        db.execute("ALTER TABLE chunks ADD COLUMN doomed REAL")
+        counts: dict[tuple[str, str], int] = {}
+        for vault_id, chunks in db.execute("SELECT vault_id, chunks FROM versions"):
+            for h in {c[0] for c in json.loads(chunks)}:
+                counts[(vault_id, h)] = counts.get((vault_id, h), 0) + 1
+        db.executemany("UPDATE chunks SET refs=? WHERE vault_id=? AND hash=?",
+                       [(n, v, h) for (v, h), n in counts.items()])
+        db.execute("COMMIT")
+    if "origin" not in {r[1] for r in db.execute("PRAGMA table_info(versions)")}:
+        db.execute("ALTER TABLE versions ADD COLUMN origin TEXT")
+    db.executescript(_SCHEMA_2)
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+               (str(SCHEMA_VERSION),))
 
 
 def _vault(row: Sequence[Any]) -> VaultRecord:
@@ -176,15 +242,31 @@ def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
 def _missing_chunks(db: sqlite3.Connection, vault_id: str, hashes: Sequence[str]) -> list[str]:
     unique = list(dict.fromkeys(hashes))
     present: set[str] = set()
-    # SQLite limits bound parameters (32766 by default); stay far below.
-    for i in range(0, len(unique), 500):
-        batch = unique[i : i + 500]
+    for batch in _batches(unique):
         marks = ",".join("?" * len(batch))
         rows = db.execute(
-            f"SELECT hash FROM chunks WHERE vault_id=? AND hash IN ({marks})", (vault_id, *batch)
+            f"SELECT hash FROM chunks WHERE vault_id=? AND hash IN ({marks}) AND doomed IS NULL",
+            (vault_id, *batch),
         ).fetchall()
         present.update(r[0] for r in rows)
     return [h for h in unique if h not in present]
+
+
+def _find_records(
+    db: sqlite3.Connection, vault_id: str, kind: str, key: str | None, state: str | None,
+    since_ts: float | None, before_ts: float | None, limit: int, newest_first: bool = False,
+) -> list[Record]:
+    where, args = ["vault_id=?", "kind=?"], [vault_id, kind]
+    for cond, value in (("key=?", key), ("state=?", state), ("ts>=?", since_ts), ("ts<?", before_ts)):
+        if value is not None:
+            where.append(cond)
+            args.append(value)
+    order = "DESC" if newest_first else "ASC"
+    rows = db.execute(
+        f"SELECT {_RECORD_COLS} FROM records WHERE {' AND '.join(where)} "
+        f"ORDER BY ts {order}, id {order} LIMIT ?", (*args, limit),
+    ).fetchall()
+    return [_record(r) for r in rows]
 
 
 def _save_node(db: sqlite3.Connection, vault_id: str, node: Node, ts: float) -> None:
@@ -253,16 +335,97 @@ class _SqliteVaultTx(VaultTx):
     async def add_version(self, vault_id: str, version: VersionRecord) -> None:
         v = version
         self.db.execute(
-            f"INSERT INTO versions (vault_id, node_id, {_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO versions (vault_id, node_id, {_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
                 vault_id, v.node_id, v.rev, v.size, v.mtime_ns,
                 json.dumps([[c.hash, c.size] for c in v.chunks], separators=(",", ":")),
-                v.ts, v.device, v.user,
+                v.ts, v.device, v.user, v.origin,
             ),
         )
+        _add_refs(self.db, vault_id, [c.hash for c in v.chunks], 1)
+
+    async def version(self, node_id: str, rev: int) -> VersionRecord | None:
+        row = self.db.execute(
+            f"SELECT {_VERSION_COLS} FROM versions WHERE vault_id=? AND node_id=? AND rev=?",
+            (self.vault_id, node_id, rev),
+        ).fetchone()
+        return _version(node_id, row) if row else None
+
+    async def versions(self, node_id: str) -> list[VersionRecord]:
+        rows = self.db.execute(
+            f"SELECT {_VERSION_COLS} FROM versions WHERE vault_id=? AND node_id=? ORDER BY rev DESC",
+            (self.vault_id, node_id),
+        ).fetchall()
+        return [_version(node_id, r) for r in rows]
+
+    async def drop_versions(self, node_id: str, revs: Sequence[int]) -> int:
+        dropped = 0
+        for rev in revs:
+            row = self.db.execute(
+                "DELETE FROM versions WHERE vault_id=? AND node_id=? AND rev=? RETURNING chunks",
+                (self.vault_id, node_id, rev),
+            ).fetchone()
+            if row is not None:
+                dropped += 1
+                _add_refs(self.db, self.vault_id, [c[0] for c in json.loads(row[0])], -1)
+        return dropped
 
     async def missing_chunks(self, hashes: Sequence[str]) -> list[str]:
         return _missing_chunks(self.db, self.vault_id, hashes)
+
+    async def doom_chunks(self, before_ts: float, now: float, limit: int) -> list[tuple[str, int]]:
+        rows = self.db.execute(
+            "UPDATE chunks SET doomed=? WHERE vault_id=? AND hash IN ("
+            "  SELECT hash FROM chunks WHERE vault_id=? AND refs=0 AND doomed IS NULL AND ts<? LIMIT ?"
+            ") RETURNING hash, size",
+            (now, self.vault_id, self.vault_id, before_ts, limit),
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    async def node_at(self, node_id: str, seq: int) -> Node | None:
+        row = self.db.execute(
+            f"SELECT {_NODE_COLS} FROM nodes WHERE vault_id=? AND id=? AND seq_from<=? AND seq_to>?",
+            (self.vault_id, node_id, seq, seq),
+        ).fetchone()
+        return _node(row) if row else None
+
+    async def deleted_children(self, parent_id: str, seq_from: int, seq_to: int, limit: int) -> list[Node]:
+        rows = self.db.execute(
+            f"SELECT {_NODE_COLS} FROM nodes WHERE vault_id=? AND parent=? AND seq_to={CURRENT} "
+            "AND deleted=1 AND seq_from BETWEEN ? AND ? ORDER BY seq_from LIMIT ?",
+            (self.vault_id, parent_id, seq_from, seq_to, limit),
+        ).fetchall()
+        return [_node(r) for r in rows]
+
+    async def count_live_files(self, limit: int) -> int:
+        return self.db.execute(
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM nodes WHERE vault_id=? AND seq_to={CURRENT} "
+            "AND deleted=0 AND kind!='dir' LIMIT ?)", (self.vault_id, limit),
+        ).fetchone()[0]
+
+    async def get_record(self, kind: str, record_id: str) -> Record | None:
+        row = self.db.execute(
+            f"SELECT {_RECORD_COLS} FROM records WHERE vault_id=? AND kind=? AND id=?",
+            (self.vault_id, kind, record_id),
+        ).fetchone()
+        return _record(row) if row else None
+
+    async def put_record(self, record: Record) -> None:
+        r = record
+        self.db.execute(
+            f"INSERT OR REPLACE INTO records (vault_id, {_RECORD_COLS}) VALUES (?,?,?,?,?,?,?)",
+            (self.vault_id, r.kind, r.id, r.key, r.state, r.ts, json.dumps(r.body, separators=(",", ":"))),
+        )
+
+    async def delete_record(self, kind: str, record_id: str) -> None:
+        self.db.execute("DELETE FROM records WHERE vault_id=? AND kind=? AND id=?",
+                        (self.vault_id, kind, record_id))
+
+    async def find_records(
+        self, kind: str, *, key: str | None = None, state: str | None = None,
+        since_ts: float | None = None, limit: int = 1000,
+    ) -> list[Record]:
+        return _find_records(self.db, self.vault_id, kind, key, state, since_ts, None, limit)
 
     async def mark_vault_deleted(self) -> None:
         self.db.execute("UPDATE vaults SET deleted=1 WHERE id=?", (self.vault_id,))
@@ -292,8 +455,7 @@ class _WriterThread(threading.Thread):
         try:
             db = _connect(self.path)
             db.executescript(_SCHEMA)
-            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                       (str(SCHEMA_VERSION),))
+            _migrate(db)
         except BaseException as exc:  # reported to open()
             self.ready.set_exception(exc)
             return
@@ -571,8 +733,46 @@ class SqliteStore(MetadataStore):
         return await self._write(fn)
 
     async def chunk_size(self, vault_id: str, hash: str) -> int | None:
-        row = await self._fetchone("SELECT size FROM chunks WHERE vault_id=? AND hash=?", (vault_id, hash))
+        row = await self._fetchone(
+            "SELECT size FROM chunks WHERE vault_id=? AND hash=? AND doomed IS NULL", (vault_id, hash))
         return row[0] if row else None
+
+    async def doomed_chunks(self, vault_id: str, hashes: Sequence[str] | None = None,
+                            limit: int = 1000) -> list[str]:
+        def fn(db: sqlite3.Connection) -> list[str]:
+            if hashes is None:
+                return [r[0] for r in db.execute(
+                    "SELECT hash FROM chunks WHERE vault_id=? AND doomed IS NOT NULL LIMIT ?",
+                    (vault_id, limit))]
+            out: set[str] = set()
+            for batch in _batches(list(dict.fromkeys(hashes))):
+                out.update(r[0] for r in db.execute(
+                    f"SELECT hash FROM chunks WHERE vault_id=? AND hash IN ({','.join('?' * len(batch))}) "
+                    "AND doomed IS NOT NULL", (vault_id, *batch)))
+            return [h for h in dict.fromkeys(hashes) if h in out]
+
+        return await self._read(fn)
+
+    async def forget_chunks(self, vault_id: str, hashes: Sequence[str]) -> int:
+        def fn(db: sqlite3.Connection) -> int:
+            gone = 0
+            for batch in _batches(list(dict.fromkeys(hashes))):
+                gone += db.execute(
+                    f"DELETE FROM chunks WHERE vault_id=? AND hash IN ({','.join('?' * len(batch))}) "
+                    "AND doomed IS NOT NULL", (vault_id, *batch)).rowcount
+            return gone
+
+        return await self._write(fn)
+
+    async def chunk_stats(self, vault_id: str, before_ts: float) -> ChunkStats:
+        rows = await self._fetchall(
+            "SELECT CASE WHEN doomed IS NOT NULL THEN 'doomed' WHEN refs > 0 THEN 'referenced' "
+            "WHEN ts < ? THEN 'collectable' ELSE 'in_grace' END AS state, COUNT(*), "
+            "COALESCE(SUM(size), 0) FROM chunks WHERE vault_id=? GROUP BY state",
+            (before_ts, vault_id),
+        )
+        got = {r[0]: (r[1], r[2]) for r in rows}
+        return ChunkStats(**{k: got.get(k, (0, 0)) for k in ("referenced", "collectable", "in_grace", "doomed")})
 
     # -- node reads -----------------------------------------------------------------------
 
@@ -620,6 +820,44 @@ class SqliteStore(MetadataStore):
             (vault_id, node_id),
         )
         return [_version(node_id, r) for r in rows]
+
+    async def version_nodes(
+        self, before_ts: float, after: tuple[str, str] | None, limit: int
+    ) -> list[tuple[str, str]]:
+        # Walks the primary key from the cursor, so one page costs what it returns.
+        rows = await self._fetchall(
+            "SELECT vault_id, node_id FROM versions WHERE (vault_id, node_id) > (?, ?) "
+            "GROUP BY vault_id, node_id HAVING MIN(ts) < ? ORDER BY vault_id, node_id LIMIT ?",
+            (*(after or ("", "")), before_ts, limit),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    async def vault_ids(self) -> list[str]:
+        return [r[0] for r in await self._fetchall("SELECT id FROM vaults WHERE deleted=0 ORDER BY id", ())]
+
+    # -- records --------------------------------------------------------------------------
+
+    async def get_record(self, vault_id: str, kind: str, record_id: str) -> Record | None:
+        row = await self._fetchone(
+            f"SELECT {_RECORD_COLS} FROM records WHERE vault_id=? AND kind=? AND id=?",
+            (vault_id, kind, record_id),
+        )
+        return _record(row) if row else None
+
+    async def find_records(
+        self, vault_id: str, kind: str, *, key: str | None = None, state: str | None = None,
+        since_ts: float | None = None, before_ts: float | None = None, limit: int = 1000,
+        newest_first: bool = False,
+    ) -> list[Record]:
+        return await self._read(lambda db: _find_records(
+            db, vault_id, kind, key, state, since_ts, before_ts, limit, newest_first))
+
+    async def due_records(self, kind: str, state: str, before_ts: float, limit: int) -> list[tuple[str, Record]]:
+        rows = await self._fetchall(
+            f"SELECT vault_id, {_RECORD_COLS} FROM records WHERE kind=? AND state=? AND ts<? "
+            "ORDER BY ts LIMIT ?", (kind, state, before_ts, limit),
+        )
+        return [(r[0], _record(r[1:])) for r in rows]
 
     # -- events ---------------------------------------------------------------------------
 

@@ -31,7 +31,8 @@ def _routes(server) -> list[tuple[str, str]]:
 
 
 def _fill(path: str, vault: str, node: str, chunk: str, username: str) -> str:
-    values = {"vault_id": vault, "node_id": node, "chunk_hash": chunk, "username": username}
+    values = {"vault_id": vault, "node_id": node, "chunk_hash": chunk, "username": username,
+              "record_id": "x0"}  # trash entries, holds, conflicts
     return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
 
 

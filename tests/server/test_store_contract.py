@@ -21,6 +21,7 @@ import pytest_asyncio
 from gobi.protocol import ROOT_ID, ChunkRef, Event, EventType, Node, NodeKind
 from gobi.server.store.base import (
     MetadataStore,
+    Record,
     SessionRecord,
     StoreUnavailable,
     UserRecord,
@@ -538,3 +539,123 @@ async def test_prune_drops_old_events_and_history_and_raises_the_floor(store):
     assert (await store.vault(v1)).history_floor == 3
     assert [n.name for n in await store.children(v1, ROOT_ID, None, 10)] == ["a3"]
     assert (await store.node(v1, ROOT_ID)) is not None
+
+
+# -- history, trash, garbage collection -------------------------------------------------------
+
+async def test_chunk_references_and_two_phase_collection(store):
+    alice = await new_user(store)
+    vid = await new_vault(store, alice)
+    f = await create(store, vid, file("f"))
+    old, now = 1000.0, time.time()
+    for h in (H1, H2):
+        await store.add_chunk(vid, h, 10, old)
+    await store.add_chunk(vid, H3, 7, now)               # recent: in the grace period
+    v1 = VersionRecord(f.id, 1, 30, 0, (ChunkRef(hash=H1, size=10),) * 3, 1.0, None, None)
+    v2 = VersionRecord(f.id, 2, 10, 0, (ChunkRef(hash=H1, size=10),), 2.0, None, None, origin="restore:1")
+
+    async def add(tx: VaultTx) -> None:
+        await tx.add_version(vid, v1)
+        await tx.add_version(vid, v2)
+
+    await store.run_write(vid, add)
+    assert (await store.version(vid, f.id, 2)).origin == "restore:1"
+    stats = await store.chunk_stats(vid, before_ts=now - 60)
+    assert (stats.referenced, stats.collectable, stats.in_grace, stats.doomed) == ((1, 10), (1, 10), (1, 7), (0, 0))
+
+    async def doom(tx: VaultTx):
+        return await tx.doom_chunks(now - 60, now, 100)
+
+    assert await store.run_write(vid, doom) == [(H2, 10)]     # only unreferenced and old
+    assert await store.missing_chunks(vid, [H1, H2, H3]) == [H2]
+    assert await store.run_write(vid, lambda tx: tx.missing_chunks([H2])) == [H2]
+    assert await store.chunk_size(vid, H2) is None
+    assert await store.doomed_chunks(vid) == [H2]
+    assert await store.doomed_chunks(vid, [H1, H2]) == [H2]
+    assert (await store.chunk_stats(vid, now - 60)).doomed == (1, 10)
+    assert await store.add_chunk(vid, H2, 10, now) is False   # the record stays until forgotten
+    assert await store.forget_chunks(vid, [H1, H2]) == 1       # live chunks are never forgotten
+    assert await store.missing_chunks(vid, [H1, H2]) == [H2]
+    # Dropping versions releases references: H1 is named by two versions.
+    assert await store.run_write(vid, lambda tx: tx.drop_versions(f.id, [1, 99])) == 1
+    assert await store.run_write(vid, doom) == []
+    assert await store.run_write(vid, lambda tx: tx.drop_versions(f.id, [2])) == 1
+    assert await store.run_write(vid, lambda tx: tx.versions(f.id)) == []
+    assert await store.run_write(vid, doom) == [(H1, 10)]
+
+
+async def test_records(store):
+    alice = await new_user(store)
+    v1 = await new_vault(store, alice)
+    v2 = await new_vault(store, alice)
+
+    async def put(tx: VaultTx) -> None:
+        await tx.put_record(Record("trash", "t1", "dev-a", "trashed", 10.0, {"path": "a/ü.txt", "n": [1, 2]}))
+        await tx.put_record(Record("trash", "t2", "dev-b", "trashed", 20.0, {}))
+        await tx.put_record(Record("hold", "h1", "dev-a", "pending", 15.0, {"files": 3}))
+        assert (await tx.get_record("trash", "t1")).body["path"] == "a/ü.txt"
+        assert [r.id for r in await tx.find_records("trash", key="dev-a")] == ["t1"]
+
+    await store.run_write(v1, put)
+    await store.run_write(v2, lambda tx: tx.put_record(Record("trash", "t1", "x", "trashed", 5.0, {})))
+    assert [r.id for r in await store.find_records(v1, "trash")] == ["t1", "t2"]
+    assert [r.id for r in await store.find_records(v1, "trash", newest_first=True, limit=1)] == ["t2"]
+    assert [r.id for r in await store.find_records(v1, "trash", since_ts=15.0)] == ["t2"]
+    assert [r.id for r in await store.find_records(v1, "trash", before_ts=15.0)] == ["t1"]
+    assert await store.find_records(v1, "hold", state="confirmed") == []
+    assert sorted((v, r.id) for v, r in await store.due_records("trash", "trashed", 15.0, 10)) == [(v1, "t1"), (v2, "t1")]
+
+    async def update(tx: VaultTx) -> None:
+        hold = await tx.get_record("hold", "h1")
+        await tx.put_record(Record("hold", "h1", hold.key, "confirmed", hold.ts, {"files": 4}))
+        await tx.delete_record("trash", "t2")
+        await tx.delete_record("trash", "absent")
+
+    await store.run_write(v1, update)
+    assert (await store.get_record(v1, "hold", "h1")).body == {"files": 4}
+    assert (await store.get_record(v1, "hold", "h1")).state == "confirmed"
+    assert await store.get_record(v1, "trash", "t2") is None
+
+
+async def test_node_history_reads(store):
+    alice = await new_user(store)
+    vid = await new_vault(store, alice)
+    d = await create(store, vid, folder("d"))
+    a = await create(store, vid, file("a", parent=d.id))
+    b = await create(store, vid, file("b", parent=d.id))
+    await create(store, vid, folder("e"))
+
+    async def rm(tx: VaultTx) -> None:
+        await change(tx, a, EventType.DELETE, deleted=True)       # 5
+        await change(tx, b, EventType.DELETE, deleted=True)       # 6
+        await change(tx, d, EventType.DELETE, deleted=True)       # 7
+
+    await store.run_write(vid, rm)
+
+    async def reads(tx: VaultTx) -> None:
+        assert [n.id for n in await tx.deleted_children(d.id, 5, 7, 10)] == [a.id, b.id]
+        assert [n.id for n in await tx.deleted_children(d.id, 6, 6, 10)] == [b.id]
+        assert [n.id for n in await tx.deleted_children(ROOT_ID, 5, 7, 10)] == [d.id]
+        assert (await tx.node_at(a.id, 4)).deleted is False
+        assert (await tx.node_at(a.id, 5)).deleted is True
+        assert await tx.node_at(a.id, 1) is None
+        assert await tx.count_live_files(10) == 0
+
+    await store.run_write(vid, reads)
+    await create(store, vid, file("c"))
+    await create(store, vid, file("c2"))
+    assert await store.run_write(vid, lambda tx: tx.count_live_files(1)) == 1
+    assert await store.run_write(vid, lambda tx: tx.count_live_files(10)) == 2
+    assert vid in await store.vault_ids()
+
+    async def versions(tx: VaultTx) -> None:
+        for rev, ts in ((1, 10.0), (2, 20.0)):
+            await tx.add_version(vid, VersionRecord(a.id, rev, 0, 0, (), ts, None, None))
+        await tx.add_version(vid, VersionRecord(b.id, 3, 0, 0, (), 30.0, None, None))
+
+    await store.run_write(vid, versions)
+    mine = lambda pairs: [p for p in pairs if p[0] == vid]  # noqa: E731
+    assert mine(await store.version_nodes(15.0, None, 100)) == [(vid, a.id)]
+    assert mine(await store.version_nodes(31.0, None, 100)) == sorted([(vid, a.id), (vid, b.id)])
+    first = sorted([a.id, b.id])[0]
+    assert mine(await store.version_nodes(31.0, (vid, first), 100)) == [(vid, sorted([a.id, b.id])[1])]

@@ -1,0 +1,277 @@
+"""The mass-delete guard: a bulk delete from one client is held for the vault owner.
+
+A buggy or compromised client must not be able to wipe everyone's vault. Deletes are
+counted per *actor* (the ``X-Gobi-Device`` of the request, else the user) over a sliding
+window; a delete that would take the actor past the threshold (more than ``files`` files,
+or more than ``fraction`` of the vault's files and at least ``min_files``, within
+``window``) is not applied: it opens a *hold* (``Record`` kind ``hold``, state
+``pending``) and the requester gets ``409 delete_held`` with the hold. While a hold is
+pending, every further delete of that actor joins it the same way (``hold_item``
+records). Other clients keep the files: nothing changed in the tree.
+
+The owner lists holds and confirms one (the held deletes are applied then, in order, each
+skipped if the node changed since: the modification survives) or rejects it; the
+requester may withdraw (reject) its own. A pending hold expires after ``expiry``. Each
+transition appends a ``hold`` event (``node`` is null, ``hold`` carries the state) and
+resets the actor's window.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gobi.protocol import DeleteNodeRequest, ErrorCode, EventType, HoldInfo, Node, NodeKind
+
+from .access import Actor, require_role
+from .errors import ServiceError
+from .store.base import MetadataStore, Record, VaultGone, VaultTx
+from .writes import Writer, conflict_error, head, new_id, path_of
+
+HOLD = "hold"
+HOLD_ITEM = "hold_item"
+DELETE_LOG = "delete_log"
+
+
+@dataclass(frozen=True)
+class HoldPolicy:
+    files: int = 500          # 0 turns the guard off
+    fraction: float = 0.25
+    min_files: int = 50
+    window: float = 300.0
+    expiry: float = 3 * 86400.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.files > 0
+
+
+class HoldNeeded(Exception):
+    """Raised inside a delete's transaction (rolling it back): this delete must be held."""
+
+    def __init__(self, files: int):
+        super().__init__(f"mass delete: {files} files")
+        self.files = files
+
+
+@dataclass
+class Held:
+    hold: HoldInfo
+    node: Node
+
+    def error(self) -> ServiceError:
+        return ServiceError(
+            ErrorCode.DELETE_HELD,
+            f"mass delete held: {self.hold.files} file(s) in {self.hold.items} delete(s) from this "
+            f"device wait for the vault owner (gobi confirm-delete {self.hold.id}); nothing was deleted",
+            hold=self.hold.model_dump(mode="json"), head=head(self.node),
+        )
+
+
+def hold_info(record: Record) -> HoldInfo:
+    body = {k: v for k, v in record.body.items() if k != "user_id"}
+    return HoldInfo.model_validate({"id": record.id, "state": record.state, **body})
+
+
+def actor_key(actor: Actor) -> str:
+    return f"d:{actor.device}" if actor.device else f"u:{actor.user.id}"
+
+
+class Holds:
+    def __init__(self, store: MetadataStore, policy: HoldPolicy | None = None):
+        self.store = store
+        self.policy = policy or HoldPolicy()
+
+    # -- inside a delete's transaction ----------------------------------------------------------
+
+    async def pending(self, tx: VaultTx, actor: Actor) -> Record | None:
+        if not self.policy.enabled:
+            return None
+        found = await tx.find_records(HOLD, key=actor_key(actor), state="pending", limit=1)
+        return found[0] if found else None
+
+    async def count_files(self, tx: VaultTx, node: Node) -> int:
+        if node.kind is not NodeKind.DIR:
+            return 1
+        files, todo = 0, [node.id]
+        while todo:
+            for child in await tx.live_children(todo.pop(), 10**7):
+                if child.kind is NodeKind.DIR:
+                    todo.append(child.id)
+                else:
+                    files += 1
+        return files
+
+    async def add(self, w: Writer, record: Record, node: Node, req: DeleteNodeRequest, files: int) -> Held:
+        """Put this delete into the pending hold ``record``."""
+        body = dict(record.body)
+        n = body.get("items", 0)
+        await w.tx.put_record(Record(HOLD_ITEM, f"{record.id}.{n:08d}", record.id, "", w.ts, {
+            "node": node.id, "base_rev": req.base_rev, "recursive": req.recursive, "files": files,
+            "path": await path_of(w.tx, node),
+        }))
+        body["items"], body["files"] = n + 1, body.get("files", 0) + files
+        record = Record(HOLD, record.id, record.key, record.state, record.ts, body)
+        await w.tx.put_record(record)
+        return Held(hold_info(record), node)
+
+    async def guard(self, w: Writer, actor: Actor, files: int) -> None:
+        """After a delete tombstoned ``files`` files: raise ``HoldNeeded`` if that takes the
+        actor past the threshold, else count them in its window."""
+        p = self.policy
+        if not p.enabled:
+            return
+        key = actor_key(actor)
+        recent = sum(int(r.body.get("files", 0)) for r in await w.tx.find_records(
+            DELETE_LOG, key=key, since_ts=w.ts - p.window, limit=100_000))
+        total = recent + files
+        if total > p.files:
+            raise HoldNeeded(files)
+        if p.fraction > 0 and total >= p.min_files:
+            # Counting stops where the absolute threshold would have fired first anyway.
+            live = await w.tx.count_live_files(math.ceil(p.files / p.fraction) + 1)
+            if total > p.fraction * (live + total):
+                raise HoldNeeded(files)
+        await w.tx.put_record(Record(DELETE_LOG, new_id("l"), key, "logged", w.ts, {"files": files}))
+
+    async def hold(self, w: Writer, actor: Actor, node_id: str, req: DeleteNodeRequest, files: int) -> Held:
+        """The delete that crossed the threshold: open a hold with it (or join one that
+        another request of this actor opened meanwhile)."""
+        node = await w.tx.node(node_id)
+        if node is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "node not found", node=node_id)
+        if node.deleted:
+            raise conflict_error(node, "the node was deleted")
+        record = await self.pending(w.tx, actor)
+        if record is None:
+            record = Record(HOLD, new_id("h"), actor_key(actor), "pending", w.ts, {
+                "device": actor.device, "user": actor.user.username, "user_id": actor.user.id,
+                "created": w.ts, "expires": w.ts + self.policy.expiry, "files": 0, "items": 0,
+            })
+            held = await self.add(w, record, node, req, files)
+            await w.note(EventType.HOLD, None, hold=held.hold)
+            return held
+        return await self.add(w, record, node, req, files)
+
+    # -- the owner's decision -------------------------------------------------------------------
+
+    async def list(self, actor: Actor, vault_id: str, state: str | None) -> list[HoldInfo]:
+        await require_role(self.store, actor, vault_id, "read")
+        records = await self.store.find_records(vault_id, HOLD, state=state, newest_first=True, limit=1000)
+        return [hold_info(r) for r in records]
+
+    async def get(self, actor: Actor, vault_id: str, hold_id: str, limit: int = 1000) -> tuple[HoldInfo, list[dict]]:
+        await require_role(self.store, actor, vault_id, "read")
+        record = await self._record(vault_id, hold_id)
+        items = await self.store.find_records(vault_id, HOLD_ITEM, key=hold_id, limit=limit)
+        return hold_info(record), [r.body for r in items]
+
+    async def _record(self, vault_id: str, hold_id: str) -> Record:
+        record = await self.store.get_record(vault_id, HOLD, hold_id)
+        if record is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "no such hold", hold=hold_id)
+        return record
+
+    async def confirm(self, actor: Actor, vault_id: str, hold_id: str,
+                      write: Callable[..., Awaitable[Any]], batch: int = 200) -> HoldInfo:
+        """Apply the held deletes (owner only), then close the hold."""
+        await require_role(self.store, actor, vault_id, "owner")
+        record = await self._record(vault_id, hold_id)
+        if record.state != "pending":
+            raise ServiceError(ErrorCode.BAD_REQUEST, f"the hold is {record.state}", hold=hold_info(record).model_dump(mode="json"))
+        items = await self.store.find_records(vault_id, HOLD_ITEM, key=hold_id, limit=10**7)
+        applied = skipped = 0
+
+        async def apply(w: Writer, chunk: list[Record]) -> tuple[int, int]:
+            done = skip = 0
+            for item in chunk:
+                node = await w.tx.node(item.body["node"])
+                if node is None or node.deleted or (
+                        node.kind is NodeKind.FILE and (node.content_rev or 0) > item.body["base_rev"]):
+                    skip += 1       # gone already, or modified since: the modification survives
+                    continue
+                if node.kind is NodeKind.DIR and not item.body.get("recursive") and \
+                        await w.tx.live_children(node.id, 1):
+                    skip += 1
+                    continue
+                await w.trash(node, hold=hold_id, device=record.body.get("device"),
+                              user=record.body.get("user"))
+                done += 1
+            return done, skip
+
+        for i in range(0, len(items), batch):
+            chunk = items[i:i + batch]
+            done, skip = await write(actor, vault_id, lambda w, chunk=chunk: apply(w, chunk), role="owner")
+            applied += done
+            skipped += skip
+        return await self._close(actor, vault_id, hold_id, "confirmed", write,
+                                 applied=applied, skipped=skipped)
+
+    async def reject(self, actor: Actor, vault_id: str, hold_id: str,
+                     write: Callable[..., Awaitable[Any]]) -> HoldInfo:
+        """Drop the held deletes: the owner, or the user whose deletes they were."""
+        vault, role = await require_role(self.store, actor, vault_id, "read")
+        record = await self._record(vault_id, hold_id)
+        if role != "owner" and record.body.get("user_id") != actor.user.id:
+            raise ServiceError(ErrorCode.FORBIDDEN, "only the owner or the requester may reject a hold")
+        return await self._close(actor, vault_id, hold_id, "rejected", write, role="read")
+
+    async def _close(self, actor: Actor, vault_id: str, hold_id: str, state: str,
+                     write: Callable[..., Awaitable[Any]], role: str | None = "owner", **extra: Any) -> HoldInfo:
+        async def fn(w: Writer) -> HoldInfo:
+            record = await w.tx.get_record(HOLD, hold_id)
+            if record is None:
+                raise ServiceError(ErrorCode.NOT_FOUND, "no such hold", hold=hold_id)
+            if record.state != "pending":
+                raise ServiceError(ErrorCode.BAD_REQUEST, f"the hold is {record.state}",
+                                   hold=hold_info(record).model_dump(mode="json"))
+            body = {**record.body, "resolved_by": w.actor.user.username, "resolved_at": w.ts, **extra}
+            record = Record(HOLD, record.id, record.key, state, record.ts, body)
+            await w.tx.put_record(record)
+            # A fresh start for the requester: what it deleted before the hold is settled.
+            for log in await w.tx.find_records(DELETE_LOG, key=record.key, limit=100_000):
+                await w.tx.delete_record(DELETE_LOG, log.id)
+            info = hold_info(record)
+            await w.note(EventType.HOLD, None, hold=info)
+            return info
+
+        return await write(actor, vault_id, fn, role=role)
+
+    # -- maintenance --------------------------------------------------------------------------
+
+    async def expire_due(self, actor: Actor, write: Callable[..., Awaitable[Any]], now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        expired = 0
+        for vault_id, record in await self.store.due_records(HOLD, "pending", now - self.policy.expiry, 1000):
+            try:
+                await self._close(actor, vault_id, record.id, "expired", write, role=None)
+                expired += 1
+            except ServiceError:
+                pass        # closed meanwhile, or the vault is gone
+        return expired
+
+    async def prune(self, before_ts: float, window_before_ts: float) -> int:
+        """Forget delete counts past the window, and settled holds (with their items)
+        older than ``before_ts``."""
+        gone = 0
+        for vault_id, record in await self.store.due_records(DELETE_LOG, "logged", window_before_ts, 10_000):
+            gone += await self._drop(vault_id, [(DELETE_LOG, record.id)])
+        for state in ("confirmed", "rejected", "expired"):
+            for vault_id, record in await self.store.due_records(HOLD, state, before_ts, 1000):
+                items = await self.store.find_records(vault_id, HOLD_ITEM, key=record.id, limit=10**7)
+                gone += await self._drop(vault_id, [(HOLD_ITEM, i.id) for i in items] + [(HOLD, record.id)])
+        return gone
+
+    async def _drop(self, vault_id: str, keys: list[tuple[str, str]]) -> int:
+        async def fn(tx: VaultTx) -> int:
+            for kind, rid in keys:
+                await tx.delete_record(kind, rid)
+            return len(keys)
+
+        try:
+            return await self.store.run_write(vault_id, fn)
+        except VaultGone:       # its records no longer matter
+            return 0

@@ -1,0 +1,304 @@
+"""Building blocks shared by every tree write: the event writer, tombstoning into the
+trash, bringing tombstones back, names and paths.
+
+Node writes (``nodes.py``), trash restores (``trash.py``), conflict handling
+(``conflicts.py``), mass-delete holds (``holds.py``) and version restores (``history.py``)
+all change the tree through a ``Writer`` inside one store transaction, so they keep the
+same invariants: every change allocates the vault's next seq and appends exactly one event;
+every live node's parent is a live directory; live names are unique per directory; a
+delete tombstones a whole subtree (leaves first) and records one trash entry for it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from gobi.conflicts import restored_name
+from gobi.protocol import (
+    ROOT_ID,
+    ChunkRef,
+    CommitContentRequest,
+    ConflictInfo,
+    ErrorCode,
+    Event,
+    EventType,
+    HoldInfo,
+    Node,
+    NodeKind,
+    TrashEntry,
+)
+
+from .access import Actor
+from .errors import ServiceError
+from .store.base import Record, UserRecord, VaultTx, VersionRecord
+
+#: Who background jobs (expiring holds, retention) act as: events carry no device, so
+#: every client applies them.
+SYSTEM = Actor(UserRecord(id="", username="gobi", password_hash="", is_admin=True, created_at=0.0))
+
+#: Directories deeper than this are refused; it also bounds ancestor walks.
+MAX_DEPTH = 4096
+TRASH = "trash"
+
+
+def new_id(prefix: str) -> str:
+    return prefix + secrets.token_hex(10)
+
+
+def head(node: Node) -> dict:
+    return node.model_dump(mode="json")
+
+
+def conflict_error(node: Node, message: str = "base_rev is not the head revision") -> ServiceError:
+    return ServiceError(ErrorCode.CONFLICT, message, head=head(node))
+
+
+def device_label(actor: Actor) -> str:
+    """How a device is named in conflicted-copy names: its id, else the username."""
+    return actor.device or actor.user.username
+
+
+def check_chunks_sum(chunks: Sequence[ChunkRef], size: int) -> None:
+    total = sum(c.size for c in chunks)
+    if total != size:
+        raise ServiceError(
+            ErrorCode.BAD_REQUEST, f"size {size} does not equal the sum of chunk sizes {total}"
+        )
+
+
+async def require_chunks(tx: VaultTx, chunks: Sequence[ChunkRef]) -> None:
+    missing = await tx.missing_chunks([c.hash for c in chunks])
+    if missing:
+        raise ServiceError(
+            ErrorCode.MISSING_CHUNKS,
+            f"{len(missing)} chunk(s) must be uploaded before this commit",
+            missing=missing,
+        )
+
+
+async def live_dir(tx: VaultTx, node_id: str) -> Node:
+    parent = await tx.node(node_id)
+    if parent is None or parent.deleted:
+        raise ServiceError(ErrorCode.NOT_FOUND, "parent directory not found", node=node_id)
+    if parent.kind is not NodeKind.DIR:
+        raise ServiceError(ErrorCode.NOT_A_DIRECTORY, "parent is not a directory", node=node_id)
+    return parent
+
+
+async def path_of(tx: VaultTx, node: Node) -> str:
+    """``a/b/c`` from the root (tombstones keep their parent, so this works for them too)."""
+    parts: list[str] = []
+    cur: Node | None = node
+    for _ in range(MAX_DEPTH):
+        if cur is None or cur.parent is None:
+            break
+        parts.append(cur.name)
+        cur = await tx.node(cur.parent)
+    return "/".join(reversed(parts))
+
+
+async def free_name(tx: VaultTx, parent_id: str, make: Callable[[int], str]) -> str:
+    """The first of ``make(1)``, ``make(2)``… not taken in ``parent_id``."""
+    for attempt in range(1, 1000):
+        name = make(attempt)
+        if await tx.child(parent_id, name) is None:
+            return name
+    raise ServiceError(ErrorCode.NAME_EXISTS, "no free name found", parent=parent_id)
+
+
+def trash_entry(record: Record) -> TrashEntry:
+    body = {k: v for k, v in record.body.items() if k not in ("seq_from", "seq_to")}
+    return TrashEntry.model_validate({"id": record.id, **body})
+
+
+@dataclass
+class Outcome:
+    """What a write did: the addressed node as it is now, and the conflict if one was met."""
+
+    node: Node
+    conflict: ConflictInfo | None = None
+
+
+@dataclass
+class Tombstoned:
+    files: int = 0
+    dirs: int = 0
+    bytes: int = 0
+    survivors: int = 0     # nodes the ``survives`` predicate kept (with their ancestors)
+    nodes: list[str] = field(default_factory=list)
+
+
+class Writer:
+    """Builds the events of one transaction (see the module docstring)."""
+
+    def __init__(self, tx: VaultTx, actor: Actor, ts: float | None = None):
+        self.tx = tx
+        self.actor = actor
+        self.ts = time.time() if ts is None else ts
+        self.last_seq = 0
+        self.event_types: list[EventType] = []
+
+    async def _event(self, seq: int, kind: EventType, node: Node | None, **extra) -> None:
+        self.last_seq = seq
+        self.event_types.append(kind)
+        await self.tx.add_event(Event(
+            seq=seq, ts=self.ts, type=kind, node=node, device=self.actor.device,
+            user=self.actor.user.username, **extra,
+        ))
+
+    async def save(
+        self, node: Node, kind: EventType, old: Node | None = None, *,
+        keep_content_rev: bool = False, **changes,
+    ) -> Node:
+        """Make ``node`` (with ``changes``) the node's new state: next seq, row, event."""
+        seq = await self.tx.next_seq()
+        if not keep_content_rev and (
+                kind is EventType.CONTENT or (kind is EventType.CREATE and node.kind is NodeKind.FILE)):
+            changes["content_rev"] = seq
+        new = node.model_copy(update={**changes, "rev": seq})
+        await self.tx.save_node(new, self.ts)
+        moved = old is not None and (old.parent != new.parent or old.name != new.name)
+        await self._event(seq, kind, new, old_parent=old.parent if moved else None,
+                          old_name=old.name if moved else None)
+        return new
+
+    async def note(self, kind: EventType, node: Node | None = None, *,
+                   conflict: ConflictInfo | None = None, hold: HoldInfo | None = None,
+                   seq: int | None = None) -> int:
+        """An event that changes no node (a conflict settled, a hold): its own seq (or
+        ``seq``, allocated by the caller for something that needed it first)."""
+        if seq is None:
+            seq = await self.tx.next_seq()
+        await self._event(seq, kind, node, conflict=conflict, hold=hold)
+        return seq
+
+    async def add_version(self, node: Node, chunks: Sequence[ChunkRef], *, rev: int | None = None,
+                          size: int | None = None, mtime_ns: int | None = None,
+                          origin: str | None = None, device: str | None = None) -> None:
+        await self.tx.add_version(self.tx.vault_id, VersionRecord(
+            node_id=node.id, rev=node.rev if rev is None else rev,
+            size=node.size if size is None else size,
+            mtime_ns=node.mtime_ns if mtime_ns is None else mtime_ns,
+            chunks=tuple(chunks), ts=self.ts, device=device or self.actor.device,
+            user=self.actor.user.username, origin=origin,
+        ))
+
+    # -- deleting into the trash -------------------------------------------------------------
+
+    async def tombstone_subtree(
+        self, node: Node, survives: Callable[[Node], bool] | None = None,
+        out: Tombstoned | None = None,
+    ) -> Tombstoned:
+        """Delete a node and everything under it, leaves first (one event per node).
+
+        ``survives(n)``: nodes it returns True for stay, and so do their ancestors inside
+        the subtree (a directory deleted while files were added to it elsewhere)."""
+        top = out is None
+        out = out if out is not None else Tombstoned()
+        # The top node is what the request named (its base_rev was checked); the predicate
+        # judges what lies under it.
+        stays = not top and survives is not None and survives(node)
+        if stays:
+            out.survivors += 1
+            if node.kind is not NodeKind.DIR:
+                return out
+        kept: set[str] = set()
+        if node.kind is NodeKind.DIR:
+            while True:
+                # Survivors stay live: skip them (the limit leaves room for 500 others).
+                children = [c for c in await self.tx.live_children(node.id, 500 + len(kept))
+                            if c.id not in kept]
+                if not children:
+                    break
+                for child in children:
+                    before = out.survivors
+                    await self.tombstone_subtree(child, survives, out)
+                    if out.survivors != before:
+                        kept.add(child.id)
+        if stays or kept:
+            return out
+        await self.save(node, EventType.DELETE, deleted=True)
+        out.nodes.append(node.id)
+        if node.kind is NodeKind.DIR:
+            out.dirs += 1
+        else:
+            out.files += 1
+            out.bytes += node.size if node.kind is NodeKind.FILE else 0
+        return out
+
+    async def trash(
+        self, node: Node, *, reason: str = "delete", survives: Callable[[Node], bool] | None = None,
+        hold: str | None = None, device: str | None = None, user: str | None = None,
+    ) -> tuple[TrashEntry | None, Tombstoned]:
+        """Tombstone ``node``'s subtree and record it as one trash entry (None when nothing
+        was deleted because everything survived)."""
+        path = await path_of(self.tx, node)
+        first = self.last_seq
+        result = await self.tombstone_subtree(node, survives)
+        if not result.nodes:
+            return None, result
+        seq_from = (first + 1) if first else self.last_seq - len(result.nodes) + 1
+        entry = TrashEntry(
+            id=new_id("t"), node=node.id, parent=node.parent, name=node.name, kind=node.kind,
+            path=path, files=result.files, dirs=result.dirs, bytes=result.bytes,
+            deleted_at=self.ts, device=device if device is not None else self.actor.device,
+            user=user or self.actor.user.username, reason=reason, hold=hold,  # type: ignore[arg-type]
+        )
+        body = entry.model_dump(mode="json", exclude={"id"})
+        body["seq_from"], body["seq_to"] = seq_from, self.last_seq
+        await self.tx.put_record(Record(TRASH, entry.id, node.id, "trashed", self.ts, body))
+        return entry, result
+
+    # -- bringing tombstones back -------------------------------------------------------------
+
+    async def revive(self, node: Node, parent_id: str | None = None, name: str | None = None) -> Node:
+        """A tombstone becomes live again (CREATE event, content unchanged) in ``parent_id``
+        (default: its old parent, which must be live) under ``name`` or, when that is taken,
+        ``NAME (restored).EXT``."""
+        parent_id = parent_id or node.parent or ROOT_ID
+        want = name or node.name
+        is_dir = node.kind is NodeKind.DIR
+        free = await free_name(
+            self.tx, parent_id, lambda n: want if n == 1 else restored_name(want, is_dir, n - 1))
+        return await self.save(node, EventType.CREATE, keep_content_rev=True, deleted=False,
+                               parent=parent_id, name=free)
+
+    async def revive_chain(self, dir_id: str) -> tuple[Node, int]:
+        """Make ``dir_id`` a live directory again if it was deleted, bringing back its
+        deleted ancestors (as empty directories, at their old places) first. Returns the
+        directory and how many were revived."""
+        chain: list[Node] = []
+        cur = await self.tx.node(dir_id)
+        while cur is not None and cur.deleted:
+            chain.append(cur)
+            if len(chain) > MAX_DEPTH:
+                raise ServiceError(ErrorCode.BAD_REQUEST, f"tree deeper than {MAX_DEPTH}")
+            cur = await self.tx.node(cur.parent) if cur.parent else None
+        if cur is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "parent directory not found", node=dir_id)
+        if cur.kind is not NodeKind.DIR:
+            raise ServiceError(ErrorCode.NOT_A_DIRECTORY, "parent is not a directory", node=cur.id)
+        for dead in reversed(chain):
+            if dead.kind is not NodeKind.DIR:
+                raise ServiceError(ErrorCode.NOT_A_DIRECTORY, "parent is not a directory", node=dead.id)
+            cur = await self.revive(dead)
+        return cur, len(chain)
+
+    async def forget_trash_of(self, node_id: str) -> None:
+        """``node_id`` is live again by other means: its own trash entries are moot."""
+        for record in await self.tx.find_records(TRASH, key=node_id, state="trashed"):
+            await self.tx.delete_record(TRASH, record.id)
+
+
+async def apply_commit(w: Writer, node: Node, req: CommitContentRequest, origin: str | None = None) -> Node:
+    """Make ``req``'s manifest the file's content: a new version (chunks checked by the caller)."""
+    changes: dict = {"size": req.size,
+                     "mtime_ns": req.mtime_ns if req.mtime_ns is not None else time.time_ns()}
+    if req.mode is not None:
+        changes["mode"] = req.mode
+    new = await w.save(node, EventType.CONTENT, **changes)
+    await w.add_version(new, req.chunks, origin=origin)
+    return new
