@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gobi import cli_history
     from gobi.fs import cli as fs_cli
     from gobi.server import cli as server_cli
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     server_cli.add_commands(sub)
     fs_cli.add_commands(sub)
+    cli_history.add_commands(sub)
     return parser
 
 
