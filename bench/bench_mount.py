@@ -25,6 +25,7 @@ import argparse
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -73,8 +74,7 @@ def make_tarball(dest: Path, entries: int) -> Path:
     return tar_path
 
 
-def run(args: argparse.Namespace, t: Target, tarball: Path) -> dict[str, float]:
-    r: dict[str, float] = {}
+def run(args: argparse.Namespace, t: Target, tarball: Path, r: dict[str, float]) -> None:
     w = t.path / "bench"
     w.mkdir()
     size = args.size_mib * MiB
@@ -158,7 +158,6 @@ def run(args: argparse.Namespace, t: Target, tarball: Path) -> dict[str, float]:
     drop_caches()
     r["git status cold"] = timed(status)
     r["git status warm"] = timed(status)
-    return r
 
 
 def main() -> int:
@@ -175,6 +174,8 @@ def main() -> int:
     if args.quick:
         args.size_mib, args.random_file_mib, args.random_reads = 64, 32, 512
         args.files, args.tar_entries = 500, 500
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so every mount and server stops.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     if os.geteuid() != 0:
         print("bench_mount needs root (FUSE mounts, drop_caches)", file=sys.stderr)
         return 2
@@ -193,11 +194,16 @@ def main() -> int:
                 continue
             target = kinds[name](work / name)
             print(f"== {name}", file=sys.stderr, flush=True)
+            results[name] = {}
             try:
                 target.start()
-                results[name] = run(args, target, tarball)
+                run(args, target, tarball, results[name])
             finally:
                 target.stop()
+                for row, value in results[name].items():      # never lost to a later failure
+                    print(f"   {name:<7} {row.strip():<26} {value:10.3f}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: partial results", file=sys.stderr)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
@@ -206,8 +212,10 @@ def main() -> int:
 
 
 def print_table(results: dict[str, dict[str, float]], args) -> None:
-    names = list(results)
-    rows = list(next(iter(results.values())))
+    names = [n for n in results if results[n]]
+    if not names:
+        return
+    rows = list(max((results[n] for n in names), key=len))
     print(f"\nmount benchmark: seq {args.size_mib} MiB, random file {args.random_file_mib} MiB, "
           f"{args.files} small files, tar of {args.tar_entries} entries (seconds, lower is better)\n")
     head = f"{'workload':<28}" + "".join(f"{n:>10}" for n in names)

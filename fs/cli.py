@@ -276,6 +276,9 @@ def _print_status(st: dict) -> None:
     print(f"  cache: {_human(st['cache_used'])} of {_human(st['cache_cap'])} "
           f"({_human(st['cache_staged'])} not evictable)")
     print(f"  last synced seq: {st['last_seq']}; nodes: {st['nodes']}")
+    if st.get("held_deletes"):
+        print(f"  {st['held_deletes']} delete(s) held by the server as a mass delete, waiting for "
+              f"the vault owner: hold(s) {', '.join(st.get('holds', []))}")
     for f in st.get("failures", []):
         print(f"  ! {f}")
 

@@ -33,7 +33,7 @@ import trio
 from .blocks import BlockCache
 from .operations import Operations, mount_options
 from .remote import ApiError, Offline, Remote, RemoteError
-from .sync import Sync
+from .sync import Sync, _first
 from .tree import Tree
 from .vfs import Link, Vfs
 
@@ -238,8 +238,11 @@ async def _puller(sync: Sync, link: Link, interval: float) -> None:
             link.down(str(exc))
         except RemoteError as exc:
             log.warning("catch-up failed: %s", exc)
+        sync.pull_wanted = trio.Event()
         with trio.move_on_after(interval):
-            await link.changed.wait()      # came back online: catch up at once
+            # Back online, or our uploads finished (the seq catches up past our own
+            # events, so `gobi status` shows the vault's head).
+            await _first(link.changed, sync.pull_wanted)
 
 
 async def _notifier(receive) -> None:

@@ -1,6 +1,8 @@
 """Keeping the mirror and the server in step: the uploader and the puller.
 
-**Uploader.** Replays the journal against the server, oldest entry first. An entry waits
+**Uploader.** Replays the journal against the server in order, several entries at once
+when they cannot depend on each other (see ``_runnable``), and only one at a time while
+the kernel is busy with requests (foreground first). An entry waits
 ``settle`` seconds before it is sent (unless a flush was asked for), so short-lived files
 are dropped by coalescing before they cost a request. ``content`` entries of a file that
 is open for writing and was written in the last ``quiet`` seconds are deferred (later
@@ -97,7 +99,11 @@ class Sync:
         self.uploaded_chunks = 0
         self.uploaded_bytes = 0
         self.failures: list[str] = []
+        self.held_deletes = 0              # deletes the server held for the owner (mass delete)
+        self.held_ids: set[str] = set()
         self.idle = trio.Event()
+        self.pull_wanted = trio.Event()    # set when our uploads finished: catch the seq up
+        self._ops_at_idle = 0
 
     # -- status -----------------------------------------------------------------------------
 
@@ -129,6 +135,8 @@ class Sync:
             "last_seq": self.last_seq,
             "nodes": self.tree.count(),
             "failures": self.failures[-10:],
+            "held_deletes": self.held_deletes,
+            "holds": sorted(self.held_ids)[-5:],
         }
 
     def flush(self) -> None:
@@ -238,6 +246,9 @@ class Sync:
                     self.flushing = False
                     self.idle.set()
                     self.idle = trio.Event()
+                    if self.uploaded_ops != self._ops_at_idle:
+                        self._ops_at_idle = self.uploaded_ops
+                        self.pull_wanted.set()
                 # Wake on: a finished upload, a flush, new work (unless only the settle
                 # delay holds the queue: then new work cannot be earlier than it).
                 settling = wait < 3600.0 and not self.flushing and self.journal.count() > 0
@@ -394,6 +405,13 @@ class Sync:
                 return
             except ApiError as exc:
                 if exc.code == ErrorCode.NOT_FOUND:
+                    return
+                if exc.code == ErrorCode.DELETE_HELD:
+                    # A mass delete: the server keeps it for the vault owner to confirm or
+                    # reject. Our part is done; the outcome arrives as events.
+                    hold = exc.details.get("hold") or {}
+                    self.held_deletes += 1
+                    self.held_ids.add(hold.get("id", "?"))
                     return
                 if exc.code == ErrorCode.DIRECTORY_NOT_EMPTY:
                     log.warning("%s: not deleted, it has children on the server", e.node)

@@ -426,8 +426,12 @@ class Vfs:
         if fh is not None:
             ino = self.handles[fh].ino
         if ino is not None and self.staged(ino):
-            fd = self._fd(ino)
-            await trio.to_thread.run_sync(os.fsync, fd)
+            # A duplicate: another handle may replace the staging fd while we wait.
+            fd = os.dup(self._fd(ino))
+            try:
+                await trio.to_thread.run_sync(os.fsync, fd)
+            finally:
+                os.close(fd)
             self.save_attrs(ino)
             await trio.to_thread.run_sync(_fsync_dir, self.cache.staging_dir)
         self.tree.durable()
