@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gobi import cli_history
+    from gobi import cli_history, doctor
     from gobi.fs import cli as fs_cli
     from gobi.server import cli as server_cli
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     server_cli.add_commands(sub)
     fs_cli.add_commands(sub)
     cli_history.add_commands(sub)
+    doctor.add_commands(sub)
     return parser
 
 

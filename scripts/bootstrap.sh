@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 packages=(python3 python3-venv python3-dev gcc pkg-config libfuse3-dev fuse3 ca-certificates)
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(redis-server sqlite3 git rsync inotify-tools psmisc procps curl)
+  # tests/deploy boot the host's systemd in a namespace sandbox and run systemd-analyze,
+  # systemd-sysusers, systemd-tmpfiles, mount(8), unshare/nsenter/setpriv, useradd
+  packages+=(systemd util-linux mount passwd)
   # bench/bench_mount.py compares against rclone mount and sshfs (its sshfs row also needs
   # openssh-server, left out here: its package starts an sshd on all interfaces)
   packages+=(rclone sshfs)
