@@ -12,6 +12,8 @@ if [[ "${1:-}" == "--test" ]]; then
   # tests/deploy boot the host's systemd in a namespace sandbox and run systemd-analyze,
   # systemd-sysusers, systemd-tmpfiles, mount(8), unshare/nsenter/setpriv, useradd
   packages+=(systemd util-linux mount passwd)
+  # tests/deploy/test_doctor.py runs deploy/proxy/Caddyfile (TLS in front of gobi)
+  packages+=(caddy)
   # bench/bench_mount.py compares against rclone mount and sshfs (its sshfs row also needs
   # openssh-server, left out here: its package starts an sshd on all interfaces)
   packages+=(rclone sshfs)
@@ -28,6 +30,11 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # On a host run by systemd, Debian starts the caddy service (ports 80/443, every
+  # interface): the tests start their own, on 127.0.0.1.
+  if [[ " ${missing[*]} " == *" caddy "* && -d /run/systemd/system ]]; then
+    systemctl disable --now caddy.service >/dev/null 2>&1 || true
+  fi
 fi
 
 # Debian's own Python 3.11, not whatever python3 is first on PATH: this is what a fresh

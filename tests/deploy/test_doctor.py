@@ -6,9 +6,12 @@ overlays of this host, gobi installed by deploy/install.sh) the way hosts really
 device; no ``user_allow_other``; no login, a world-readable credentials file, a revoked
 token; the server down, not gobi, draining; a clock off by an hour (a tiny HTTP server on
 127.0.0.1 that sends a false ``Date``); the cache dir on a full tmpfs; a dead mount; a
-server host with a bad key file, a bad config, a port taken. Doctor must name the
-problem and the fix, and exit 1. Where it says a mount will fail or work, a real
-``gobi mount`` against a real ``gobi server`` confirms it.
+server host with a bad key file, a bad config, a port taken; a TLS certificate the client
+does not trust. Doctor must name the problem and the fix, and exit 1. Where it says a
+mount will fail or work, a real ``gobi mount`` against a real ``gobi server`` confirms it.
+
+The TLS test also runs deploy/proxy/Caddyfile for real: Caddy in front of the server
+with a local CA, and a mount, a login and a WebSocket through it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ import email.utils
 import json
 import re
 import shlex
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,7 +33,7 @@ import pytest
 
 from tests.servers import ServerProcess, register
 
-from .hostsandbox import HostSandbox, usable
+from .hostsandbox import REPO, HostSandbox, usable
 
 pytestmark = pytest.mark.skipif(usable() is not None, reason=usable() or "")
 
@@ -352,3 +358,85 @@ def test_wait_ready_gives_up_when_nothing_serves(host):
     write_config(host, "/etc/gobi/none.toml", "/srv/data", free_port())
     r = host.run("gobi doctor server --config /etc/gobi/none.toml --wait-ready 1", check=False)
     assert r.returncode == 1 and "not ready after 1 s" in r.stderr and "connection refused" in r.stderr
+
+
+# --------------------------------------------------------------------------- behind TLS
+
+
+@pytest.fixture
+def caddy(server, tmp_path):
+    """deploy/proxy/Caddyfile in front of ``server``: its site block with the host name
+    replaced by 127.0.0.1:PORT and a local CA (``tls internal``), loopback only."""
+    if shutil.which("caddy") is None:
+        pytest.skip("caddy is not installed (scripts/bootstrap.sh --test installs it)")
+    port = free_port()
+    site = (REPO / "deploy/proxy/Caddyfile").read_text()
+    assert "sync.example.org {" in site and "127.0.0.1:8080" in site
+    site = site.replace("sync.example.org {", f"https://127.0.0.1:{port} {{\n\tbind 127.0.0.1\n\ttls internal")
+    site = site.replace("127.0.0.1:8080", f"127.0.0.1:{server.port}")
+    data = tmp_path / "caddy"
+    config = tmp_path / "Caddyfile"
+    config.write_text("{\n\tadmin off\n\tskip_install_trust\n\tauto_https disable_redirects\n"
+                      f"\tstorage file_system {data}\n\tservers {{\n\t\tprotocols h1 h2\n\t}}\n}}\n" + site)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "xdg"),
+           "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    log = open(tmp_path / "caddy.log", "wb")
+    proc = subprocess.Popen(["caddy", "run", "--config", str(config), "--adapter", "caddyfile"],
+                            env=env, stdout=log, stderr=log)
+    url = f"https://127.0.0.1:{port}"
+    ca = data / "pki/authorities/local/root.crt"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (tmp_path / "caddy.log").read_text()
+            try:
+                ctx = ssl.create_default_context(cafile=str(ca)) if ca.exists() else None
+                if ctx and httpx.get(url + "/health", verify=ctx, timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "caddy.log").read_text()
+            time.sleep(0.1)
+        yield url, ca
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def test_behind_a_tls_reverse_proxy(host, server, account, caddy):
+    url, ca = caddy
+    # A certificate from a CA this host does not trust: named, with the fix.
+    code, checks = doctor(host, "--server", url)
+    assert code == 1
+    c = checks["server reachable"]
+    assert c["status"] == "FAIL" and "TLS certificate not trusted" in c["detail"]
+    assert "SSL_CERT_FILE" in c["fix"] and "update-ca-certificates" in c["fix"]
+
+    # Trusted (SSL_CERT_FILE, as the fix says): login, doctor, a mount, all over TLS.
+    trust = {"SSL_CERT_FILE": str(ca)}
+    host.run(f"gobi login {url} -u {account} --password-stdin", input=PASSWORD + "\n", env=trust)
+    r = host.run("gobi doctor --vault docs --json", env=trust, check=False)
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert r.returncode == 0, checks
+    assert checks["server reachable"]["status"] == "ok"
+    assert checks["clock skew"]["status"] == "ok"          # the proxy sends Date
+    assert checks["login accepted"]["status"] == "ok"
+    host.run("mkdir -p /srv/docs && gobi mount docs /srv/docs --cache-size 64M --settle 0.2", env=trust)
+    host.run("echo 'over tls' > /srv/docs/tls.txt && gobi sync /srv/docs", env=trust)
+    token = json.loads(host.read("/root/.config/gobi/credentials.json"))["servers"][url]["token"]
+    with httpx.Client(base_url=server.api, headers={"Authorization": f"Bearer {token}"}) as c:
+        vault = [v for v in c.get("/vaults").json()["vaults"] if v["name"] == "docs"][0]["id"]
+        node = c.get(f"/vaults/{vault}/lookup", params={"path": "tls.txt"}).json()["id"]
+        assert c.get(f"/vaults/{vault}/nodes/{node}/data").content == b"over tls\n"
+    host.run("gobi umount /srv/docs", env=trust)
+
+    # The live stream (a WebSocket upgrade) passes the proxy too.
+    from websockets.sync.client import connect
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ws_url = url.replace("https://", "wss://") + f"/api/v1/vaults/{vault}/ws?after=0"
+    with connect(ws_url, ssl=ctx, additional_headers={"Authorization": f"Bearer {token}"},
+                 open_timeout=10) as ws:
+        first = json.loads(ws.recv(timeout=10))
+    assert first["type"] == "hello"
