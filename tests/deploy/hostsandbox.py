@@ -41,8 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 VENV = Path(sys.prefix) if (Path(sys.prefix) / "bin" / "gobi").exists() else REPO / ".venv"
 OVERLAID = ("etc", "usr", "var", "opt", "root", "home", "srv", "mnt")
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty", "fuse")
-CGROUP_HIERARCHIES = {"systemd": "-o none,name=systemd -t cgroup", "unified": "-t cgroup2",
-                      "devices": "-o devices -t cgroup"}
+CGROUP_HIERARCHIES = ("systemd", "unified", "devices")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 SETUP = r"""
@@ -118,13 +117,23 @@ class SandboxError(AssertionError):
     pass
 
 
-def usable() -> str | None:
-    """Why sandboxes cannot run here (None: they can)."""
+def usable(systemd: bool = False) -> str | None:
+    """Why sandboxes (with ``systemd``: booted ones) cannot run here (None: they can)."""
     if os.geteuid() != 0:
         return "needs root (mount, PID and cgroup namespaces)"
-    for tool in ("unshare", "nsenter", "setpriv"):
+    if not os.path.exists("/dev/fuse"):
+        return "needs /dev/fuse (the tests mount vaults)"
+    for tool in ("unshare", "nsenter", "setpriv", "mount"):
         if shutil.which(tool) is None:
             return f"{tool} (util-linux) is missing"
+    if systemd:
+        if not os.access("/lib/systemd/systemd", os.X_OK):
+            return "systemd is not installed (scripts/bootstrap.sh --test installs it)"
+        # The cgroup layout of these machines (v1 name=systemd and devices, v2 unified),
+        # which the sandbox nests its systemd into.
+        for name in CGROUP_HIERARCHIES:
+            if not os.path.isdir(f"/sys/fs/cgroup/{name}"):
+                return f"no /sys/fs/cgroup/{name} (hybrid cgroup layout) to nest systemd in"
     return None
 
 

@@ -186,6 +186,8 @@ def test_bad_lines_fail_with_a_reason_and_leave_nothing_behind(host, server, acc
 
 @pytest.fixture
 def systemd_host(tmp_path):
+    if usable(systemd=True):
+        pytest.skip(usable(systemd=True))
     sb = HostSandbox(tmp_path / "boot", systemd=True).start()
     try:
         sb.install_gobi("--client-only")

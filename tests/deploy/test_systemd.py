@@ -24,7 +24,7 @@ import pytest
 
 from .hostsandbox import REPO, HostSandbox, usable
 
-pytestmark = pytest.mark.skipif(usable() is not None, reason=usable() or "")
+pytestmark = pytest.mark.skipif(usable(systemd=True) is not None, reason=usable(systemd=True) or "")
 
 PASSWORD = "correct horse battery"
 CAP_SYS_ADMIN = 1 << 21
