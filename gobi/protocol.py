@@ -87,6 +87,7 @@ class EventType(str, enum.Enum):
     CONFLICT = "conflict"  # a conflict was settled by a strategy or recorded (``conflict``);
     #                        ``node`` is the node's current state (its rev may be older)
     HOLD = "hold"          # a mass delete was held, confirmed, rejected or expired (``hold``)
+    SETTINGS = "settings"  # the vault's settings changed (conflict strategy): GET /settings
 
 
 def validate_name(name: str) -> str:

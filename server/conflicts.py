@@ -114,6 +114,7 @@ class Conflicts:
                            write: Callable[..., Awaitable[Any]]) -> VaultSettings:
         async def fn(w: Writer) -> VaultSettings:
             await w.tx.put_record(Record(SETTINGS, "vault", "", "", w.ts, settings.model_dump(mode="json")))
+            await w.note(EventType.SETTINGS)     # clients that apply strategies re-read them
             return settings
 
         return await write(actor, vault_id, fn, role="owner")

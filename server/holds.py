@@ -125,9 +125,13 @@ class Holds:
         if not p.enabled:
             return
         key = actor_key(actor)
-        recent = sum(int(r.body.get("files", 0)) for r in await w.tx.find_records(
-            DELETE_LOG, key=key, since_ts=w.ts - p.window, limit=100_000))
-        total = recent + files
+        # One record per device: files deleted per time bucket (a thirtieth of the window),
+        # so a long run of deletes costs one small read and write each, not a window scan.
+        log = await w.tx.get_record(DELETE_LOG, key)
+        bucket = p.window / 30 or 1.0
+        start = w.ts - p.window
+        buckets = [b for b in (log.body.get("b", []) if log else []) if b[0] + bucket > start]
+        total = sum(n for _, n in buckets) + files
         if total > p.files:
             raise HoldNeeded(files)
         if p.fraction > 0 and total >= p.min_files:
@@ -135,7 +139,12 @@ class Holds:
             live = await w.tx.count_live_files(math.ceil(p.files / p.fraction) + 1)
             if total > p.fraction * (live + total):
                 raise HoldNeeded(files)
-        await w.tx.put_record(Record(DELETE_LOG, new_id("l"), key, "logged", w.ts, {"files": files}))
+        now_bucket = w.ts - w.ts % bucket
+        if buckets and buckets[-1][0] == now_bucket:
+            buckets[-1] = [now_bucket, buckets[-1][1] + files]
+        else:
+            buckets.append([now_bucket, files])
+        await w.tx.put_record(Record(DELETE_LOG, key, key, "logged", w.ts, {"b": buckets}))
 
     async def hold(self, w: Writer, actor: Actor, node_id: str, req: DeleteNodeRequest, files: int) -> Held:
         """The delete that crossed the threshold: open a hold with it (or join one that
@@ -232,8 +241,7 @@ class Holds:
             record = Record(HOLD, record.id, record.key, state, record.ts, body)
             await w.tx.put_record(record)
             # A fresh start for the requester: what it deleted before the hold is settled.
-            for log in await w.tx.find_records(DELETE_LOG, key=record.key, limit=100_000):
-                await w.tx.delete_record(DELETE_LOG, log.id)
+            await w.tx.delete_record(DELETE_LOG, record.key)
             info = hold_info(record)
             await w.note(EventType.HOLD, None, hold=info)
             return info
@@ -254,8 +262,8 @@ class Holds:
         return expired
 
     async def prune(self, before_ts: float, window_before_ts: float) -> int:
-        """Forget delete counts past the window, and settled holds (with their items)
-        older than ``before_ts``."""
+        """Forget delete counts of devices idle for a window, and settled holds (with their
+        items) older than ``before_ts``."""
         gone = 0
         for vault_id, record in await self.store.due_records(DELETE_LOG, "logged", window_before_ts, 10_000):
             gone += await self._drop(vault_id, [(DELETE_LOG, record.id)])

@@ -81,6 +81,7 @@ def test_settings_default_validation_and_owner_only(alice, bob, shared):
     use(alice, shared, "manual", [("*.docx", "keep-both"), ("logs/**", "last-writer-wins")])
     assert bob.get(f"/vaults/{shared}/settings").json()["conflict_rules"][1] == {
         "pattern": "logs/**", "strategy": "last-writer-wins"}
+    assert [e["node"] for e in events_of(bob, shared, "settings")] == [None]
 
 
 def test_without_on_conflict_a_stale_write_still_gets_409_with_the_head(alice, bob, shared):
