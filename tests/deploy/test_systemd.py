@@ -22,7 +22,7 @@ import time
 import httpx
 import pytest
 
-from .hostsandbox import REPO, HostSandbox, usable
+from .hostsandbox import REPO, VENV, HostSandbox, usable
 
 pytestmark = pytest.mark.skipif(usable(systemd=True) is not None, reason=usable(systemd=True) or "")
 
@@ -44,12 +44,18 @@ def host(tmp_path_factory):
         sb.install_gobi()
         sb.port = free_port()
         sb.run(f"sed -i 's/^port = .*/port = {sb.port}/' /etc/gobi/server.toml")
-        if str(REPO).startswith(("/home/", "/root/")):
-            # ProtectHome= would hide this checkout's virtualenv (/opt/gobi → it); a real
-            # install lives in /opt/gobi itself.
-            sb.run("mkdir -p /etc/systemd/system/gobi-server.service.d && printf "
-                   f"'[Service]\\nProtectHome=tmpfs\\nBindReadOnlyPaths={REPO}\\n' "
-                   "> /etc/systemd/system/gobi-server.service.d/checkout.conf && systemctl daemon-reload")
+        # /opt/gobi links to this checkout's virtualenv; a checkout under /tmp (CI clones),
+        # /home or /root would be hidden by PrivateTmp=/ProtectHome=, while a real install
+        # lives in /opt/gobi itself. Expose it read-only with a drop-in.
+        hidden = [str(p) for p in {REPO, VENV}
+                  if str(p).startswith(("/tmp/", "/var/tmp/", "/home/", "/root/", "/run/user/"))]
+        if hidden:
+            dropin = "[Service]\n" + "".join(f"BindReadOnlyPaths={p}\n" for p in hidden)
+            if any(p.startswith(("/home/", "/root/", "/run/user/")) for p in hidden):
+                dropin += "ProtectHome=tmpfs\n"
+            sb.run("mkdir -p /etc/systemd/system/gobi-server.service.d && "
+                   "cat > /etc/systemd/system/gobi-server.service.d/checkout.conf && "
+                   "systemctl daemon-reload", input=dropin)
         yield sb
     finally:
         sb.stop()
@@ -151,9 +157,10 @@ def test_server_unit_is_active_only_once_serving_and_runs_hardened(host, server_
     assert host.run(f"{ns} touch /usr/gobi-x", check=False).returncode != 0
     assert host.run(f"{ns} touch /etc/gobi/x", check=False).returncode != 0
     host.run(f"{ns} touch /var/lib/gobi/probe && {ns} rm /var/lib/gobi/probe")
-    assert host.run(f"nsenter -t {pid} -m ls -A /root").stdout.strip() == ""
-    host.run("touch /tmp/host-only-file")
-    assert host.run(f"nsenter -t {pid} -m ls -A /tmp").stdout.strip() == ""
+    host.run("touch /root/host-only-file /tmp/host-only-file")
+    assert host.run(f"nsenter -t {pid} -m test -e /root/host-only-file", check=False).returncode != 0
+    assert host.run(f"nsenter -t {pid} -m test -e /tmp/host-only-file", check=False).returncode != 0
+    assert host.run(f"nsenter -t {pid} -m test -e /var/lib/gobi/master.key").returncode == 0
 
     key = host.run("stat -c '%a %U' /var/lib/gobi/master.key").stdout.strip()
     assert key == "600 gobi"
