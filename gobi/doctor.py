@@ -722,7 +722,17 @@ def wait_ready(args: argparse.Namespace) -> int:
         time.sleep(0.2)
 
 
+SCOPES = ("client", "server", "mount")
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
+    if args.scope not in SCOPES:
+        # `gobi doctor /srv/docs`: the client scope with a mountpoint.
+        if args.mountpoint is not None:
+            print(f"gobi doctor: unknown scope {args.scope!r} (choose from {', '.join(SCOPES)})",
+                  file=sys.stderr)
+            return 2
+        args.scope, args.mountpoint = "client", args.scope
     if args.scope == "mount" and not args.mountpoint:
         print("gobi doctor mount: give the MOUNTPOINT", file=sys.stderr)
         return 2
@@ -749,8 +759,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "server: configuration, data dir, key file, disk, /health; "
                     "mount: a running mount). "
                     "Exit status 1 when a check FAILed.")
-    p.add_argument("scope", nargs="?", choices=("client", "server", "mount"), default="client",
-                   help="what to check (default: client)")
+    p.add_argument("scope", nargs="?", default="client", metavar="{client,server,mount}",
+                   help="what to check (default: client; `gobi doctor DIR` checks a client "
+                        "that will mount at DIR)")
     p.add_argument("mountpoint", nargs="?",
                    help="client: where you will mount; mount: the running mount")
     p.add_argument("--server", help="client: server URL (default: the one you logged in to last)")

@@ -181,6 +181,12 @@ def test_bad_lines_fail_with_a_reason_and_leave_nothing_behind(host, server, acc
     r = host.run("mount -a", check=False)
     assert r.returncode != 0 and "no vault 'nosuch'" in r.stderr, r.stderr
     assert mounts_at(host, "/srv/x") == [] and len(mounts_at(host, "/srv/good")) == 1
+    # Another vault over a mounted one is refused; the same vault again is a no-op.
+    host.run("gobi vault create photos")
+    r = host.run("mount -t fuse.gobi photos /srv/good", check=False)
+    assert r.returncode == 32 and "already a gobi mount of another vault" in r.stderr, r.stderr
+    host.run("mount -t fuse.gobi docs /srv/good")
+    assert len(mounts_at(host, "/srv/good")) == 1
     host.run("umount /srv/good")
 
 
