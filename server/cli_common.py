@@ -14,12 +14,29 @@ def server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="where metadata, blobs and keys live (env: GOBI_DATA_DIR)")
 
 
+#: sysexits' EX_CONFIG: a service manager should not retry a broken configuration
+#: (the systemd unit lists it in RestartPreventExitStatus).
+EX_CONFIG = 78
+
+
 def load_config(args: argparse.Namespace, **extra: object):
+    """The server configuration, or exit 78 with one line per problem (no traceback)."""
+    import tomllib
+
+    from pydantic import ValidationError
+
     from .config import ServerConfig
 
-    return ServerConfig.load(
-        args.config or os.environ.get("GOBI_CONFIG"), data_dir=args.data_dir, **extra
-    )
+    source = args.config or os.environ.get("GOBI_CONFIG")
+    try:
+        return ServerConfig.load(source, data_dir=args.data_dir, **extra)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(p) for p in err.get("loc", ())) or "configuration"
+            print(f"gobi: configuration: {where}: {err.get('msg')}", file=sys.stderr)
+    except (FileNotFoundError, tomllib.TOMLDecodeError) as exc:
+        print(f"gobi: configuration: {exc}", file=sys.stderr)
+    raise SystemExit(EX_CONFIG)
 
 
 def read_password(args: argparse.Namespace, confirm: bool) -> str:

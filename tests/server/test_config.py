@@ -60,3 +60,24 @@ def test_key_file_created_once_with_mode_0600(tmp_path):
     path.write_text("{not json")
     with pytest.raises(KeyFileError):
         KeyFile.load(path)
+
+
+def test_server_refuses_a_bad_config_with_exit_78_and_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    toml = tmp_path / "gobi.toml"
+    toml.write_text("prot = 1\n")
+    out = subprocess.run([sys.executable, "-m", "gobi", "server", "--config", str(toml),
+                          "--data-dir", str(tmp_path / "d")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 78
+    assert "prot" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_responses_carry_a_date_header(server):
+    import email.utils
+
+    import httpx
+
+    r = httpx.get(server.url + "/health")
+    assert email.utils.parsedate_to_datetime(r.headers["date"]) is not None
