@@ -60,14 +60,15 @@ class Journal:
         self.db = db
         db.executescript(SCHEMA)
         self.inflight: set[int] = set()
-        self.appended = 0          # bumps on every append: wakes the uploader
+        # Kept in memory: the uploader and `gobi status` ask often, and count(*) is a scan.
+        self._count = db.execute("SELECT count(*) FROM journal").fetchone()[0]
 
     def append(self, op: str, node: str, args: dict | None = None, ref: str | None = None) -> int:
         cur = self.db.execute(
             "INSERT INTO journal(op, node, ref, args, ts) VALUES (?, ?, ?, ?, ?)",
             (op, node, ref, json.dumps(args or {}), time.time()),
         )
-        self.appended += 1
+        self._count += 1
         return cur.lastrowid
 
     def pending(self, node: str) -> list[Entry]:
@@ -89,10 +90,10 @@ class Journal:
     def drop(self, entries: list[Entry]) -> None:
         for e in entries:
             assert e.seq not in self.inflight
-            self.db.execute("DELETE FROM journal WHERE seq = ?", (e.seq,))
+            self._count -= self.db.execute("DELETE FROM journal WHERE seq = ?", (e.seq,)).rowcount
 
     def done(self, seq: int) -> None:
-        self.db.execute("DELETE FROM journal WHERE seq = ?", (seq,))
+        self._count -= self.db.execute("DELETE FROM journal WHERE seq = ?", (seq,)).rowcount
         self.inflight.discard(seq)
 
     def entries(self, after: int = 0, limit: int = 200) -> list[Entry]:
@@ -103,11 +104,11 @@ class Journal:
         return [_entry(r) for r in rows]
 
     def count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM journal").fetchone()[0]
+        return self._count
 
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT op, count(*) FROM journal GROUP BY op").fetchall())
 
     def oldest_ts(self) -> float | None:
-        row = self.db.execute("SELECT min(ts) FROM journal").fetchone()
+        row = self.db.execute("SELECT ts FROM journal ORDER BY seq LIMIT 1").fetchone()
         return row[0] if row else None

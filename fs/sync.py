@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 UPLOAD_CONCURRENCY = 8       # entries in flight at once (and chunk PUTs per file)
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 FOREGROUND_GRACE = 0.05     # seconds after a kernel request during which uploads are throttled
+BUSY_MAX_DELAY = 10.0       # …but changes older than this upload anyway, one at a time
 SMALL_FILE = 256 * 1024      # files up to this size skip the 'which chunks are missing' round trip
 
 
@@ -230,7 +231,15 @@ class Sync:
                 # Foreground first: while the kernel keeps sending requests, uploads (which
                 # share this thread) go one at a time so ls, git or tar do not wait on them.
                 busy = time.monotonic() - self.vfs.last_request < FOREGROUND_GRACE
-                room = (1 if busy else UPLOAD_CONCURRENCY) - inflight
+                if busy and not self.flushing:
+                    # Nothing starts while the kernel is busy, unless changes have waited
+                    # BUSY_MAX_DELAY already: then one at a time, so a long copy still
+                    # becomes durable on the server as it goes.
+                    oldest = self.journal.oldest_ts()
+                    late = oldest is not None and time.time() - oldest > BUSY_MAX_DELAY
+                    room = (1 if late else 0) - inflight
+                else:
+                    room = (1 if busy else UPLOAD_CONCURRENCY) - inflight
                 if room <= 0:
                     with trio.move_on_after(FOREGROUND_GRACE):
                         await self._finished_event().wait()

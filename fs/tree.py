@@ -61,6 +61,9 @@ CREATE TABLE IF NOT EXISTS nodes(
     dirty INTEGER NOT NULL DEFAULT 0         -- staged content not yet committed
 );
 CREATE UNIQUE INDEX IF NOT EXISTS nodes_name ON nodes(parent, name) WHERE parent IS NOT NULL;
+-- readdir pages through a directory by inode (stable offsets while it changes)
+CREATE INDEX IF NOT EXISTS nodes_children ON nodes(parent, ino);
+CREATE INDEX IF NOT EXISTS nodes_dirty ON nodes(dirty) WHERE dirty = 1;
 CREATE TABLE IF NOT EXISTS chunks(
     ino INTEGER NOT NULL, idx INTEGER NOT NULL, off INTEGER NOT NULL,
     size INTEGER NOT NULL, hash TEXT NOT NULL, PRIMARY KEY(ino, idx)
@@ -174,6 +177,7 @@ class Tree:
         except BaseException:
             self._depth = 0
             self.db.execute("ROLLBACK")
+            self.journal._count = self.db.execute("SELECT count(*) FROM journal").fetchone()[0]
             raise
         self._depth = 0
         self.db.execute("COMMIT")
