@@ -382,7 +382,8 @@ class Conflicts:
         out = []
         for record in records:
             info = ConflictInfo.model_validate({"id": record.id, **record.body})
-            if info.state == "open":
+            if info.state == "open" and info.case != "name_clash":
+                # Where the file is now (a name clash keeps the name both sides wanted).
                 node = await self.store.node(vault_id, info.node)
                 if node is not None and not node.deleted:
                     info = info.model_copy(update={"path": await self._store_path(vault_id, node)})

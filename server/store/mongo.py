@@ -927,15 +927,26 @@ class MongoStore(MetadataStore):
     async def version_nodes(
         self, before_ts: float, after: tuple[str, str] | None, limit: int
     ) -> list[tuple[str, str]]:
-        after_key = "\x00".join(after) if after else ""
-        rows = await (await self._db.versions.aggregate([
-            {"$match": {"ts": {"$lt": before_ts}}},
-            {"$group": {"_id": {"$concat": ["$vault_id", "\x00", "$node_id"]}}},
-            {"$match": {"_id": {"$gt": after_key}}},
-            {"$sort": {"_id": 1}},
-            {"$limit": limit},
-        ])).to_list()
-        return [tuple(r["_id"].split("\x00", 1)) for r in rows]  # type: ignore[misc]
+        # Walk the (vault_id, node_id, rev) index from the cursor and stop after ``limit``
+        # distinct nodes, so one page costs what it returns (an aggregation would group
+        # every old version each time).
+        query: dict[str, Any] = {"ts": {"$lt": before_ts}}
+        if after is not None:
+            query["$or"] = [{"vault_id": {"$gt": after[0]}},
+                            {"vault_id": after[0], "node_id": {"$gt": after[1]}}]
+        out: list[tuple[str, str]] = []
+        cursor = self._db.versions.find(query, projection={"vault_id": 1, "node_id": 1, "_id": 0}).sort(
+            [("vault_id", ASCENDING), ("node_id", ASCENDING)])
+        try:
+            async for d in cursor:
+                pair = (d["vault_id"], d["node_id"])
+                if not out or out[-1] != pair:
+                    if len(out) == limit:
+                        break
+                    out.append(pair)
+        finally:
+            await cursor.close()
+        return out
 
     @_translate
     async def vault_ids(self) -> list[str]:

@@ -329,6 +329,8 @@ def test_create_create_same_name(alice, bob, shared, strategy):
         "content": {"chunks": refs, "size": 5}, **STRATEGY})
     assert again.status_code == 200 and again.json()["node"]["name"] == node["name"]
     if strategy == "manual":
+        [listed] = conflicts(alice, shared)
+        assert listed["path"] == "same.txt"      # the name both wanted (what `gobi resolve` takes)
         resolve(alice, shared, info["id"], "mine")
         names = children(alice, shared)
         assert set(names) == {"same.txt"} and names["same.txt"]["id"] == "bobs-file"
