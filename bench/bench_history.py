@@ -90,6 +90,22 @@ async def bench(args: argparse.Namespace, work: Path) -> list[tuple[str, str, st
     off, actor_off, vault_off = await open_services(work / "guard-off", guard=False)
     try:
         n = args.files
+        # -- single deletes with and without the guard's bookkeeping, first (both stores
+        # still small), alternating, best of two rounds each: the machine may be shared
+        m = min(n, 1000)
+        best = [float("inf"), float("inf")]
+        for rnd in range(2):
+            for i, (s, a, v) in enumerate(((off, actor_off, vault_off), (svc, actor, vault))):
+                e, _ = await s.nodes.create(a, v, CreateNodeRequest(parent="root", name=f"e{rnd}", kind="dir"))
+                files = await make_files(s, a, v, e.id, m)
+                t0 = time.perf_counter()
+                for f in files:
+                    await s.nodes.delete(a, v, f.id, DeleteNodeRequest(base_rev=f.rev))
+                best[i] = min(best[i], time.perf_counter() - t0)
+        single_rows = [
+            (f"{m} single deletes, guard off (trash only)", rate(m, best[0]), "baseline"),
+            (f"{m} single deletes, guard on", rate(m, best[1]), f"{best[1] / best[0]:.2f}× off"),
+        ]
         # -- a directory of n files: create, delete, restore
         d, _ = await svc.nodes.create(actor, vault, CreateNodeRequest(parent="root", name="d", kind="dir"))
         t0 = time.perf_counter()
@@ -98,27 +114,15 @@ async def bench(args: argparse.Namespace, work: Path) -> list[tuple[str, str, st
         t0 = time.perf_counter()
         await svc.nodes.delete(actor, vault, d.id, DeleteNodeRequest(base_rev=d.rev, recursive=True))
         delete_s = time.perf_counter() - t0
-        [entry] = await svc.trash.list(actor, vault)
+        entry = next(e for e in await svc.trash.list(actor, vault) if e.node == d.id)
         t0 = time.perf_counter()
         done = await svc.trash.restore(actor, vault, entry.id, RestoreTrashRequest(), svc.nodes.write)
         restore_s = time.perf_counter() - t0
         assert done.restored == n + 1
         rows.append((f"create {n} files (chunk + create each)", rate(n, create_s), "baseline"))
         rows.append((f"recursive delete of the {n}-file dir", rate(n, delete_s), f"{delete_s / create_s:.3f}× create"))
-        rows.append((f"restore it from the trash", rate(n, restore_s), f"{restore_s / create_s:.3f}× create"))
-
-        # -- single deletes with and without the guard's bookkeeping
-        m = min(n, 1000)
-        times = []
-        for s, a, v in ((off, actor_off, vault_off), (svc, actor, vault)):
-            e, _ = await s.nodes.create(a, v, CreateNodeRequest(parent="root", name="e", kind="dir"))
-            files = await make_files(s, a, v, e.id, m)
-            t0 = time.perf_counter()
-            for f in files:
-                await s.nodes.delete(a, v, f.id, DeleteNodeRequest(base_rev=f.rev))
-            times.append(time.perf_counter() - t0)
-        rows.append((f"{m} single deletes, guard off (trash only)", rate(m, times[0]), "baseline"))
-        rows.append((f"{m} single deletes, guard on", rate(m, times[1]), f"{times[1] / times[0]:.2f}× off"))
+        rows.append(("restore it from the trash", rate(n, restore_s), f"{restore_s / create_s:.3f}× create"))
+        rows.extend(single_rows)
 
         # -- version restore of a file of c chunks
         c = args.chunks
@@ -134,7 +138,7 @@ async def bench(args: argparse.Namespace, work: Path) -> list[tuple[str, str, st
         await svc.history.restore(actor, vault, big.id, RestoreVersionRequest(rev=v2.content_rev), svc.nodes.write)
         vrestore_s = time.perf_counter() - t0
         rows.append((f"commit a {c}-chunk manifest", f"{commit_s * 1000:9.1f} ms", "baseline"))
-        rows.append((f"restore that version", f"{vrestore_s * 1000:9.1f} ms", f"{vrestore_s / commit_s:.2f}× commit"))
+        rows.append(("restore that version", f"{vrestore_s * 1000:9.1f} ms", f"{vrestore_s / commit_s:.2f}× commit"))
 
         # -- garbage collection of c chunks
         g, _ = await svc.nodes.create(actor, vault, CreateNodeRequest(parent="root", name="g", kind="dir"))
