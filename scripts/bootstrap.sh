@@ -14,6 +14,8 @@ if [[ "${1:-}" == "--test" ]]; then
   packages+=(systemd util-linux mount passwd)
   # tests/deploy/test_doctor.py runs deploy/proxy/Caddyfile (TLS in front of gobi)
   packages+=(caddy)
+  # tests/web drive the web page in headless Chromium (Selenium + Debian's chromedriver)
+  packages+=(chromium chromium-driver fonts-liberation)
   # bench/bench_mount.py compares against rclone mount and sshfs (its sshfs row also needs
   # openssh-server, left out here: its package starts an sshd on all interfaces)
   packages+=(rclone sshfs)

@@ -23,7 +23,7 @@ from sanic_ext import Extend
 
 from gobi.protocol import MAX_CHUNK_SIZE, MAX_JSON_BODY, WS_CLOSE_GOING_AWAY, ErrorCode
 
-from . import blueprints, request_log
+from . import blueprints, request_log, web
 from .config import ServerConfig
 from .errors import ServiceError
 from .metrics import Metrics
@@ -115,6 +115,7 @@ def create_app(config: ServerConfig, name: str = "gobi") -> Sanic:
     app.ctx.sockets = set()  # open WebSockets, closed with 1001 when draining
     app.ctx.metrics = Metrics()
     app.ctx.version = _version()
+    web.configure(app)  # the web page's templates, for sanic-ext's Jinja2 (before Extend)
     Extend(app)
     from sanic_ext import openapi
 
@@ -123,6 +124,7 @@ def create_app(config: ServerConfig, name: str = "gobi") -> Sanic:
 
     for bp in blueprints.ALL:
         app.blueprint(bp)
+    app.blueprint(web.bp)
     app.error_handler.add(Exception, _error_response)
 
     @app.on_request
