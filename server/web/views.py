@@ -480,12 +480,15 @@ async def conflicts(request: Request, vault_id: str) -> HTTPResponse:
     items = []
     for info in found:
         node = await svc.store.node(vault_id, info.node)
-        items.append({
-            "info": info, "node": node,
-            "title": present.CASE_TITLES.get(info.case, info.case),
-            "story": present.conflict_story(info) if info.state == "open" else info.message,
-            "choices": present.resolve_choices(info, node is not None and node.kind is NodeKind.DIR),
-        })
+        choices = present.resolve_choices(info, node is not None and node.kind is NodeKind.DIR)
+        if info.state == "open":
+            story = present.conflict_story(info)
+        elif info.resolution:
+            story = f"Resolved: {dict(choices).get(info.resolution, info.resolution)}."
+        else:
+            story = info.message or f"Settled by the {info.strategy} strategy."
+        items.append({"info": info, "node": node, "choices": choices, "story": story,
+                      "title": present.CASE_TITLES.get(info.case, info.case)})
     return await _render(request, "conflicts.html", items=items, show_all=show_all, **ctx)
 
 
@@ -529,10 +532,12 @@ async def holds(request: Request, vault_id: str) -> HTTPResponse:
 async def confirm_hold(request: Request, vault_id: str, record_id: str) -> HTTPResponse:
     svc = services(request)
     info = await svc.holds.confirm(request.ctx.actor, vault_id, record_id, svc.nodes.write)
-    text = f"Deleted: {info.applied or 0} item(s) went to the trash"
     if info.skipped:
-        text += f"; {info.skipped} changed since and were kept"
-    return _done(request, f"{WEB}/v/{vault_id}/holds", text + ".", href=f"{WEB}/v/{vault_id}/trash",
+        text = (f"Confirmed: {info.applied or 0} of {info.items} delete(s) applied; {info.skipped} "
+                f"skipped because what they named changed since (the changes survive).")
+    else:
+        text = f"Confirmed: the {info.files} file(s) went to the trash."
+    return _done(request, f"{WEB}/v/{vault_id}/holds", text, href=f"{WEB}/v/{vault_id}/trash",
                  link="Open the trash")
 
 

@@ -292,11 +292,32 @@ def test_confirm_a_held_mass_delete(as_alice, server, alice, vault, shot):
     assert "8 file(s) from rogue-script" in card.text and "camera uploads" in card.text
     shot("13-held-deletes")
     wait_page(browser, browser.find_element(By.ID, f"confirm-{hold['id']}").click)
-    assert "Deleted: 1 item(s) went to the trash" in flash(browser)
+    assert "Confirmed: the 8 file(s) went to the trash" in flash(browser)
     shot("14-held-delete-confirmed")
     assert api.get(f"/vaults/{vault}/lookup", params={"path": "camera uploads"}).status_code == 404
     trash = api.get(f"/vaults/{vault}/trash", params={"path": "camera uploads"}).json()["entries"]
     assert len(trash) == 1 and trash[0]["files"] == 8
+
+
+def test_not_found_and_narrow_screens(as_alice, server, alice, vault, shot):
+    browser = as_alice
+    browser.get(f"{server.url}/web/v/vnosuchvault/d/root")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Not found"
+    assert "not a member" in browser.find_element(By.ID, "error-message").text
+    shot("15-not-found")
+    browser.get_log("browser")          # the 404 itself is logged as a failed resource
+    # A phone-sized screen: nothing wider than the screen, every action still reachable.
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True})
+    try:
+        for path in ("d/root", "trash", "conflicts?state=all"):
+            browser.get(f"{server.url}/web/v/{vault}/{path}")
+            assert browser.execute_script("return document.documentElement.scrollWidth") <= 390, path
+        shot("16-narrow-conflicts")
+        browser.get(f"{server.url}/web/v/{vault}/d/root")
+        shot("17-narrow-folder")
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def test_sign_out_revokes_the_session(as_alice, server, alice, shot):
@@ -305,7 +326,7 @@ def test_sign_out_revokes_the_session(as_alice, server, alice, shot):
     wait_page(browser, browser.find_element(By.ID, "logout").click)
     assert "/web/login" in browser.current_url
     assert "You are signed out" in flash(browser)
-    shot("15-signed-out")
+    shot("18-signed-out")
     assert browser.get_cookie("gobi_session") is None
     r = alice.api.get("/users/me", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 401
