@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_mount.py                 # the full issue-3 set (~20-40 min)
     .venv/bin/python bench/bench_mount.py --quick         # small sizes, a smoke run
     .venv/bin/python bench/bench_mount.py --targets native,gobi
+    .venv/bin/python bench/bench_mount.py --only small      # only some row groups
 
 Targets run one after another in one invocation (same machine, same data):
 native directory; gobi (``gobi server`` on 127.0.0.1 + ``gobi mount``); rclone mount
@@ -16,7 +17,9 @@ Rows: sequential write + fsync, sequential read cold/warm, random 4 KiB reads, c
 by a "durable on the server" row: the time from the end of the workload until the server
 holds the result (gobi: ``gobi sync``; rclone/sshfs: the backend directory shows the same
 files and sizes as the mount; native: ``sync``). Figures are seconds, lower is better;
-the last columns are gobi/rclone and gobi/native ratios.
+the last columns are gobi/rclone and gobi/native ratios. ``--only`` runs some groups of
+rows: ``seq`` (write, reads), ``rand``, ``small`` (create, ``ls -l``, delete), ``tar``
+(``tar x``, then the git rows).
 """
 
 from __future__ import annotations
@@ -74,11 +77,25 @@ def make_tarball(dest: Path, entries: int) -> Path:
     return tar_path
 
 
+GROUPS = ("seq", "rand", "small", "tar")
+
+
 def run(args: argparse.Namespace, t: Target, tarball: Path, r: dict[str, float]) -> None:
     w = t.path / "bench"
     w.mkdir()
-    size = args.size_mib * MiB
     block = os.urandom(MiB)
+    if "seq" in args.only:
+        run_seq(args, w, t, block, r)
+    if "rand" in args.only:
+        run_rand(args, w, t, block, r)
+    if "small" in args.only:
+        run_small(args, w, t, r)
+    if "tar" in args.only:
+        run_tar(args, w, t, tarball, r)
+
+
+def run_seq(args: argparse.Namespace, w: Path, t: Target, block: bytes, r: dict[str, float]) -> None:
+    size = args.size_mib * MiB
 
     # -- sequential write + fsync; reads cold and warm
     (w / "seq").mkdir()
@@ -101,6 +118,8 @@ def run(args: argparse.Namespace, t: Target, tarball: Path, r: dict[str, float])
     r["seq read cold"] = timed(seq_read)
     r["seq read warm"] = timed(seq_read)
 
+
+def run_rand(args: argparse.Namespace, w: Path, t: Target, block: bytes, r: dict[str, float]) -> None:
     # -- random 4 KiB reads
     (w / "rand").mkdir()
     rnd_file = w / "rand" / "file"
@@ -122,6 +141,8 @@ def run(args: argparse.Namespace, t: Target, tarball: Path, r: dict[str, float])
             os.close(fd)
     r[f"{args.random_reads} random 4K reads"] = timed(rand_read)
 
+
+def run_small(args: argparse.Namespace, w: Path, t: Target, r: dict[str, float]) -> None:
     # -- many small files
     small = w / "small"
     small.mkdir()
@@ -144,6 +165,8 @@ def run(args: argparse.Namespace, t: Target, tarball: Path, r: dict[str, float])
     r[f"delete {args.files} files"] = timed(delete)
     r["  durable on server  "] = t.durable("bench/small")
 
+
+def run_tar(args: argparse.Namespace, w: Path, t: Target, tarball: Path, r: dict[str, float]) -> None:
     # -- tar x, git
     tdir = w / "tar"
     tdir.mkdir()
@@ -170,7 +193,12 @@ def main() -> int:
     ap.add_argument("--tar-entries", type=int, default=10_000)
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     ap.add_argument("--work", help="work directory (default: a temp dir, removed afterwards)")
+    ap.add_argument("--only", default=",".join(GROUPS),
+                    help=f"row groups to run, comma-separated among {', '.join(GROUPS)} (default: all)")
     args = ap.parse_args()
+    args.only = set(args.only.split(","))
+    if not args.only <= set(GROUPS):
+        ap.error(f"--only takes {', '.join(GROUPS)}")
     if args.quick:
         args.size_mib, args.random_file_mib, args.random_reads = 64, 32, 512
         args.files, args.tar_entries = 500, 500
@@ -181,7 +209,7 @@ def main() -> int:
         return 2
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gobi-bench-mount-"))
     work.mkdir(parents=True, exist_ok=True)
-    tarball = make_tarball(work, args.tar_entries)
+    tarball = make_tarball(work, args.tar_entries) if "tar" in args.only else work / "none.tar"
     kinds = {"native": Native, "gobi": Gobi, "rclone": Rclone, "sshfs": Sshfs}
     results: dict[str, dict[str, float]] = {}
     try:
