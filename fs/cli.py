@@ -72,10 +72,14 @@ def _server_and_token(args: argparse.Namespace) -> tuple[str, str]:
     server = (args.server or creds.get("default") or "").rstrip("/")
     if not server:
         raise SystemExit("gobi: no server given and not logged in (run 'gobi login SERVER')")
-    entry = creds.get("servers", {}).get(server)
-    if not entry:
-        raise SystemExit(f"gobi: not logged in to {server} (run 'gobi login {server}')")
-    return server, entry["token"]
+    # Several URLs of one deployment ("http://a:8080,http://b:8080", for failover): one
+    # token serves them all; take the one of the first URL logged in to.
+    urls = [u.strip().rstrip("/") for u in server.split(",") if u.strip()]
+    for url in urls:
+        entry = creds.get("servers", {}).get(url)
+        if entry:
+            return ",".join(urls), entry["token"]
+    raise SystemExit(f"gobi: not logged in to {urls[0]} (run 'gobi login {urls[0]}')")
 
 
 def _fail(msg: str, code: int = 1) -> int:
@@ -276,6 +280,16 @@ def _print_status(st: dict) -> None:
     print(f"  cache: {_human(st['cache_used'])} of {_human(st['cache_cap'])} "
           f"({_human(st['cache_staged'])} not evictable)")
     print(f"  last synced seq: {st['last_seq']}; nodes: {st['nodes']}")
+    if "live" in st:
+        servers = st.get("servers") or []
+        via = f"{st.get('live_url')}" + (f" (of {len(servers)} servers)" if len(servers) > 1 else "")
+        err = f" — {st['live_error']}" if st.get("live_error") and st["live"] != "live" else ""
+        print(f"  live updates: {st['live']} via {via}{err}; initial sync "
+              f"{st.get('initial_sync', '?')}; vault head seq {st.get('head_seq', '?')}")
+    for c in st.get("open_conflicts", []):
+        print(f"  conflict waiting for a decision: {c['path']} ({c['case']}) — see 'gobi conflicts'")
+    for c in st.get("conflicts", [])[-3:]:
+        print(f"  conflict: {c['path']}: {c['message']}")
     if st.get("held_deletes"):
         print(f"  {st['held_deletes']} delete(s) held by the server as a mass delete, waiting for "
               f"the vault owner: hold(s) {', '.join(st.get('holds', []))}")
@@ -392,7 +406,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mount", help="mount a vault as a folder")
     p.add_argument("vault", help="vault name or id")
     p.add_argument("mountpoint")
-    p.add_argument("--server", help="server URL (default: the one you logged in to last)")
+    p.add_argument("--server", help="server URL (default: the one you logged in to last); several "
+                   "instances of one deployment as URL1,URL2 (the mount fails over between them)")
     p.add_argument("--foreground", "-f", action="store_true", help="stay attached (default: daemonise)")
     p.add_argument("--cache-dir", help="mirror, journal and block cache (default: ~/.cache/gobi/…)")
     p.add_argument("--cache-size", type=parse_size, default=parse_size("10G"),
