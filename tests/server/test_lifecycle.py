@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import sqlite3
 import threading
-import time
 
 import httpx
 from websockets.exceptions import ConnectionClosed
 
 from tests.servers import Api, ServerProcess, register
 
-from .util import commit, create_file, read, sha, ws_connect
-
-
-def _slow_body(data: bytes, started: threading.Event, pieces: int = 20, pause: float = 0.1):
-    step = max(1, len(data) // pieces)
-    for i in range(0, len(data), step):
-        yield data[i:i + step]
-        started.set()
-        time.sleep(pause)
+from .util import AckedWriter, read, sha, slow_body, ws_connect
 
 
 def test_kill_9_mid_upload_loses_nothing_acknowledged(tmp_path):
@@ -30,59 +20,30 @@ def test_kill_9_mid_upload_loses_nothing_acknowledged(tmp_path):
     _, token = register(srv)
     api = Api(srv.api, token, device="writer")
     vault = api.post("/vaults", json={"name": "crash"}).json()["id"]
-    rng = random.Random(1234)
-    acked: dict[str, tuple[int, bytes]] = {}   # node id -> (rev, content) acknowledged
-    nodes: dict[str, dict] = {}
-    stop = threading.Event()
+    writer = AckedWriter(api, vault, seed=1234, max_size=20_000)
+    rng = writer.rng
     slow_started = threading.Event()
-    errors: list[BaseException] = []
-
-    def writer() -> None:
-        i = 0
-        try:
-            while not stop.is_set():
-                i += 1
-                data = rng.randbytes(rng.randint(1, 20_000))
-                if nodes and rng.random() < 0.5:
-                    node = nodes[rng.choice(sorted(nodes))]
-                    r = commit(api, vault, node, data)
-                    if r.status_code == 200:
-                        nodes[node["id"]] = r.json()
-                        acked[node["id"]] = (r.json()["rev"], data)
-                else:
-                    node = create_file(api, vault, f"file-{i}", data)
-                    nodes[node["id"]] = node
-                    acked[node["id"]] = (node["rev"], data)
-        except (httpx.HTTPError, AssertionError):
-            pass  # the server died under us: expected
-        except BaseException as exc:  # pragma: no cover - surfaced below
-            errors.append(exc)
 
     def slow_upload() -> None:
         big = rng.randbytes(2 * 1024 * 1024)
         try:
             httpx.put(f"{srv.api}/vaults/{vault}/chunks/{sha(big)}",
-                      content=_slow_body(big, slow_started), timeout=60,
+                      content=slow_body(big, slow_started), timeout=60,
                       headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError:
             pass
 
-    w = threading.Thread(target=writer)
-    w.start()
-    deadline = time.monotonic() + 60
-    while len(acked) < 30 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    writer.start().wait_for(30, timeout=60)
     s = threading.Thread(target=slow_upload)
     s.start()
     assert slow_started.wait(30)
     os.kill(srv.proc.pid, signal.SIGKILL)
     srv.proc.wait()
-    stop.set()
-    w.join(60)
+    writer.stop(60)
     s.join(60)
-    assert not errors, errors
-    assert len(acked) >= 30
-    snapshot = dict(acked)
+    assert not writer.errors, writer.errors
+    assert len(writer.acked) >= 30
+    snapshot = dict(writer.acked)
 
     srv.start()
     try:
@@ -115,7 +76,7 @@ def test_sigterm_drains(tmp_path):
 
     def upload() -> None:
         result["r"] = httpx.put(f"{srv.api}/vaults/{vault}/chunks/{sha(big)}",
-                                content=_slow_body(big, started, pieces=20, pause=0.1),
+                                content=slow_body(big, started, pieces=20, pause=0.1),
                                 headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
     ws = ws_connect(srv, vault, token).__enter__()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import threading
 import time
@@ -32,7 +31,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.backing import RedisServer
 from tests.servers import Api, ServerProcess, register
 
-from .util import commit, create_file, read, sha, ws_connect
+from .util import AckedWriter, create_file, read, sha, slow_body, ws_connect
 
 GUARD = 20  # seconds
 
@@ -148,14 +147,6 @@ def test_redis_outage_falls_back_to_polling(make_cluster):
         redis.stop()
 
 
-def _slow_body(data: bytes, started: threading.Event, pieces: int = 20, pause: float = 0.1):
-    step = max(1, len(data) // pieces)
-    for i in range(0, len(data), step):
-        yield data[i:i + step]
-        started.set()
-        time.sleep(pause)
-
-
 def test_sigterm_drains_and_clients_resume_on_the_other_instance(make_cluster):
     cluster = make_cluster()
     a, b = cluster.start("a"), cluster.start("b")
@@ -178,7 +169,7 @@ def test_sigterm_drains_and_clients_resume_on_the_other_instance(make_cluster):
 
     def slow_upload() -> None:
         upload["r"] = httpx.put(f"{a.api}/vaults/{vault}/chunks/{sha(big)}",
-                                content=_slow_body(big, started),
+                                content=slow_body(big, started),
                                 headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
     received: list[int] = []
@@ -235,32 +226,8 @@ def test_kill_9_of_an_instance_loses_nothing_it_acknowledged(make_cluster):
     _, token = register(a)
     api_a = Api(a.api, token, device="writer")
     vault = api_a.post("/vaults", json={"name": "crash"}).json()["id"]
-    rng = random.Random(7)
-    acked: dict[str, tuple[int, bytes]] = {}
-    nodes: dict[str, dict] = {}
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def writer() -> None:
-        i = 0
-        try:
-            while not stop.is_set():
-                i += 1
-                data = rng.randbytes(rng.randint(1, 8000))
-                if nodes and rng.random() < 0.5:
-                    node = nodes[rng.choice(sorted(nodes))]
-                    r = commit(api_a, vault, node, data)
-                    if r.status_code == 200:
-                        nodes[node["id"]] = r.json()
-                        acked[node["id"]] = (r.json()["rev"], data)
-                else:
-                    node = create_file(api_a, vault, f"file-{i}", data)
-                    nodes[node["id"]] = node
-                    acked[node["id"]] = (node["rev"], data)
-        except (httpx.HTTPError, AssertionError):
-            pass  # A died under us: expected
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+    writer = AckedWriter(api_a, vault, seed=7, max_size=8000)
+    rng = writer.rng
 
     slow_started = threading.Event()
 
@@ -268,29 +235,24 @@ def test_kill_9_of_an_instance_loses_nothing_it_acknowledged(make_cluster):
         big = rng.randbytes(1024 * 1024)
         try:
             httpx.put(f"{a.api}/vaults/{vault}/chunks/{sha(big)}",
-                      content=_slow_body(big, slow_started), timeout=60,
+                      content=slow_body(big, slow_started), timeout=60,
                       headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError:
             pass
 
-    w = threading.Thread(target=writer)
-    w.start()
-    deadline = time.monotonic() + GUARD * 3
-    while len(acked) < 20 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    writer.start().wait_for(20, timeout=GUARD * 3)
     s = threading.Thread(target=slow_upload)
     s.start()
     assert slow_started.wait(GUARD)
     os.kill(a.proc.pid, signal.SIGKILL)
     a.proc.wait()
-    stop.set()
-    w.join(GUARD)
+    writer.stop(GUARD)
     s.join(GUARD * 3)
-    assert not errors, errors
-    assert len(acked) >= 20
+    assert not writer.errors, writer.errors
+    assert len(writer.acked) >= 20
     # Everything A acknowledged is there, through B.
     api_b = Api(b.api, token)
-    for node_id, (rev, data) in dict(acked).items():
+    for node_id, (rev, data) in dict(writer.acked).items():
         assert read(api_b, vault, node_id, rev=rev) == data
     events = api_b.get(f"/vaults/{vault}/events", params={"after": 0, "limit": 1000}).json()
     seqs = [e["seq"] for e in events["events"]]

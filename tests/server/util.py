@@ -77,3 +77,70 @@ def ws_connect(server, vault: str, token: str, after: int | None = None, device:
 
 def ws_frames(ws, count: int, timeout: float = 10) -> list[dict]:
     return [json.loads(ws.recv(timeout=timeout)) for _ in range(count)]
+
+
+def slow_body(data: bytes, started, pieces: int = 20, pause: float = 0.1):
+    """An upload body that trickles in ``pieces``; ``started`` is set once bytes flow."""
+    import time
+
+    step = max(1, len(data) // pieces)
+    for i in range(0, len(data), step):
+        yield data[i:i + step]
+        started.set()
+        time.sleep(pause)
+
+
+class AckedWriter:
+    """A thread that creates and rewrites random files until stopped, recording exactly
+    what the server acknowledged: ``acked[node_id] = (rev, bytes)``. A server dying under
+    it ends the loop quietly; anything else is kept in ``errors``."""
+
+    def __init__(self, api, vault: str, seed: int, max_size: int):
+        import random
+        import threading
+
+        self.api, self.vault, self.max_size = api, vault, max_size
+        self.rng = random.Random(seed)
+        self.acked: dict[str, tuple[int, bytes]] = {}
+        self.nodes: dict[str, dict] = {}
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        import httpx
+
+        i = 0
+        try:
+            while not self._stop.is_set():
+                i += 1
+                data = self.rng.randbytes(self.rng.randint(1, self.max_size))
+                if self.nodes and self.rng.random() < 0.5:
+                    node = self.nodes[self.rng.choice(sorted(self.nodes))]
+                    r = commit(self.api, self.vault, node, data)
+                    if r.status_code == 200:
+                        self.nodes[node["id"]] = r.json()
+                        self.acked[node["id"]] = (r.json()["rev"], data)
+                else:
+                    node = create_file(self.api, self.vault, f"file-{i}", data)
+                    self.nodes[node["id"]] = node
+                    self.acked[node["id"]] = (node["rev"], data)
+        except (httpx.HTTPError, AssertionError):
+            pass  # the server died under us: expected
+        except BaseException as exc:  # surfaced by the test
+            self.errors.append(exc)
+
+    def start(self) -> "AckedWriter":
+        self._thread.start()
+        return self
+
+    def wait_for(self, count: int, timeout: float) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(self.acked) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
