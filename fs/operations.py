@@ -126,12 +126,15 @@ class Operations(pyfuse3.Operations):
         mtime = attr.st_mtime_ns if fields.update_mtime else None
         uid = attr.st_uid if fields.update_uid else None
         gid = attr.st_gid if fields.update_gid else None
+        if mode is not None or mtime is not None or uid is not None or gid is not None:
+            # The mirror first: it notices the mtime change (and queues it for upload)
+            # only while the row still has the old value.
+            e = self.tree.setattr(inode, mode=mode, mtime_ns=mtime, uid=uid, gid=gid)
+        else:
+            e = self.tree.get(inode)
         if mtime is not None and self.vfs.staged(inode):
             self.vfs.mtimes[inode] = mtime
             self.vfs.save_attrs(inode)
-        if mode is not None or mtime is not None or uid is not None or gid is not None:
-            e = self.tree.setattr(inode, mode=mode, mtime_ns=mtime, uid=uid, gid=gid)
-        else:
             e = self.tree.get(inode)
         return self._attr(e)
 
