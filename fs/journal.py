@@ -10,7 +10,7 @@ Ops, each naming a node by its (client-chosen or server) id:
 
 ``create``  {parent, name, kind, mode, mtime_ns, target}  (ref = parent)
 ``move``    {parent, name, replace}                      (ref = new parent)
-``attr``    {}    mode and mtime: the node's current values are sent
+``attr``    {fields}  which of mode / mtime changed (default both): their current values are sent
 ``content`` {}    the node's current staged content is chunked, uploaded, committed
 ``delete``  {}
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 SCHEMA = """
@@ -60,6 +61,9 @@ class Journal:
         self.db = db
         db.executescript(SCHEMA)
         self.inflight: set[int] = set()
+        # Called after every append (the uploader wakes: not every change passes through
+        # the FUSE handlers that poke it, e.g. chmod and utime).
+        self.on_append: Callable[[], None] | None = None
         # Kept in memory: the uploader and `gobi status` ask often, and count(*) is a scan.
         self._count = db.execute("SELECT count(*) FROM journal").fetchone()[0]
 
@@ -69,6 +73,8 @@ class Journal:
             (op, node, ref, json.dumps(args or {}), time.time()),
         )
         self._count += 1
+        if self.on_append is not None:
+            self.on_append()
         return cur.lastrowid
 
     def pending(self, node: str) -> list[Entry]:
@@ -86,6 +92,38 @@ class Journal:
 
     def referenced(self, node: str) -> bool:
         return self.db.execute("SELECT 1 FROM journal WHERE ref = ? LIMIT 1", (node,)).fetchone() is not None
+
+    def add_attr(self, node: str, fields: list[str]) -> None:
+        """Queue a setattr of ``fields`` (``mode``, ``mtime``), merged into a pending one."""
+        for e in self.pending(node):
+            if e.op == "attr":
+                have = e.args.get("fields") or ["mode", "mtime"]
+                merged = sorted(set(have) | set(fields))
+                if merged != sorted(have):
+                    self.db.execute("UPDATE journal SET args = ? WHERE seq = ?",
+                                    (json.dumps({"fields": merged}), e.seq))
+                return
+        self.append("attr", node, {"fields": sorted(fields)})
+
+    def remap(self, old: str, new: str) -> None:
+        """A node id replaced by the server's (two directories of one name merged)."""
+        self.db.execute("UPDATE journal SET node = ? WHERE node = ?", (new, old))
+        self.db.execute("UPDATE journal SET ref = ? WHERE ref = ?", (new, old))
+        rows = self.db.execute("SELECT seq, args FROM journal WHERE args LIKE ?",
+                               (f"%{old}%",)).fetchall()
+        for seq, raw in rows:
+            args = json.loads(raw)
+            changed = False
+            for key in ("parent", "from"):
+                if args.get(key) == old:
+                    args[key] = new
+                    changed = True
+            if changed:
+                self.db.execute("UPDATE journal SET args = ? WHERE seq = ?", (json.dumps(args), seq))
+
+    def last_seq(self) -> int:
+        row = self.db.execute("SELECT max(seq) FROM journal").fetchone()
+        return row[0] or 0
 
     def drop(self, entries: list[Entry]) -> None:
         for e in entries:

@@ -1,17 +1,19 @@
 """Composition root of a mount: builds the layers, runs them in one trio nursery.
 
 Start-up: open the mirror and the cache, recover what a crash may have left (stale
-staging copies, orphans), bring the mirror up to date if the server answers (a mirror
-that was never filled needs the server once; after that the mount starts offline too),
-mount, then serve until unmounted (``fusermount3 -u``/``gobi umount``) or signalled
-(SIGTERM/SIGINT unmount first). After the kernel lets go, the uploader gets a bounded
-time to drain the journal; whatever is left stays in the journal for the next mount and
-is written to the log.
+staging copies, orphans), list the tree if this cache dir never saw the server (after
+that the mount starts offline too, and catches up live), mount, then serve until
+unmounted (``fusermount3 -u``/``gobi umount``) or signalled (SIGTERM/SIGINT unmount
+first). After the kernel lets go, the uploader gets a bounded time to drain the journal;
+whatever is left stays in the journal for the next mount and is written to the log.
 
-Tasks in the nursery: the FUSE session (``pyfuse3.main``), the uploader, the puller
-(catch-up now, a cheap periodic check later; the live WebSocket joins with the live-sync
-issue), the kernel notifier (invalidations run in a worker thread, never inside a
-handler), the status file writer and the signal watcher.
+Tasks in the nursery: the FUSE session (``pyfuse3.main``), the uploader (``sync``), the
+live stream (``events``: the WebSocket, resumed by seq, with its periodic head-seq
+reconciliation), the applier draining the catch-up queue into the mirror (``applier``),
+the kernel notifier (``notify``: invalidations and materialising remote changes from a
+worker thread, never inside a handler), the status file writer and the signal watcher.
+Several server URLs (``--server a,b``) share one ``Servers`` pool: REST and the socket
+fail over together.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -30,10 +33,13 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from .applier import Applier
 from .blocks import BlockCache
-from .operations import Operations, mount_options
-from .remote import ApiError, Offline, Remote, RemoteError
-from .sync import Sync, _first
+from .events import Live
+from .notify import Kernel, LiveOperations
+from .operations import mount_options
+from .remote import ApiError, Offline, Remote, Servers
+from .sync import Sync
 from .tree import Tree
 from .vfs import Link, Vfs
 
@@ -46,7 +52,7 @@ class MountError(Exception):
 
 @dataclass
 class MountConfig:
-    server: str
+    server: str                     # one URL, or several (comma-separated) of one deployment
     token: str
     vault: str                      # name or id
     mountpoint: Path
@@ -56,7 +62,8 @@ class MountConfig:
     settle: float = 1.0
     quiet: float = 2.0
     drain_timeout: float = 30.0
-    poll_interval: float = 30.0
+    poll_interval: float = 30.0         # cheap head-seq reconciliation of the live stream
+    materialise: bool = True            # remote changes through the mount (inotify, sizes)
     on_ready: Callable[[], None] | None = None
 
 
@@ -128,8 +135,9 @@ async def _run(cfg: MountConfig) -> int:
     try:
         device = _device_id(tree)
         link = Link()
+        servers = Servers(cfg.server)
         vault_id = tree.meta("vault")
-        probe = Remote(cfg.server, cfg.token, device=device)
+        probe = Remote(servers, cfg.token, device=device)
         try:
             with trio.move_on_after(15):
                 vault_id_now, vault_name = await _resolve_vault(probe, cfg.vault)
@@ -149,30 +157,28 @@ async def _run(cfg: MountConfig) -> int:
             raise MountError("the server cannot be reached and this cache dir has no mirror yet")
         with tree.tx():
             tree.set_meta("vault", vault_id)
-            tree.set_meta("server", cfg.server)
+            tree.set_meta("server", str(servers))
         cache = BlockCache(cfg.cache_dir, cfg.cache_size)
-        remote = Remote(cfg.server, cfg.token, vault=vault_id, device=device)
+        remote = Remote(servers, cfg.token, vault=vault_id, device=device)
         vfs = Vfs(tree, cache, remote, link, os.getuid(), os.getgid())
-        send, receive = trio.open_memory_channel(10_000)
-
-        def notify(*what) -> None:
-            try:
-                send.send_nowait(what)
-            except trio.WouldBlock:
-                log.warning("kernel notification queue full; dropped %s", what)
-
-        sync = Sync(tree, vfs, cache, remote, link, device, settle=cfg.settle, quiet=cfg.quiet,
-                    notify=notify)
+        kernel = Kernel(tree, cfg.mountpoint, materialise=cfg.materialise)
+        applier = Applier(tree, vfs, remote, link, device, kernel)
+        send, receive = trio.open_memory_channel(math.inf)
         recover(tree, cache, vfs)
         if tree.meta("listed") is None:
             if not link.online:
                 raise MountError("the server cannot be reached and this cache dir has no mirror yet")
-            await sync.pull()
+            await applier.relist()
+        live = Live(remote, send, start_seq=applier.last_seq, reconcile_interval=cfg.poll_interval)
+        sync = Sync(tree, vfs, cache, remote, link, device, applier, live, settle=cfg.settle,
+                    quiet=cfg.quiet)
 
         def status() -> dict:
-            return {"mountpoint": str(cfg.mountpoint), "server": cfg.server, "vault": vault_id,
-                    "device": device, "pid": os.getpid(), "cache_dir": str(cfg.cache_dir),
-                    **sync.status()}
+            return {"mountpoint": str(cfg.mountpoint), "server": remote.server,
+                    "servers": servers.urls, "server_switches": servers.switches,
+                    "vault": vault_id, "device": device, "pid": os.getpid(),
+                    "cache_dir": str(cfg.cache_dir),
+                    **sync.status(), **applier.status(), **live.status(), **kernel.status()}
 
         def control(value: bytes) -> None:
             if value == b"nodrain":
@@ -180,22 +186,25 @@ async def _run(cfg: MountConfig) -> int:
             else:
                 sync.flush()
 
-        ops = Operations(vfs, status, control)
+        ops = LiveOperations(vfs, status, control, kernel)
         pyfuse3.init(ops, str(cfg.mountpoint), mount_options(f"gobi:{vault_id}", cfg.fuse_options))
         mounted = True
+        kernel.enabled = True
         try:
             async with trio.open_nursery() as nursery:
                 vfs.spawn = nursery.start_soon
+                await nursery.start(kernel.run)
+                await nursery.start(applier.run, receive)
                 await nursery.start(sync.run_uploader)
-                nursery.start_soon(_puller, sync, link, cfg.poll_interval)
-                nursery.start_soon(_notifier, receive)
+                await nursery.start(live.run)
                 nursery.start_soon(_status_writer, cfg.cache_dir / "status.json", status)
                 nursery.start_soon(_signals)
                 if cfg.on_ready:
                     cfg.on_ready()
-                log.info("mounted vault %s at %s", vault_id, cfg.mountpoint)
+                log.info("mounted vault %s at %s (servers: %s)", vault_id, cfg.mountpoint, servers)
                 await pyfuse3.main()
                 # The kernel let go (unmounted) or a signal asked us to stop.
+                kernel.enabled = False
                 pyfuse3.close(unmount=True)
                 mounted = False
                 if not sync.skip_drain:
@@ -203,6 +212,7 @@ async def _run(cfg: MountConfig) -> int:
                 _write_status(cfg.cache_dir / "status.json", status())
                 nursery.cancel_scope.cancel()
         finally:
+            kernel.enabled = False
             if mounted:
                 pyfuse3.close(unmount=True)
         return 0
@@ -226,39 +236,6 @@ async def _drain(sync: Sync, timeout: float) -> None:
                     "at the next mount", left, sync.journal.counts())
     else:
         log.info("all changes uploaded")
-
-
-async def _puller(sync: Sync, link: Link, interval: float) -> None:
-    while True:
-        try:
-            n = await sync.pull()
-            if n:
-                log.info("applied %d remote change(s)", n)
-        except Offline as exc:
-            link.down(str(exc))
-        except RemoteError as exc:
-            log.warning("catch-up failed: %s", exc)
-        sync.pull_wanted = trio.Event()
-        with trio.move_on_after(interval):
-            # Back online, or our uploads finished (the seq catches up past our own
-            # events, so `gobi status` shows the vault's head).
-            await _first(link.changed, sync.pull_wanted)
-
-
-async def _notifier(receive) -> None:
-    async for what in receive:
-        kind = what[0]
-        try:
-            if kind == "inode":
-                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, what[1])
-            elif kind == "entry":
-                _, parent, name, deleted = what
-                if deleted:
-                    await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent, name.encode(), deleted)
-                else:
-                    await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent, name.encode())
-        except OSError:
-            pass        # the kernel did not have it cached
 
 
 def _write_status(path: Path, status: dict) -> None:

@@ -6,8 +6,17 @@ the mirror or the journal. Every method either returns a parsed result or raises
 - ``Offline``: the server could not be reached or answered "try again later" (connection
   refused/reset, timeouts, 5xx, ``unavailable``). Callers retry with backoff and treat the
   mount as offline meanwhile.
+- ``Busy`` (an ``Offline``): a 503 with ``Retry-After`` — e.g. a chunk the garbage
+  collector is deleting right now. Not an outage: retry that request after the delay.
 - ``ApiError``: the server understood and refused (4xx); ``code`` is the stable
   ``ErrorCode`` and ``details`` carries what is needed to catch up (``head``, ``missing``).
+
+**Several servers.** A mount may be given several instances of one deployment (same
+MongoDB, Redis and storage) or one URL behind a load balancer. ``Servers`` holds the list
+and which one is in use; a request that cannot reach the current one (connection refused,
+reset, 502/503/504) moves the pool to the next URL, so the retry — by the caller, or at
+once here when the request cannot have reached a server — goes elsewhere. The WebSocket
+(``gobi.fs.events``) shares the same pool, so REST and the live stream fail over together.
 
 No method takes a timeout: callers bound waits with ``trio.move_on_after``. The httpx
 client has transport-level timeouts only so that a dead peer is noticed at all.
@@ -15,10 +24,12 @@ client has transport-level timeouts only so that a dead peer is noticed at all.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
+import trio
 
 from gobi.protocol import (
     API_PREFIX,
@@ -29,7 +40,18 @@ from gobi.protocol import (
     Node,
     TreePage,
     Vault,
+    VaultSettings,
+    WriteOutcome,
 )
+
+#: Largest body of one ``POST /chunks`` (the server takes 8 MiB of frames) and frames in it.
+CHUNK_BATCH_BYTES = 8 * 1024 * 1024 - 64 * 1024
+CHUNK_BATCH_FRAMES = 4096
+
+#: HTTP status of each error code, for errors that arrive over the WebSocket (nack).
+_STATUS = {"bad_request": 400, "invalid_name": 400, "missing_chunks": 400, "hash_mismatch": 400,
+           "invalid_move": 400, "unauthenticated": 401, "forbidden": 403, "not_found": 404,
+           "cursor_expired": 410, "payload_too_large": 413}
 
 
 class RemoteError(Exception):
@@ -38,6 +60,14 @@ class RemoteError(Exception):
 
 class Offline(RemoteError):
     """The server is unreachable or temporarily unable to answer: retry later."""
+
+
+class Busy(Offline):
+    """503 with Retry-After: this request may succeed after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ApiError(RemoteError):
@@ -56,32 +86,83 @@ class ApiError(RemoteError):
         return Node.model_validate(raw) if raw else None
 
 
-def _error_from(response: httpx.Response) -> RemoteError:
-    if response.status_code >= 500 or response.status_code == 429:
-        return Offline(f"server answered {response.status_code}")
+def error_from_body(status: int, body: Any, retry_after: float | None = None) -> RemoteError:
+    """The exception for an error body ``{"error": {...}}`` (REST answer or WebSocket nack)."""
     try:
-        body = response.json()["error"]
-        return ApiError(response.status_code, body.get("code", "?"), body.get("message", ""),
-                        body.get("details") or {})
-    except (ValueError, KeyError, TypeError):
+        err = body["error"]
+        code, message, details = err.get("code", "?"), err.get("message", ""), err.get("details") or {}
+    except (KeyError, TypeError, AttributeError):
+        return ApiError(status, ErrorCode.BAD_REQUEST.value, f"unexpected answer: {str(body)[:200]}")
+    if code in (ErrorCode.UNAVAILABLE.value, ErrorCode.INTERNAL.value, ErrorCode.RATE_LIMITED.value):
+        if retry_after is not None:
+            return Busy(f"server answered {status} {code}: {message}", retry_after)
+        return Offline(f"server answered {status} {code}: {message}")
+    return ApiError(status or _STATUS.get(code, 409), code, message, details)
+
+
+def _error_from(response: httpx.Response) -> RemoteError:
+    retry_after = None
+    if response.status_code in (429, 503) and "retry-after" in response.headers:
+        try:
+            retry_after = min(60.0, max(0.0, float(response.headers["retry-after"])))
+        except ValueError:
+            retry_after = 1.0
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code >= 500 or response.status_code == 429:
+        if retry_after is not None:
+            return Busy(f"server answered {response.status_code}", retry_after)
+        return Offline(f"server answered {response.status_code}")
+    if body is None:
         return ApiError(response.status_code, ErrorCode.BAD_REQUEST.value,
                         f"unexpected answer: {response.text[:200]}")
+    return error_from_body(response.status_code, body, retry_after)
+
+
+class Servers:
+    """The URLs of one deployment and the one in use. ``failed(url)`` moves on to the next
+    (only if ``url`` is still the current one: several tasks noticing the same outage move
+    the pool once)."""
+
+    def __init__(self, urls: str | Sequence[str]):
+        if isinstance(urls, str):
+            urls = [u for u in urls.split(",")]
+        self.urls = [u.strip().rstrip("/") for u in urls if u.strip()]
+        if not self.urls:
+            raise ValueError("no server URL")
+        self.index = 0
+        self.switches = 0
+
+    @property
+    def current(self) -> str:
+        return self.urls[self.index]
+
+    def failed(self, url: str) -> None:
+        if len(self.urls) > 1 and url == self.current:
+            self.index = (self.index + 1) % len(self.urls)
+            self.switches += 1
+
+    def __str__(self) -> str:
+        return ",".join(self.urls)
 
 
 class Remote:
-    """One server, one user token, optionally one vault."""
+    """One deployment (one or several server URLs), one user token, optionally one vault."""
 
-    def __init__(self, server: str, token: str | None = None, vault: str | None = None,
+    def __init__(self, server: str | Servers, token: str | None = None, vault: str | None = None,
                  device: str | None = None, transport: httpx.AsyncBaseTransport | None = None):
         headers = {"User-Agent": "gobi-fs"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if device:
             headers[DEVICE_HEADER] = device
-        self.server = server.rstrip("/")
+        self.servers = server if isinstance(server, Servers) else Servers(server)
+        self.token = token
+        self.device = device
         self.vault = vault
         self.http = httpx.AsyncClient(
-            base_url=self.server + API_PREFIX,
             headers=headers,
             # Transport-level guards only (a silent peer must not hang a task forever);
             # callers bound their own waits.
@@ -90,18 +171,36 @@ class Remote:
             transport=transport,
         )
 
+    @property
+    def server(self) -> str:
+        """The server URL in use now."""
+        return self.servers.current
+
     async def aclose(self) -> None:
         await self.http.aclose()
 
     async def _request(self, method: str, url: str, *, expect: Sequence[int] = (200, 201),
                        **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self.http.request(method, url, **kwargs)
-        except httpx.TransportError as exc:
-            raise Offline(f"{type(exc).__name__}: {exc}") from exc
-        if response.status_code not in expect:
-            raise _error_from(response)
-        return response
+        # Several URLs: a request that surely did not reach a server (connection refused)
+        # is tried on each once before giving up; anything else is the caller's to retry.
+        for attempt in range(len(self.servers.urls)):
+            base = self.servers.current
+            try:
+                response = await self.http.request(method, base + API_PREFIX + url, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                self.servers.failed(base)
+                if attempt + 1 < len(self.servers.urls):
+                    continue
+                raise Offline(f"{type(exc).__name__}: {exc}") from exc
+            except httpx.TransportError as exc:
+                self.servers.failed(base)
+                raise Offline(f"{type(exc).__name__}: {exc}") from exc
+            if response.status_code not in expect:
+                if response.status_code in (502, 503, 504) and "retry-after" not in response.headers:
+                    self.servers.failed(base)       # draining or behind a dead upstream
+                raise _error_from(response)
+            return response
+        raise Offline("no server answered")
 
     def _v(self, path: str) -> str:
         assert self.vault, "no vault selected"
@@ -127,6 +226,10 @@ class Remote:
     async def vault_info(self) -> Vault:
         r = await self._request("GET", self._v(""))
         return Vault.model_validate(r.json())
+
+    async def settings(self) -> VaultSettings:
+        r = await self._request("GET", self._v("/settings"))
+        return VaultSettings.model_validate(r.json())
 
     # -- metadata ----------------------------------------------------------------------------
 
@@ -163,6 +266,21 @@ class Remote:
         r = await self._request("GET", self._v(f"/nodes/{node_id}"))
         return Node.model_validate(r.json())
 
+    async def children(self, node_id: str) -> list[Node]:
+        """Every live child of a directory (all pages)."""
+        out: list[Node] = []
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 5000}
+            if after is not None:
+                params["after"] = after
+            r = await self._request("GET", self._v(f"/nodes/{node_id}/children"), params=params)
+            body = r.json()
+            out.extend(Node.model_validate(n) for n in body["nodes"])
+            after = body.get("next_cursor")
+            if not after:
+                return out
+
     async def manifest(self, node_id: str, rev: int | None = None) -> tuple[int, list[ChunkRef]]:
         """(content rev, chunks) of a file's head version (or of ``rev``)."""
         params = {"rev": rev} if rev is not None else None
@@ -187,6 +305,33 @@ class Remote:
         r = await self._request("PUT", self._v(f"/nodes/{node_id}/content"), json=body)
         return Node.model_validate(r.json())
 
+    async def op(self, op: str, node: str | None, args: dict) -> WriteOutcome:
+        """One write, as the WebSocket ``op`` frame would carry it, over REST.
+
+        ``args`` is the request model's JSON; with ``on_conflict="strategy"`` the answer
+        is a ``WriteOutcome``, otherwise a plain node (wrapped here without a conflict)."""
+        if op == "create":
+            r = await self._request("POST", self._v("/nodes"), json=args)
+        elif op == "update":
+            r = await self._request("PATCH", self._v(f"/nodes/{node}"), json=args)
+        elif op == "commit":
+            r = await self._request("PUT", self._v(f"/nodes/{node}/content"), json=args)
+        elif op == "delete":
+            params = {k: (("true" if v else "false") if isinstance(v, bool) else v)
+                      for k, v in args.items() if v is not None}
+            r = await self._request("DELETE", self._v(f"/nodes/{node}"), params=params)
+        else:
+            raise ValueError(f"unknown op {op!r}")
+        body = r.json()
+        if args.get("on_conflict") == "strategy":
+            return WriteOutcome.model_validate(body)
+        return WriteOutcome(node=Node.model_validate(body))
+
+    async def ops(self, frames: list[dict]) -> list[dict]:
+        """``POST /ops``: many op frames, run in order; one ``ack``/``nack`` dict each."""
+        r = await self._request("POST", self._v("/ops"), json={"ops": frames})
+        return r.json()["results"]
+
     # -- chunks ------------------------------------------------------------------------------
 
     async def missing(self, hashes: Sequence[str]) -> set[str]:
@@ -201,7 +346,31 @@ class Remote:
         await self._request("PUT", self._v(f"/chunks/{chunk_hash}"), content=data,
                             headers={"Content-Type": "application/octet-stream"})
 
+    async def put_chunks(self, chunks: Sequence[tuple[str, bytes]]) -> None:
+        """Upload many (small) chunks with ``POST /chunks``, as few requests as fit."""
+        body: list[bytes] = []
+        size = frames = 0
+        for h, data in chunks:
+            if body and (size + 36 + len(data) > CHUNK_BATCH_BYTES or frames >= CHUNK_BATCH_FRAMES):
+                await self._put_chunk_batch(body)
+                body, size, frames = [], 0, 0
+            body.append(bytes.fromhex(h) + struct.pack(">I", len(data)) + data)
+            size += 36 + len(data)
+            frames += 1
+        if body:
+            await self._put_chunk_batch(body)
+
+    async def _put_chunk_batch(self, frames: list[bytes]) -> None:
+        for _ in range(5):
+            try:
+                await self._request("POST", self._v("/chunks"), content=b"".join(frames),
+                                    headers={"Content-Type": "application/octet-stream"})
+                return
+            except Busy as exc:
+                # A chunk the garbage collector is deleting right now: it is done soon.
+                await trio.sleep(exc.retry_after)
+        raise Offline("chunk upload kept answering 503")
+
     async def get_chunk(self, chunk_hash: str) -> bytes:
         r = await self._request("GET", self._v(f"/chunks/{chunk_hash}"))
         return r.content
-

@@ -1,27 +1,38 @@
-"""Keeping the mirror and the server in step: the uploader and the puller.
+"""Local changes to the server: the uploader.
 
-**Uploader.** Replays the journal against the server in order, several entries at once
-when they cannot depend on each other (see ``_runnable``), and only one at a time while
-the kernel is busy with requests (foreground first). An entry waits
-``settle`` seconds before it is sent (unless a flush was asked for), so short-lived files
-are dropped by coalescing before they cost a request. ``content`` entries of a file that
-is open for writing and was written in the last ``quiet`` seconds are deferred (later
-entries go first), so a file is not uploaded half-written. Content upload = chunk the
-staged copy (FastCDC, ``gobi.chunking``), ask which chunks the server lacks, upload only
-those (verified against their hash first, so a concurrent write cannot smuggle in wrong
-bytes), commit the manifest with its base revision.
+Replays the journal against the server in order, several entries at once when they cannot
+depend on each other (see ``_runnable``), and only one task at a time while the kernel is
+busy with requests (foreground first). New nodes wait ``settle`` seconds before they are
+sent (unless a flush was asked for), so temporary files are dropped by coalescing before
+they cost a request; edits, renames and deletes of existing nodes go at once. ``content``
+entries of a file that is open for writing and was written in the last ``quiet`` seconds
+are deferred (later entries go first), so a file is not uploaded half-written.
 
-Every op is safe to replay after a crash (the entry is deleted only once the server
-acknowledged it): creates carry client-chosen ids, and a ``409`` whose ``head`` already
-shows the intended state counts as success. Unreachable server → ``Offline`` → retry with
-exponential backoff and jitter; the mount keeps working from the mirror meanwhile.
+**How each entry travels.** Metadata operations (create, rename/move, setattr, delete)
+go over the live WebSocket when it is connected (``gobi.fs.events``: an ``op`` frame with
+a request id, answered ``ack``/``nack``), else over REST. Content: FastCDC chunks of the
+staged copy (``gobi.chunking``), the missing ones uploaded (verified against their hash
+first, so a concurrent write cannot smuggle in wrong bytes), then the manifest committed
+with its base revision. When several small entries are ready at once (``tar x``, ``cp
+-r``, ``rm -r``), they go as one batch: their chunks in ``POST /chunks`` and the operations
+in ``POST /ops`` — two requests for up to ``BATCH_MAX`` files instead of two per file.
 
-**Puller.** Brings the mirror up to the server: the whole tree at one seq on first use (or
-when the event cursor expired), otherwise the events after the last applied seq. Nodes
-with journal entries keep their local state (the upload decides; a content conflict
-keeps both versions). Kernel caches are told through ``notify``.
+**Conflicts are the server's.** Every write carries ``on_conflict: "strategy"``: the
+server applies the vault's conflict strategy and answers what it did (a ``WriteOutcome``).
+The mount acts on it (``_finish_*``): a conflicted copy appears in the mirror with the
+chunks we just uploaded; a file whose local version lost shows the server's; a delete the
+server did not apply (the modification survives, or a held mass delete) puts the node back;
+two directories of one name merge (the local id is replaced by the server's). One
+exception: a commit that may have reached the server before (replayed after a crash or a
+lost answer) is first sent without a strategy, so a replay of our own commit is
+recognised (the head's manifest equals ours) instead of becoming a conflict with
+ourselves.
 
-Live push over the WebSocket (the next issue) feeds the same ``apply_node``.
+Every op is safe to replay (the entry is deleted only once the server acknowledged it):
+creates carry client-chosen ids, and strategies make the rest idempotent. Unreachable
+server → ``Offline`` → retry with exponential backoff and jitter; the mount keeps working
+from the mirror meanwhile. A ``503`` with ``Retry-After`` on a chunk (the garbage collector
+is deleting it) is retried after the delay without calling the server offline.
 """
 
 from __future__ import annotations
@@ -32,26 +43,32 @@ import os
 import random
 import time
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import dataclass, field
 
 import trio
 
 from gobi.chunking import pieces_of_stream
-from gobi.protocol import ROOT_ID, ChunkRef, ErrorCode, Node
+from gobi.protocol import ROOT_ID, ChunkRef, ConflictInfo, ErrorCode, Node, WriteOutcome
 
+from .applier import Applier
 from .blocks import BlockCache
+from .events import Live, NotConnected
 from .journal import Entry
-from .remote import ApiError, Offline, Remote, RemoteError
-from .tree import ROOT_INO, Tree
+from .remote import ApiError, Busy, Offline, Remote, RemoteError, error_from_body
+from .tree import Tree
 from .vfs import Link, Vfs
 
 log = logging.getLogger(__name__)
 
-UPLOAD_CONCURRENCY = 8       # entries in flight at once (and chunk PUTs per file)
+UPLOAD_CONCURRENCY = 8       # tasks in flight at once (and chunk PUTs per file)
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 FOREGROUND_GRACE = 0.05     # seconds after a kernel request during which uploads are throttled
-BUSY_MAX_DELAY = 10.0       # …but changes older than this upload anyway, one at a time
+BUSY_MAX_DELAY = 10.0       # …but changes older than this upload anyway, one task at a time
 SMALL_FILE = 256 * 1024      # files up to this size skip the 'which chunks are missing' round trip
+BATCH_MIN = 4                # this many small ready entries go as one batch
+BATCH_MAX = 500              # entries per batch (POST /ops takes 1000)
+BATCH_BYTES = 6 * 1024 * 1024
+CHUNK_RETRIES = 5
 
 
 async def _first(*events: trio.Event) -> None:
@@ -68,18 +85,28 @@ class _Changed(Exception):
     """The staged file changed while it was being uploaded: try again later."""
 
 
-def _conflict_name(name: str, device: str) -> str:
-    stem, dot, ext = name.rpartition(".")
-    if not stem:
-        stem, dot, ext = name, "", ""
-    stamp = datetime.now().strftime("%Y-%m-%d %H%M%S")
-    return f"{stem} (conflicted copy {device} {stamp}){dot}{ext}"[:250]
+@dataclass
+class _Op:
+    """One journal entry made ready to send: the wire operation and what to do with the
+    answer."""
+
+    entry: Entry
+    op: str                                   # create | update | delete | commit
+    node: str | None
+    args: dict
+    finish: Callable[[WriteOutcome], None]
+    refused: Callable[[ApiError], bool] | None = None   # True: handled (entry done)
+    chunks: list[tuple[str, bytes]] = field(default_factory=list)   # batch: upload first
+    settle: list[Node] = field(default_factory=list)    # states to apply once done
+    subtrees: list[str] = field(default_factory=list)   # directories to re-read once done
+    refetch: list[str] = field(default_factory=list)    # nodes to re-read once done
+    retry_with_strategy: bool = False
 
 
 class Sync:
     def __init__(self, tree: Tree, vfs: Vfs, cache: BlockCache, remote: Remote, link: Link,
-                 device: str, settle: float = 1.0, quiet: float = 2.0,
-                 notify: Callable[..., None] | None = None):
+                 device: str, applier: Applier, live: Live | None = None,
+                 settle: float = 1.0, quiet: float = 2.0):
         self.tree = tree
         self.journal = tree.journal
         self.vfs = vfs
@@ -87,30 +114,40 @@ class Sync:
         self.remote = remote
         self.link = link
         self.device = device
+        self.applier = applier
+        self.live = live
         self.settle = settle
         self.quiet = quiet
-        self.notify = notify or (lambda *a: None)
         self.flushing = False
         self.skip_drain = False      # `gobi umount` already waited: exit right after unmount
         self.active: dict[int, str] = {}   # journal seq → what is being sent (for status)
         self.kick = trio.Event()           # set by flush(): stop waiting, send now
         self._backoff = BACKOFF_MIN
         self._resume_at = 0.0              # offline backoff: no new uploads before this
+        self._tasks = 0
+        # Entries that may have reached the server already (present when the mount started,
+        # or whose answer was lost): their commits are checked against our own first.
+        self._maybe_sent: set[int] = set()
+        self._started_at_seq = self.journal.last_seq()
         self.uploaded_ops = 0
         self.uploaded_chunks = 0
         self.uploaded_bytes = 0
+        self.batches = 0
+        self.ws_ops = 0
         self.failures: list[str] = []
+        self.conflicts: list[dict] = []    # conflicts our uploads met, newest last
         self.held_deletes = 0              # deletes the server held for the owner (mass delete)
         self.held_ids: set[str] = set()
         self.idle = trio.Event()
-        self.pull_wanted = trio.Event()    # set when our uploads finished: catch the seq up
         self._ops_at_idle = 0
+        self._finished = trio.Event()
+        self.journal.on_append = lambda: self.vfs.changed.set()
 
     # -- status -----------------------------------------------------------------------------
 
     @property
     def last_seq(self) -> int:
-        return int(self.tree.meta("last_seq", "0") or 0)
+        return self.applier.last_seq
 
     def queued_bytes(self) -> int:
         rows = self.tree.db.execute("SELECT ino FROM nodes WHERE dirty = 1").fetchall()
@@ -128,6 +165,8 @@ class Sync:
             "uploaded_ops": self.uploaded_ops,
             "uploaded_chunks": self.uploaded_chunks,
             "uploaded_bytes": self.uploaded_bytes,
+            "upload_batches": self.batches,
+            "ws_ops": self.ws_ops,
             "fetched_chunks": self.vfs.fetched_chunks,
             "fetched_bytes": self.vfs.fetched_bytes,
             "cache_used": self.cache.used,
@@ -136,6 +175,7 @@ class Sync:
             "last_seq": self.last_seq,
             "nodes": self.tree.count(),
             "failures": self.failures[-10:],
+            "conflicts": self.conflicts[-10:],
             "held_deletes": self.held_deletes,
             "holds": sorted(self.held_ids)[-5:],
         }
@@ -147,8 +187,10 @@ class Sync:
         self.kick.set()
         self.kick = trio.Event()
         self.link.poke()
+        if self.live is not None:
+            self.live.poke()
 
-    # -- uploader ---------------------------------------------------------------------------
+    # -- scheduling -------------------------------------------------------------------------
 
     @staticmethod
     def _take_free(e: Entry) -> tuple[set[str], set[str]]:
@@ -170,7 +212,8 @@ class Sync:
         directory is deleted after them); an earlier entry that frees a name in the
         directory where it takes one; and, for a move that replaces, earlier entries
         taking names there. Creates (and deletes) in one directory are independent, so
-        ``tar x``, ``cp -r`` and ``rm -r`` upload in parallel.
+        ``tar x``, ``cp -r`` and ``rm -r`` upload in parallel (or in one batch). Only
+        creates wait for ``settle``; an unsettled create blocks what depends on it.
         """
         now = time.time()
         picks: list[Entry] = []
@@ -181,9 +224,9 @@ class Sync:
         wait = 3600.0
         after = 0
         scanned = 0
-        while len(picks) < room and scanned < 2000:
+        while len(picks) < room and scanned < 4000:
             # Small first batch: usually the next runnable entry is among the first few.
-            batch = self.journal.entries(after, 32 if scanned == 0 else 256)
+            batch = self.journal.entries(after, 32 if scanned == 0 else 512)
             if not batch:
                 break
             after = batch[-1].seq
@@ -204,13 +247,28 @@ class Sync:
                 freeing |= free
                 if e.seq in self.journal.inflight or blocked:
                     continue
-                if not self.flushing and now - e.ts < self.settle:
-                    # Younger entries follow in order: nothing later is settled either.
-                    return picks, min(wait, self.settle - (now - e.ts))
+                if e.op == "create" and not self.flushing and now - e.ts < self.settle:
+                    wait = min(wait, self.settle - (now - e.ts))
+                    continue
                 picks.append(e)
                 if len(picks) >= room:
                     break
         return picks, wait
+
+    def _batchable(self, e: Entry) -> bool:
+        if e.op in ("move", "attr", "delete"):
+            return True
+        row = self.tree.by_id(e.node)
+        if e.op == "create":
+            if row is None or not row.is_file or not row.dirty or not self.vfs.staged(row.ino):
+                return True
+            return (self.cache.staged_size(row.ino) <= SMALL_FILE
+                    and not self.vfs.writable_now(row.ino, self.quiet))
+        if e.op == "content":
+            return (row is not None and row.parent is not None and row.dirty
+                    and self.vfs.staged(row.ino) and self.cache.staged_size(row.ino) <= SMALL_FILE
+                    and e.seq not in self._maybe_sent and e.seq > self._started_at_seq)
+        return False
 
     async def run_uploader(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -218,7 +276,9 @@ class Sync:
             while True:
                 changed = self.vfs.changed = trio.Event()
                 kick = self.kick
-                inflight = len(self.journal.inflight)
+                finished = self._finished_event()
+                if self.applier.deferred:
+                    self.applier.retry_deferred()     # files closed, holds ended
                 if time.monotonic() < self._resume_at:
                     with trio.move_on_after(self._resume_at - time.monotonic()):
                         await _first(self.link.changed, kick)
@@ -229,59 +289,87 @@ class Sync:
                         await _first(self.link.changed, kick)
                     continue
                 # Foreground first: while the kernel keeps sending requests, uploads (which
-                # share this thread) go one at a time so ls, git or tar do not wait on them.
+                # share this thread) wait, unless changes have waited BUSY_MAX_DELAY already:
+                # then one task at a time (a batch when many small changes are ready), so a
+                # long copy still becomes durable on the server as it goes.
                 busy = time.monotonic() - self.vfs.last_request < FOREGROUND_GRACE
                 if busy and not self.flushing:
-                    # Nothing starts while the kernel is busy, unless changes have waited
-                    # BUSY_MAX_DELAY already: then one at a time, so a long copy still
-                    # becomes durable on the server as it goes.
                     oldest = self.journal.oldest_ts()
                     late = oldest is not None and time.time() - oldest > BUSY_MAX_DELAY
-                    room = (1 if late else 0) - inflight
+                    slots = (1 if late else 0) - self._tasks
                 else:
-                    room = (1 if busy else UPLOAD_CONCURRENCY) - inflight
-                if room <= 0:
+                    slots = UPLOAD_CONCURRENCY - self._tasks
+                if slots <= 0:
                     with trio.move_on_after(FOREGROUND_GRACE):
-                        await self._finished_event().wait()
+                        await finished.wait()
                     continue
-                picks, wait = self._runnable(room)
-                for e in picks:
-                    self.journal.inflight.add(e.seq)
-                    nursery.start_soon(self._run_one, e)
-                if picks:
+                picks, wait = self._runnable(BATCH_MAX)
+                started = self._start(nursery, picks, slots)
+                if started:
                     await trio.sleep(0)
                     continue
-                if inflight == 0 and self.journal.count() == 0:
+                if self._tasks == 0 and self.journal.count() == 0:
                     self.flushing = False
                     self.idle.set()
                     self.idle = trio.Event()
-                    if self.uploaded_ops != self._ops_at_idle:
-                        self._ops_at_idle = self.uploaded_ops
-                        self.pull_wanted.set()
                 # Wake on: a finished upload, a flush, new work (unless only the settle
                 # delay holds the queue: then new work cannot be earlier than it).
                 settling = wait < 3600.0 and not self.flushing and self.journal.count() > 0
                 with trio.move_on_after(wait):
                     if settling:
-                        await _first(kick, self._finished_event())
+                        await _first(kick, finished, changed)
                     else:
-                        await _first(changed, kick, self._finished_event())
+                        await _first(changed, kick, finished)
+
+    def _start(self, nursery: trio.Nursery, picks: list[Entry], slots: int) -> int:
+        started = 0
+        batch: list[Entry] = []
+        singles: list[Entry] = []
+        if len(picks) >= BATCH_MIN:
+            for e in picks:
+                (batch if self._batchable(e) else singles).append(e)
+            if len(batch) < BATCH_MIN:
+                singles, batch = picks, []
+        else:
+            singles = picks
+        if batch and slots > 0:
+            for e in batch:
+                self.journal.inflight.add(e.seq)
+            self._tasks += 1
+            nursery.start_soon(self._run_batch, batch)
+            slots -= 1
+            started += 1
+        for e in singles[:max(0, slots)]:
+            self.journal.inflight.add(e.seq)
+            self._tasks += 1
+            nursery.start_soon(self._run_one, e)
+            started += 1
+        return started
 
     def _finished_event(self) -> trio.Event:
-        if not hasattr(self, "_finished") or self._finished.is_set():
+        if self._finished.is_set():
             self._finished = trio.Event()
         return self._finished
 
+    # -- running entries ----------------------------------------------------------------------
+
+    def _offline(self, exc: Offline) -> None:
+        self.link.down(str(exc))
+        delay = self._backoff * (0.5 + random.random())
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        self._resume_at = max(self._resume_at, time.monotonic() + delay)
+        log.info("offline (%s); retrying in %.1fs", exc, delay)
+
     async def _run_one(self, entry: Entry) -> None:
+        op: _Op | None = None
         try:
             self.active[entry.seq] = f"{entry.op} {entry.node}"
-            await self._send(entry)
+            op = await self._prepare(entry, batch=False)
+            if op is not None:
+                await self._send(op)
         except Offline as exc:
-            self.link.down(str(exc))
-            delay = self._backoff * (0.5 + random.random())
-            self._backoff = min(self._backoff * 2, BACKOFF_MAX)
-            self._resume_at = max(self._resume_at, time.monotonic() + delay)
-            log.info("offline (%s); retrying in %.1fs", exc, delay)
+            self._maybe_sent.add(entry.seq)
+            self._offline(exc)
             self.journal.inflight.discard(entry.seq)
             return
         except _Changed:
@@ -292,6 +380,7 @@ class Sync:
             msg = f"{entry.op} {entry.node}: {exc}"
             log.error("upload refused: %s", msg)
             self.failures.append(msg)
+            op = self._resync_op(entry, exc)
         except Exception as exc:
             # A bug must not take the mount down or drop the change: keep the entry,
             # say so, retry later.
@@ -302,30 +391,194 @@ class Sync:
             return
         finally:
             self.active.pop(entry.seq, None)
+            self._tasks -= 1
             self._finished_event().set()
+        await self._done(entry, op)
+
+    async def _done(self, entry: Entry, op: _Op | None) -> None:
         self.link.up()
         self._backoff = BACKOFF_MIN
         with self.tree.tx():
             self.journal.done(entry.seq)
+        self._maybe_sent.discard(entry.seq)
         self.uploaded_ops += 1
+        if op is not None:
+            for node in op.settle:
+                self.applier.apply_node(node, ack=True)
+            for node_id in op.refetch:
+                try:
+                    self.applier.apply_node(await self.remote.node(node_id), ack=True)
+                except RemoteError as exc:
+                    log.warning("could not re-read %s: %s", node_id, exc)
+            for dir_id in op.subtrees:
+                try:
+                    await self.applier.restore_subtree(dir_id)
+                except RemoteError as exc:
+                    log.warning("could not re-read %s: %s", dir_id, exc)
         row = self.tree.by_id(entry.node)
         if row is not None and row.parent is None:
             self.vfs.maybe_purge(row.ino)
+        if self.applier.deferred:
+            self.applier.retry_deferred()
 
-    async def _send(self, e: Entry) -> None:
-        handler = getattr(self, f"_op_{e.op}")
-        await handler(e)
+    def _resync_op(self, entry: Entry, exc: ApiError) -> _Op | None:
+        """A refused entry is dropped; the node is put back to the server's state (the
+        refusal's ``head``) so the mirror does not drift from the server."""
+        op = _Op(entry, "", None, {}, lambda o: None)
+        if exc.head is not None:
+            op.settle.append(exc.head)
+        elif entry.op != "create":
+            op.refetch.append(entry.node)
+        return op
+
+    async def _send(self, op: _Op) -> None:
+        """One operation: over the socket if it is up, else REST; then its outcome."""
+        while True:
+            try:
+                outcome = await self._call(op.op, op.node, op.args)
+            except ApiError as exc:
+                if op.retry_with_strategy and exc.code == ErrorCode.CONFLICT:
+                    if await self._own_replay(op, exc):
+                        return
+                    op.args["on_conflict"] = "strategy"
+                    op.retry_with_strategy = False
+                    continue
+                if op.refused is not None and op.refused(exc):
+                    return
+                raise
+            op.finish(outcome)
+            return
+
+    async def _call(self, op: str, node: str | None, args: dict) -> WriteOutcome:
+        # Content commits go over REST (parallel requests share the server's group
+        # commit); the small metadata operations over the socket when it is up.
+        if self.live is not None and op != "commit":
+            try:
+                outcome = await self.live.op(op, node, args)
+                self.ws_ops += 1
+                return outcome
+            except NotConnected:
+                pass
+        return await self.remote.op(op, node, args)
+
+    async def _run_batch(self, entries: list[Entry]) -> None:
+        """Many small entries in two requests: their chunks, then their operations."""
+        ops: list[_Op | None] = []
+        try:
+            for e in entries:
+                self.active[e.seq] = f"{e.op} {e.node} (batch of {len(entries)})"
+            size = 0
+            for e in entries:
+                try:
+                    op = await self._prepare(e, batch=True)
+                except _Changed:
+                    op = None
+                    self.journal.inflight.discard(e.seq)
+                    ops.append(None)
+                    continue
+                ops.append(op)
+                if op is not None:
+                    size += sum(len(d) for _, d in op.chunks)
+                if size > BATCH_BYTES:
+                    break
+            chunks: dict[str, bytes] = {}
+            for op in ops:
+                if op is not None:
+                    for h, d in op.chunks:
+                        chunks[h] = d
+            if chunks:
+                await self.remote.put_chunks(list(chunks.items()))
+                self.uploaded_chunks += len(chunks)
+                self.uploaded_bytes += sum(len(d) for d in chunks.values())
+            frames = []
+            sent: list[_Op] = []
+            for op in ops:
+                if op is not None:
+                    frame = {"id": f"b{op.entry.seq}", "op": op.op, "args": op.args}
+                    if op.node is not None:
+                        frame["node"] = op.node
+                    frames.append(frame)
+                    sent.append(op)
+            results = await self.remote.ops(frames) if frames else []
+            self.batches += 1
+        except Offline as exc:
+            for e in entries:
+                self._maybe_sent.add(e.seq)
+                self.journal.inflight.discard(e.seq)
+            self._offline(exc)
+            self._batch_end(entries)
+            return
+        except Exception as exc:
+            log.exception("batch upload failed")
+            self.failures.append(f"batch of {len(entries)}: {type(exc).__name__}: {exc}")
+            for e in entries:
+                self.journal.inflight.discard(e.seq)
+            self._batch_end(entries)
+            return
+        handled: set[int] = set()
+        done: list[tuple[Entry, _Op | None]] = []
+        for e, op in zip(entries, ops):
+            if op is None and e.seq in self.journal.inflight:
+                done.append((e, None))          # nothing to send any more
+                handled.add(e.seq)
+        for op, reply in zip(sent, results):
+            e = op.entry
+            handled.add(e.seq)
+            try:
+                if reply.get("type") == "ack":
+                    op.finish(WriteOutcome.model_validate(
+                        {"node": reply["node"], "conflict": reply.get("conflict")}))
+                    done.append((e, op))
+                    continue
+                exc = error_from_body(0, {"error": reply.get("error")})
+                if isinstance(exc, ApiError) and op.refused is not None and op.refused(exc):
+                    done.append((e, op))
+                    continue
+                # Anything else is retried alone (it may depend on a failed neighbour).
+                self.journal.inflight.discard(e.seq)
+            except Exception:
+                log.exception("batch answer for %s %s", e.op, e.node)
+                self.journal.inflight.discard(e.seq)
+        for e in entries:
+            if e.seq not in handled:
+                self.journal.inflight.discard(e.seq)     # not sent (size cap): next round
+        self._batch_end(entries)
+        for e, op in done:
+            await self._done(e, op)
+
+    def _batch_end(self, entries: list[Entry]) -> None:
+        for e in entries:
+            self.active.pop(e.seq, None)
+        self._tasks -= 1
+        self._finished_event().set()
+
+    # -- preparing entries ----------------------------------------------------------------------
+
+    async def _prepare(self, e: Entry, batch: bool) -> _Op | None:
+        return await getattr(self, f"_prepare_{e.op}")(e, batch)
+
+    def _note_conflict(self, info: ConflictInfo | None, path: str) -> None:
+        if info is None or info.result == "already":
+            return
+        self.conflicts.append({"path": info.path or path, "case": info.case, "result": info.result,
+                               "strategy": info.strategy, "message": info.message, "id": info.id})
+        del self.conflicts[:-50]
+        log.warning("conflict on %s (%s, %s): %s", info.path or path, info.case, info.strategy,
+                    info.message)
 
     def _acked(self, node_id: str, node: Node) -> None:
+        self.applier.max_acked_rev = max(self.applier.max_acked_rev, node.rev)
         row = self.tree.by_id(node_id)
         if row is not None:
             with self.tree.tx():
-                self.tree.update(row.ino, rev=node.rev, content_rev=node.content_rev)
+                self.tree.update(row.ino, rev=max(row.rev, node.rev), content_rev=node.content_rev)
 
-    async def _op_create(self, e: Entry) -> None:
+    async def _prepare_create(self, e: Entry, batch: bool) -> _Op | None:
         row = self.tree.by_id(e.node)
-        body = {"id": e.node, **{k: v for k, v in e.args.items() if v is not None}}
+        args = {"id": e.node, **{k: v for k, v in e.args.items() if v is not None},
+                "on_conflict": "strategy"}
         pushed = None
+        chunks: list[tuple[str, bytes]] = []
         if row is not None and row.is_file and row.dirty and self.vfs.staged(row.ino):
             if self.vfs.writable_now(row.ino, self.quiet):
                 # Still being written: create it empty now, the content follows.
@@ -334,162 +587,219 @@ class Sync:
                         self.journal.append("content", e.node)
                 self.vfs.queued.add(row.ino)
             else:
-                pushed = await self._push(row.ino)
-                chunks, size, gen = pushed
-                body["content"] = {"chunks": [c.model_dump() for c in chunks], "size": size}
-                body["mtime_ns"] = self.vfs.mtime_of(row)
-        while True:
-            try:
-                node = await self.remote.create(body)
-                break
-            except ApiError as exc:
-                if exc.code == ErrorCode.NAME_EXISTS and row is not None:
-                    # Someone else created this name meanwhile: keep both, ours renamed.
-                    body["name"] = self._rename_local(row, body["name"])
-                    continue
-                if exc.code == ErrorCode.MISSING_CHUNKS:
-                    raise _Changed() from exc
-                raise
-        self._acked(e.node, node)
-        if pushed is not None and row is not None:
-            chunks, size, gen = pushed
-            self.vfs.uploaded(row.ino, gen, node.rev, node.content_rev or node.rev, chunks, size)
+                pushed, chunks = await self._push(row.ino, upload=not batch)
+                refs, size, gen = pushed
+                args["content"] = {"chunks": [c.model_dump() for c in refs], "size": size}
+                args["mtime_ns"] = self.vfs.mtime_of(row)
 
-    def _rename_local(self, row, name: str) -> str:
-        new = _conflict_name(name, self.device)
-        cur = self.tree.get_opt(row.ino)
-        with self.tree.tx():
-            if cur is not None and cur.parent is not None and cur.name == name:
-                if self.tree.child(cur.parent, new) is None:
-                    self.tree.update(row.ino, name=new)
-                    self.notify("entry", cur.parent, name, None)
-                    self.notify("entry", cur.parent, new, None)
-        return new
+        def finish(outcome: WriteOutcome) -> None:
+            node, info = outcome.node, outcome.conflict
+            self._note_conflict(info, e.args.get("name", ""))
+            node_id = e.node
+            if info is not None and info.result == "merged" and node.id != e.node:
+                # Two directories of one name: the server's takes over ours.
+                self.tree.remap(e.node, node.id)
+                node_id = node.id
+            self._acked(node_id, node)
+            if pushed is not None and row is not None:
+                refs, size, gen = pushed
+                self.vfs.uploaded(row.ino, gen, node.rev, node.content_rev or node.rev, refs, size)
+            op.settle.append(node)
 
-    async def _update(self, e: Entry, body: dict, done: Callable[[Node], bool]) -> None:
-        row = self.tree.by_id(e.node)
-        if row is None:
-            return
-        base = row.rev
-        for _ in range(3):
-            try:
-                node = await self.remote.update(e.node, {"base_rev": base, **body})
-                self._acked(e.node, node)
-                return
-            except ApiError as exc:
-                head = exc.head if exc.code == ErrorCode.CONFLICT else None
-                if head is None:
-                    raise
-                if head.deleted:
-                    log.warning("%s: node was deleted on the server; change dropped", e.node)
-                    return
-                if done(head):
-                    self._acked(e.node, head)
-                    return
-                base = head.rev        # metadata: the later change wins
-        raise ApiError(409, "conflict", "gave up after repeated conflicts")
-
-    async def _op_move(self, e: Entry) -> None:
-        args = e.args
-        await self._update(
-            e, {"parent": args["parent"], "name": args["name"], "replace": args.get("replace", False)},
-            lambda head: head.parent == args["parent"] and head.name == args["name"],
-        )
-
-    async def _op_attr(self, e: Entry) -> None:
-        row = self.tree.by_id(e.node)
-        if row is None or row.parent is None:
-            return
-        mtime = self.vfs.mtime_of(row)
-        await self._update(e, {"mode": row.mode, "mtime_ns": mtime},
-                           lambda head: head.mode == row.mode and head.mtime_ns == mtime)
-
-    async def _op_delete(self, e: Entry) -> None:
-        row = self.tree.by_id(e.node)
-        base = row.rev if row is not None else 0
-        known_content = row.content_rev if row is not None else None
-        for _ in range(3):
-            try:
-                await self.remote.delete(e.node, base)
-                return
-            except ApiError as exc:
-                if exc.code == ErrorCode.NOT_FOUND:
-                    return
-                if exc.code == ErrorCode.DELETE_HELD:
-                    # A mass delete: the server keeps it for the vault owner to confirm or
-                    # reject. Our part is done; the outcome arrives as events.
-                    hold = exc.details.get("hold") or {}
-                    self.held_deletes += 1
-                    self.held_ids.add(hold.get("id", "?"))
-                    return
-                if exc.code == ErrorCode.DIRECTORY_NOT_EMPTY:
-                    log.warning("%s: not deleted, it has children on the server", e.node)
-                    return
-                head = exc.head if exc.code == ErrorCode.CONFLICT else None
-                if head is None:
-                    raise
-                if head.deleted:
-                    return
-                if head.kind.value == "file" and head.content_rev != known_content:
-                    # Delete vs. modify: the modification survives.
-                    log.warning("%s: modified elsewhere, delete dropped", e.node)
-                    return
-                base = head.rev
-        raise ApiError(409, "conflict", "gave up after repeated conflicts")
-
-    async def _op_content(self, e: Entry) -> None:
-        row = self.tree.by_id(e.node)
-        if row is None or row.parent is None or not row.dirty or not self.vfs.staged(row.ino):
-            return
-        chunks, size, gen = await self._push(row.ino)
-        body = {"base_rev": row.rev, "chunks": [c.model_dump() for c in chunks], "size": size,
-                "mtime_ns": self.vfs.mtime_of(row), "mode": row.mode}
-        try:
-            node = await self.remote.commit(e.node, body)
-        except ApiError as exc:
+        def refused(exc: ApiError) -> bool:
             if exc.code == ErrorCode.MISSING_CHUNKS:
                 raise _Changed() from exc
-            head = exc.head if exc.code == ErrorCode.CONFLICT else None
-            if head is None:
-                raise
-            if not head.deleted:
-                _, theirs = await self.remote.manifest(e.node)
-                if [c.hash for c in theirs] == [c.hash for c in chunks]:
-                    node = head          # our own commit, replayed after a crash
-                    self._acked(e.node, node)
-                    self.vfs.uploaded(row.ino, gen, node.rev, node.content_rev or node.rev, chunks, size)
-                    return
-            node = await self._keep_both(row, head, chunks, size)
-            return
-        self._acked(e.node, node)
-        self.vfs.uploaded(row.ino, gen, node.rev, node.content_rev or node.rev, chunks, size)
+            if exc.code == ErrorCode.CONFLICT and exc.head is not None and exc.head.id == e.node:
+                # "node id is taken": our own create reached the server before and the node
+                # was changed elsewhere since; its state is the truth.
+                self._acked(e.node, exc.head)
+                op.settle.append(exc.head)
+                return True
+            return False
 
-    async def _keep_both(self, row, head: Node, chunks: list[ChunkRef], size: int) -> Node:
-        """Content conflict: our version is saved next to theirs as a conflicted copy."""
-        parent = self.tree.get_opt(row.parent) if row.parent else None
-        parent_id = head.parent if head.deleted is False and head.parent else (parent.id if parent else ROOT_ID)
-        name = _conflict_name(row.name, self.device)
-        node = await self.remote.create({
-            "parent": parent_id, "name": name, "kind": "file", "mode": row.mode,
-            "content": {"chunks": [c.model_dump() for c in chunks], "size": size},
-        })
-        log.warning("conflict on %s: local version saved as %r", row.name, name)
-        self.failures.append(f"conflict: {row.name!r} kept as {name!r}")
-        # The local file now shows the server's version; ours lives on as the copy.
+        op = _Op(e, "create", None, args, finish, refused, chunks)
+        return op
+
+    async def _prepare_move(self, e: Entry, batch: bool) -> _Op | None:
+        a = e.args
+        return self._update_op(e, {"parent": a["parent"], "name": a["name"],
+                                   "replace": a.get("replace", False)})
+
+    async def _prepare_attr(self, e: Entry, batch: bool) -> _Op | None:
+        row = self.tree.by_id(e.node)
+        if row is None or row.parent is None:
+            return None
+        wanted = e.args.get("fields") or ["mode", "mtime"]
+        body: dict = {}
+        if "mode" in wanted:
+            body["mode"] = row.mode
+        if "mtime" in wanted and row.kind != "symlink":
+            body["mtime_ns"] = self.vfs.mtime_of(row)
+        if not body:
+            return None
+        return self._update_op(e, body)
+
+    def _update_op(self, e: Entry, body: dict) -> _Op | None:
+        row = self.tree.by_id(e.node)
+        if row is None:
+            return None
+        args = {"base_rev": row.rev, **body, "on_conflict": "strategy"}
+
+        def finish(outcome: WriteOutcome) -> None:
+            self._note_conflict(outcome.conflict, row.name)
+            self._acked(e.node, outcome.node)
+            op.settle.append(outcome.node)
+
+        def refused(exc: ApiError) -> bool:
+            if exc.code == ErrorCode.NOT_FOUND:
+                log.warning("%s: not on the server; %s dropped", e.node, e.op)
+                return True
+            head = exc.head or (Node.model_validate(exc.details["node"])
+                                if isinstance(exc.details.get("node"), dict) else None)
+            if head is not None and exc.code in (ErrorCode.NAME_EXISTS, ErrorCode.DIRECTORY_NOT_EMPTY,
+                                                 ErrorCode.IS_A_DIRECTORY, ErrorCode.NOT_A_DIRECTORY):
+                # A replacing rename the server cannot do: keep the server's view of both.
+                self.failures.append(f"{e.op} {row.name}: {exc.message}")
+                op.settle.append(head)
+                op.refetch.append(e.node)
+                return True
+            return False
+
+        op = _Op(e, "update", e.node, args, finish, refused)
+        return op
+
+    async def _prepare_delete(self, e: Entry, batch: bool) -> _Op | None:
+        row = self.tree.by_id(e.node)
+        args = {"base_rev": row.rev if row is not None else 0, "recursive": False,
+                "on_conflict": "strategy", "seen_seq": self.applier.seen_seq(),
+                "at_ns": int(e.ts * 1e9)}
+        kind = row.kind if row is not None else None
+
+        def put_back(node: Node) -> None:
+            op.settle.append(node)
+            if node.kind.value == "dir":
+                op.subtrees.append(node.id)
+
+        def finish(outcome: WriteOutcome) -> None:
+            node, info = outcome.node, outcome.conflict
+            self._note_conflict(info, row.name if row is not None else e.node)
+            self.applier.max_acked_rev = max(self.applier.max_acked_rev, node.rev)
+            if not node.deleted:
+                # The server kept it (the modification survives, or things changed inside
+                # the directory since we looked): show it again.
+                put_back(node)
+
+        def refused(exc: ApiError) -> bool:
+            if exc.code == ErrorCode.NOT_FOUND:
+                return True
+            if exc.code == ErrorCode.DELETE_HELD:
+                # A mass delete: the server keeps it for the vault owner to confirm or
+                # reject; the files stay on the server (and on every other mount) until
+                # then, so they come back here too. The outcome arrives as events.
+                hold = exc.details.get("hold") or {}
+                self.held_deletes += 1
+                self.held_ids.add(hold.get("id", "?"))
+                if exc.head is not None and not exc.head.deleted:
+                    put_back(exc.head)
+                return True
+            if exc.code == ErrorCode.DIRECTORY_NOT_EMPTY and kind == "dir":
+                op.subtrees.append(e.node)
+                return True
+            return False
+
+        op = _Op(e, "delete", e.node, args, finish, refused)
+        return op
+
+    async def _prepare_content(self, e: Entry, batch: bool) -> _Op | None:
+        row = self.tree.by_id(e.node)
+        if row is None or row.parent is None or not row.dirty or not self.vfs.staged(row.ino):
+            return None
+        pushed, chunks = await self._push(row.ino, upload=not batch)
+        refs, size, gen = pushed
+        maybe_sent = e.seq in self._maybe_sent or e.seq <= self._started_at_seq
+        args = {"base_rev": row.rev, "chunks": [c.model_dump() for c in refs], "size": size,
+                "mtime_ns": self.vfs.mtime_of(row), "mode": row.mode,
+                "on_conflict": "fail" if maybe_sent else "strategy"}
+
+        def finish(outcome: WriteOutcome) -> None:
+            node, info = outcome.node, outcome.conflict
+            self._note_conflict(info, row.name)
+            self.applier.max_acked_rev = max(self.applier.max_acked_rev, node.rev)
+            if info is None or info.result == "mine":
+                self._acked(e.node, node)
+                self.vfs.uploaded(row.ino, gen, node.rev, node.content_rev or node.rev, refs, size)
+                op.settle.append(node)
+                return
+            # Our version lost the file's name (it is a conflicted copy, a conflict
+            # version in the history, or kept for a manual decision): the file shows the
+            # server's content again, unless it changed here during the upload.
+            self._lost(row.ino, gen, node)
+            if info.conflicted_copy is not None:
+                self._add_copy(info.conflicted_copy, refs)
+            op.settle.append(node)
+
+        def refused(exc: ApiError) -> bool:
+            if exc.code == ErrorCode.MISSING_CHUNKS:
+                raise _Changed() from exc
+            return False
+
+        op = _Op(e, "commit", e.node, args, finish, refused, chunks,
+                 retry_with_strategy=maybe_sent)
+        return op
+
+    async def _own_replay(self, op: _Op, exc: ApiError) -> bool:
+        """A commit that may have been applied before met a conflict: is the head ours?"""
+        head = exc.head
+        if head is None or head.deleted:
+            return False
+        _, theirs = await self.remote.manifest(op.entry.node)
+        if [c["hash"] for c in op.args["chunks"]] != [c.hash for c in theirs]:
+            return False
+        row = self.tree.by_id(op.entry.node)
+        if row is not None:
+            refs = [ChunkRef.model_validate(c) for c in op.args["chunks"]]
+            self._acked(op.entry.node, head)
+            self.vfs.uploaded(row.ino, self.vfs.gen.get(row.ino, 0), head.rev,
+                              head.content_rev or head.rev, refs, op.args["size"])
+        op.settle.append(head)
+        return True
+
+    def _lost(self, ino: int, gen: int, node: Node) -> None:
+        """Our upload of this file lost: show the server's state (kept dirty only if the
+        file changed again meanwhile: that newer local change is sent later, and meets the
+        strategy again)."""
+        changed = self.vfs.gen.get(ino, 0) != gen or ino in self.vfs.queued
         with self.tree.tx():
-            if head.deleted:
-                self.tree.update(row.ino, dirty=0)
-            else:
-                self.tree.update(row.ino, dirty=0, rev=head.rev, content_rev=head.content_rev,
-                                 size=head.size, mtime_ns=head.mtime_ns)
-        if row.ino not in self.vfs.opens:
-            self.vfs._drop_staging(row.ino)
-        self.notify("inode", row.ino)
-        self.apply_node(node)
-        return node
+            if changed:
+                return
+            if node.deleted:
+                self.tree.update(ino, dirty=0)
+                return
+            self.tree.update(ino, dirty=0, rev=node.rev, content_rev=node.content_rev,
+                             size=node.size, mtime_ns=node.mtime_ns)
+        if ino not in self.vfs.opens:
+            self.vfs._drop_staging(ino)
+        for h in self.vfs.handles.values():
+            if h.ino == ino:
+                h.manifest = None
+        self.applier.kernel.content(ino)
 
-    async def _push(self, ino: int) -> tuple[list[ChunkRef], int, int]:
-        """Upload the chunks of a staged file the server lacks; (chunks, size, gen)."""
+    def _add_copy(self, copy: Node, refs: list[ChunkRef]) -> None:
+        """keep-both: our version under its conflicted-copy name, readable from the cache
+        (its chunks are the ones just uploaded)."""
+        if self.applier.apply_node(copy) != "applied":
+            return
+        row = self.tree.by_id(copy.id)
+        if row is not None and copy.content_rev is not None:
+            with self.tree.tx():
+                self.tree.set_manifest(row.ino, copy.content_rev, refs)
+
+    # -- content ---------------------------------------------------------------------------------
+
+    async def _push(self, ino: int, upload: bool = True
+                    ) -> tuple[tuple[list[ChunkRef], int, int], list[tuple[str, bytes]]]:
+        """Chunk a staged file; upload the chunks the server lacks (``upload``), or return
+        their bytes for a batch. Returns ((chunks, size, gen), chunk data not uploaded)."""
         gen = self.vfs.upload_started(ino)
         path = self.cache.staging_path(ino)
 
@@ -499,14 +809,15 @@ class Sync:
 
         pieces = await trio.to_thread.run_sync(cut)
         size = sum(p[1] for p in pieces)
-        if size <= SMALL_FILE:
-            # One small chunk: uploading it is cheaper than asking whether to.
+        if size <= SMALL_FILE or not upload:
+            # Small: uploading its chunk is cheaper than asking whether to.
             missing = {p[2] for p in pieces}
         else:
             missing = await self.remote.missing(sorted({p[2] for p in pieces}))
         fd = os.open(path, os.O_RDONLY)
         limiter = trio.Semaphore(UPLOAD_CONCURRENCY)
         errors: list[Exception] = []
+        collected: list[tuple[str, bytes]] = []
         try:
             async def one(off: int, n: int, h: str) -> None:
                 try:
@@ -515,7 +826,10 @@ class Sync:
                         raise _Changed()
                     self.cache.put(h, data)
                     if h in missing:
-                        await self.remote.put_chunk(h, data)
+                        if not upload:
+                            collected.append((h, data))
+                            return
+                        await self._put_chunk(h, data)
                         self.uploaded_chunks += 1
                         self.uploaded_bytes += n
                 except (RemoteError, _Changed) as exc:
@@ -537,107 +851,17 @@ class Sync:
             os.close(fd)
         if errors:
             raise errors[0]
-        return [ChunkRef(hash=h, size=n) for _, n, h in pieces], size, gen
+        return ([ChunkRef(hash=h, size=n) for _, n, h in pieces], size, gen), collected
 
-    # -- puller -----------------------------------------------------------------------------
-
-    async def pull(self) -> int:
-        """Catch the mirror up with the server; returns the number of changes applied."""
-        if self.tree.meta("listed") is None:
-            return await self.relist()
-        applied = 0
-        try:
-            async for page in self.remote.events(self.last_seq):
-                for ev in page.events:
-                    # Our own changes are in the mirror already (and maybe newer there).
-                    if ev.node is not None and ev.device != self.device:
-                        self.apply_node(ev.node)
-                    applied += 1
-                    with self.tree.tx():
-                        self.tree.set_meta("last_seq", str(ev.seq))
-        except ApiError as exc:
-            if exc.code == ErrorCode.CURSOR_EXPIRED:
-                return await self.relist()
-            raise
-        self.link.up()
-        return applied
-
-    async def relist(self) -> int:
-        at, nodes = await self.remote.tree()
-        by_parent: dict[str | None, list[Node]] = {}
-        for n in nodes:
-            by_parent.setdefault(n.parent, []).append(n)
-        seen = {ROOT_ID}
-        order: list[Node] = []
-        todo = [ROOT_ID]
-        while todo:
-            pid = todo.pop()
-            for child in by_parent.get(pid, []):
-                order.append(child)
-                seen.add(child.id)
-                todo.append(child.id)
-        with self.tree.tx():
-            for n in order:
-                self.apply_node(n)
-            # Nodes the server no longer has (and that have nothing to upload) go away.
-            for ino, node_id in self.tree.db.execute(
-                    "SELECT ino, id FROM nodes WHERE parent IS NOT NULL").fetchall():
-                if node_id not in seen and not self.journal.has_entries(node_id):
-                    self._remove_local(ino)
-            self.tree.set_meta("last_seq", str(at))
-            self.tree.set_meta("listed", "1")
-        self.link.up()
-        return len(order)
-
-    def _remove_local(self, ino: int) -> None:
-        e = self.tree.get_opt(ino)
-        if e is None or e.parent is None:
-            return
-        for child in self.tree.children(ino, 0, 1_000_000):
-            self._remove_local(child.ino)
-        self.tree._orphan(e)
-        self.notify("entry", e.parent, e.name, ino)
-        self.vfs.maybe_purge(ino)
-
-    def apply_node(self, node: Node) -> None:
-        """Make the mirror show a node's server state (unless local changes are pending)."""
-        if node.id == ROOT_ID:
-            return
-        with self.tree.tx():
-            e = self.tree.by_id(node.id)
-            if self.journal.has_entries(node.id):
+    async def _put_chunk(self, h: str, data: bytes) -> None:
+        for _ in range(CHUNK_RETRIES):
+            try:
+                await self.remote.put_chunk(h, data)
                 return
-            if e is not None and node.rev <= e.rev:
-                return          # stale: the mirror already has this state or a later one
-            if node.deleted:
-                if e is not None:
-                    self._remove_local(e.ino)
-                return
-            parent = self.tree.by_id(node.parent or ROOT_ID)
-            if parent is None or not parent.is_dir or (parent.parent is None and parent.ino != ROOT_INO):
-                log.warning("event for %s under unknown parent %s", node.id, node.parent)
-                return
-            clash = self.tree.child(parent.ino, node.name)
-            if clash is not None and (e is None or clash.ino != e.ino):
-                if self.journal.has_entries(clash.id):
-                    return      # a local change of this name is pending; its upload decides
-                self._remove_local(clash.ino)
-            fields = dict(
-                parent=parent.ino, name=node.name, kind=node.kind.value, mode=node.mode,
-                size=node.size, mtime_ns=node.mtime_ns, target=node.target, rev=node.rev,
-                content_rev=node.content_rev,
-            )
-            if e is None:
-                self.tree.insert(id=node.id, **fields)
-                self.notify("entry", parent.ino, node.name, None)
-                return
-            content_changed = e.is_file and e.content_rev != node.content_rev
-            moved = e.parent != parent.ino or e.name != node.name
-            self.tree.update(e.ino, **fields)
-            if moved and e.parent is not None:
-                self.notify("entry", e.parent, e.name, None)
-                self.notify("entry", parent.ino, node.name, None)
-            if content_changed and not e.dirty and self.vfs.staged(e.ino) and e.ino not in self.vfs.opens:
-                self.vfs._drop_staging(e.ino)
-            if content_changed or e.mode != node.mode or e.mtime_ns != node.mtime_ns:
-                self.notify("inode", e.ino)
+            except Busy as exc:
+                # The garbage collector is deleting this chunk right now: not an outage.
+                await trio.sleep(exc.retry_after)
+        raise Offline(f"chunk {h[:12]} kept answering 503")
+
+
+__all__ = ["Sync", "_first", "ROOT_ID"]

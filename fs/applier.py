@@ -1,0 +1,419 @@
+"""Remote changes into the mirror: the catch-up queue, applied in seq order.
+
+The live stream (``gobi.fs.events``) and REST catch-ups put events into one queue; the
+``Applier`` drains it in order (several queued events in one SQLite transaction), so a
+long replay and the live events behind it are applied exactly once each, in seq order.
+A ``CaughtUp`` marker that reaches the front marks the initial sync complete (``gobi
+status``); a ``Relist`` marker (cursor expired) re-lists the tree at one seq and reconciles.
+A gap in seqs (never expected from one socket) is filled over REST before going on.
+
+Applying a node's server state (``apply_node``):
+
+- **Local changes win locally.** A node with pending journal entries, dirty content or
+  open for writing is *held*: the remote state is kept aside (``deferred``) instead of
+  overwriting local data, and looked at again when the hold ends (its upload finished or
+  the file was closed). The upload carries ``on_conflict: "strategy"``, so the server's
+  vault strategy decides what happens to the two sides (``gobi.fs.sync``). A directory
+  that still holds pending local creations is not deleted locally either. This is also
+  the catch-up queue's rule "if the user keeps the local side, later queued events for that
+  file are ignored": the local side is whatever is pending.
+- **Own echoes** (events caused by this mount's commits) are recognised by revision: a
+  node whose mirror row is already at that rev (the acknowledgement came first) or that
+  is still held by the upload that caused it (the event came first) is skipped, so our
+  own writes never cause refetches or kernel invalidations. Events of this device with a
+  newer rev than the mirror (the server's strategy renamed, revived or copied something
+  on our behalf) are applied like any other.
+- **The kernel is told** through ``Kernel`` (``gobi.fs.notify``): created / moved /
+  removed entries and changed content or attributes.
+
+Errors: ``RemoteError`` from REST fills and re-lists propagate to the caller; a bug in
+applying one event is logged and that event skipped, never taking the mount down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+import trio
+
+from gobi.protocol import ROOT_ID, ConflictInfo, ErrorCode, Event, EventType, HoldInfo, Node
+
+from .events import CaughtUp, Relist
+from .notify import Kernel
+from .remote import ApiError, Remote
+from .tree import ROOT_INO, Tree
+from .vfs import Link, Vfs
+
+log = logging.getLogger(__name__)
+
+APPLY_BATCH = 500          # queued events applied in one transaction
+BULK = 50                  # a batch this large is "bulk": no per-event materialisation
+
+
+class Applier:
+    def __init__(self, tree: Tree, vfs: Vfs, remote: Remote, link: Link, device: str, kernel: Kernel):
+        self.tree = tree
+        self.journal = tree.journal
+        self.vfs = vfs
+        self.remote = remote
+        self.link = link
+        self.device = device
+        self.kernel = kernel
+        self.deferred: dict[str, Node] = {}
+        self.echoes = 0
+        self.applied_events = 0
+        self.initial_sync = "complete" if tree.meta("initial_sync_at") else "pending"
+        self.initial_sync_at = float(tree.meta("initial_sync_at") or 0) or None
+        self.caught_up_seq = 0
+        self.open_conflicts: dict[str, ConflictInfo] = {}
+        self.holds: dict[str, HoldInfo] = {}
+        self.max_acked_rev = 0          # highest rev of our own acknowledged writes
+        self.settings_changed = 0
+        self.vault_deleted = False
+        self.applied = trio.Event()     # set after every applied batch (tests, status)
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        return int(self.tree.meta("last_seq", "0") or 0)
+
+    def seen_seq(self) -> int:
+        """What a delete sent now has seen (docs/conflicts.md: ``seen_seq``)."""
+        return max(self.last_seq, self.max_acked_rev)
+
+    def status(self) -> dict:
+        return {
+            "initial_sync": self.initial_sync,
+            "initial_sync_at": self.initial_sync_at,
+            "applied_events": self.applied_events,
+            "echoes_skipped": self.echoes,
+            "deferred": len(self.deferred),
+            "open_conflicts": [{"id": c.id, "path": c.path, "case": c.case, "message": c.message}
+                               for c in list(self.open_conflicts.values())[-10:]],
+            "open_conflict_count": len(self.open_conflicts),
+            "pending_holds": [{"id": h.id, "files": h.files, "device": h.device}
+                              for h in self.holds.values() if h.state == "pending"],
+            "vault_deleted": self.vault_deleted,
+        }
+
+    def held(self, node_id: str, row=None) -> bool:
+        """Does a local change of this node wait to be uploaded (or is it being written)?"""
+        if self.journal.has_entries(node_id):
+            return True
+        if row is None:
+            row = self.tree.by_id(node_id)
+        if row is None:
+            return False
+        return bool(row.dirty) or row.ino in self.vfs.writers
+
+    def _subtree_held(self, ino: int) -> bool:
+        """A directory whose subtree has local changes waiting (creations inside it)."""
+        todo = [ino]
+        while todo:
+            cur = todo.pop()
+            for child in self.tree.children(cur, 0, 1_000_000):
+                if self.held(child.id, child) or self.journal.referenced(child.id):
+                    return True
+                if child.is_dir:
+                    todo.append(child.ino)
+        return False
+
+    def _defer(self, node: Node) -> None:
+        old = self.deferred.get(node.id)
+        if old is None or node.rev >= old.rev:
+            self.deferred[node.id] = node
+
+    # -- the queue --------------------------------------------------------------------------
+
+    async def run(self, receive: trio.MemoryReceiveChannel, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for first in receive:
+            batch = [first]
+            while len(batch) < APPLY_BATCH:
+                try:
+                    batch.append(receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await self._apply_batch(batch)
+            except Exception:
+                # Never lose the stream over a bug: log it; the reconciliation and the next
+                # re-list put things right.
+                log.exception("applying remote changes failed")
+            self.applied.set()
+            self.applied = trio.Event()
+
+    async def _apply_batch(self, items: list) -> None:
+        bulk = sum(isinstance(i, Event) for i in items) >= BULK
+        run: list[Event] = []
+        for item in items:
+            if isinstance(item, Event):
+                run.append(item)
+                continue
+            await self._apply_events(run, bulk)
+            run = []
+            if isinstance(item, CaughtUp):
+                self._caught_up(item.seq)
+            elif isinstance(item, Relist):
+                try:
+                    item.at = await self.relist()
+                finally:
+                    item.done.set()
+        await self._apply_events(run, bulk)
+
+    def _caught_up(self, seq: int) -> None:
+        self.caught_up_seq = seq
+        if self.initial_sync != "complete" and self.last_seq >= seq:
+            self.initial_sync = "complete"
+            self.initial_sync_at = time.time()
+            with self.tree.tx():
+                self.tree.set_meta("initial_sync_at", str(self.initial_sync_at))
+            log.info("initial sync complete at seq %s", seq)
+
+    async def _apply_events(self, events: list[Event], bulk: bool) -> None:
+        i = 0
+        while i < len(events):
+            last = self.last_seq
+            ev = events[i]
+            if ev.seq <= last:
+                i += 1
+                continue
+            if ev.seq > last + 1:
+                # A hole: fetch what is missing before applying anything past it.
+                await self.fill_gap(last, ev.seq)
+                if self.last_seq == last:
+                    log.error("events %d..%d cannot be had; going on without them", last + 1, ev.seq - 1)
+                    with self.tree.tx():
+                        self.tree.set_meta("last_seq", str(ev.seq - 1))
+                continue
+            j = i
+            with self.tree.tx():
+                while j < len(events) and events[j].seq == self.last_seq + 1:
+                    self.apply_event(events[j], bulk)
+                    self.tree.set_meta("last_seq", str(events[j].seq))
+                    j += 1
+            self.applied_events += j - i
+            i = j
+            if i < len(events) and events[i].seq > self.last_seq + 1:
+                continue
+        if events and self.initial_sync != "complete" and self.caught_up_seq and self.last_seq >= self.caught_up_seq:
+            self._caught_up(self.caught_up_seq)
+
+    async def fill_gap(self, after: int, until: int) -> None:
+        log.warning("events %d..%d missing from the stream: fetching them", after + 1, until - 1)
+        try:
+            async for page in self.remote.events(after):
+                with self.tree.tx():
+                    for ev in page.events:
+                        if ev.seq == self.last_seq + 1:
+                            self.apply_event(ev, True)
+                            self.tree.set_meta("last_seq", str(ev.seq))
+                if self.last_seq >= until - 1:
+                    return
+        except ApiError as exc:
+            if exc.code == ErrorCode.CURSOR_EXPIRED:
+                await self.relist()
+                return
+            raise
+
+    async def catch_up_rest(self) -> int:
+        """Apply every event after the mirror's seq fetched over REST (start-up, tests)."""
+        if self.tree.meta("listed") is None:
+            await self.relist()
+            return 0
+        n = 0
+        try:
+            async for page in self.remote.events(self.last_seq):
+                await self._apply_events(page.events, len(page.events) >= BULK)
+                n += len(page.events)
+        except ApiError as exc:
+            if exc.code == ErrorCode.CURSOR_EXPIRED:
+                await self.relist()
+                return n
+            raise
+        self.link.up()
+        return n
+
+    # -- one event --------------------------------------------------------------------------
+
+    def apply_event(self, ev: Event, bulk: bool = False) -> None:
+        try:
+            if ev.type is EventType.HOLD and ev.hold is not None:
+                self.holds[ev.hold.id] = ev.hold
+                return
+            if ev.type is EventType.SETTINGS:
+                self.settings_changed += 1
+                return
+            if ev.type is EventType.VAULT_DELETED:
+                self.vault_deleted = True
+                return
+            if ev.type is EventType.CONFLICT and ev.conflict is not None:
+                if ev.conflict.state == "open":
+                    self.open_conflicts[ev.conflict.id] = ev.conflict
+                else:
+                    self.open_conflicts.pop(ev.conflict.id, None)
+            if ev.node is None:
+                return
+            result = self.apply_node(ev.node, bulk=bulk)
+            if ev.device == self.device and result in ("stale", "deferred"):
+                self.echoes += 1
+        except Exception:
+            log.exception("applying event %s failed", ev.seq)
+
+    def apply_node(self, node: Node, *, bulk: bool = False, ack: bool = False) -> str:
+        """Make the mirror show a node's server state unless a local change holds it.
+
+        Returns ``applied``, ``stale`` (the mirror has this rev or a later one),
+        ``deferred`` (held by a local change, or its parent is not known yet) or
+        ``skipped``. ``ack``: the state comes from the answer to our own write, whose rev
+        the mirror may already carry; apply whatever differs.
+        """
+        if node.id == ROOT_ID:
+            return "skipped"
+        with self.tree.tx():
+            e = self.tree.by_id(node.id)
+            if e is not None and (node.rev < e.rev or (node.rev == e.rev and not ack)):
+                return "stale"
+            if self.held(node.id, e):
+                self._defer(node)
+                return "deferred"
+            if node.deleted:
+                self.deferred.pop(node.id, None)
+                if e is None or e.parent is None:
+                    if e is not None:
+                        self.tree.update(e.ino, rev=node.rev)
+                    return "applied"
+                if e.is_dir and self._subtree_held(e.ino):
+                    self._defer(node)
+                    return "deferred"
+                self._remove_local(e.ino, bulk)
+                return "applied"
+            parent = self.tree.by_id(node.parent or ROOT_ID)
+            if parent is None or not parent.is_dir or (parent.parent is None and parent.ino != ROOT_INO):
+                self._defer(node)       # its parent arrives later (or is held locally)
+                return "deferred"
+            clash = self.tree.child(parent.ino, node.name)
+            if clash is not None and (e is None or clash.ino != e.ino):
+                if self.held(clash.id, clash) or self.journal.referenced(clash.id):
+                    self._defer(node)   # a local change of this name is pending; its upload decides
+                    return "deferred"
+                # The mirror missed a move or delete of the node holding this name: detach
+                # it (its own state, if it still exists, re-attaches it).
+                self.tree._orphan(clash)
+                self.kernel.removed(parent.ino, clash.name, clash.ino)
+            self.deferred.pop(node.id, None)
+            fields = dict(
+                parent=parent.ino, name=node.name, kind=node.kind.value, mode=node.mode,
+                size=node.size, mtime_ns=node.mtime_ns, target=node.target, rev=node.rev,
+                content_rev=node.content_rev,
+            )
+            if e is None:
+                self.tree.insert(id=node.id, **fields)
+                self.kernel.created(parent.ino, node.name)
+                return "applied"
+            content_changed = e.is_file and e.content_rev != node.content_rev
+            moved = e.parent != parent.ino or e.name != node.name
+            attrs_changed = e.mode != node.mode or e.mtime_ns != node.mtime_ns or e.size != node.size
+            self.tree.update(e.ino, **fields)
+            if moved:
+                if e.parent is not None:
+                    self.kernel.moved(e.parent, e.name, parent.ino, node.name, e.ino)
+                else:
+                    self.kernel.created(parent.ino, node.name)
+            if content_changed:
+                if self.vfs.staged(e.ino) and e.ino not in self.vfs.opens:
+                    self.vfs._drop_staging(e.ino)
+                for h in self.vfs.handles.values():
+                    if h.ino == e.ino:
+                        h.manifest = None       # open readers fetch the new chunk list
+                self.kernel.content(e.ino, bulk)
+            elif attrs_changed:
+                self.kernel.attrs(e.ino, bulk)
+            return "applied"
+
+    def _remove_local(self, ino: int, bulk: bool = False) -> None:
+        e = self.tree.get_opt(ino)
+        if e is None or e.parent is None:
+            return
+        for child in self.tree.children(ino, 0, 1_000_000):
+            self._remove_local(child.ino, bulk)
+        self.tree._orphan(e)
+        self.kernel.removed(e.parent, e.name, ino)
+        self.vfs.maybe_purge(ino)
+
+    def retry_deferred(self, ids: Iterable[str] | None = None) -> int:
+        """Apply deferred server states whose hold has ended; returns how many applied."""
+        if not self.deferred:
+            return 0
+        n = 0
+        for node_id in list(ids if ids is not None else self.deferred):
+            node = self.deferred.get(node_id)
+            if node is None:
+                continue
+            if self.held(node_id):
+                continue
+            del self.deferred[node_id]
+            if self.apply_node(node) == "applied":
+                n += 1
+        return n
+
+    # -- whole-tree reconciliation -------------------------------------------------------------
+
+    async def relist(self) -> int:
+        """The whole tree at one seq into the mirror (first mount, cursor expired); local
+        unsynced changes are kept. Returns the seq listed at."""
+        at, nodes = await self.remote.tree()
+        by_parent: dict[str | None, list[Node]] = {}
+        for n in nodes:
+            by_parent.setdefault(n.parent, []).append(n)
+        seen = {ROOT_ID}
+        order: list[Node] = []
+        todo = [ROOT_ID]
+        while todo:
+            pid = todo.pop()
+            for child in by_parent.get(pid, []):
+                order.append(child)
+                seen.add(child.id)
+                todo.append(child.id)
+        self.deferred.clear()
+        with self.tree.tx():
+            for n in order:
+                self.apply_node(n, bulk=True)
+            # Nodes the server no longer has (and that have nothing to upload) go away.
+            for ino, node_id in self.tree.db.execute(
+                    "SELECT ino, id FROM nodes WHERE parent IS NOT NULL").fetchall():
+                if node_id not in seen and not self.journal.has_entries(node_id) \
+                        and not self.journal.referenced(node_id):
+                    row = self.tree.get_opt(ino)
+                    if row is not None and not self.held(node_id, row) and not (
+                            row.is_dir and self._subtree_held(ino)):
+                        self._remove_local(ino, True)
+            self.tree.set_meta("last_seq", str(at))
+            self.tree.set_meta("listed", "1")
+        self.link.up()
+        log.info("re-listed the vault at seq %s (%d nodes)", at, len(order))
+        return at
+
+    async def restore_subtree(self, dir_id: str) -> None:
+        """Bring a directory's subtree back from the server (a delete the server did not
+        apply, or held): events for nodes created inside it while it was gone locally were
+        deferred or skipped."""
+        todo = [dir_id]
+        while todo:
+            cur = todo.pop()
+            try:
+                children = await self.remote.children(cur)
+            except ApiError as exc:
+                if exc.code in (ErrorCode.NOT_FOUND, ErrorCode.NOT_A_DIRECTORY):
+                    continue
+                raise
+            for child in children:
+                self.apply_node(child, ack=True)
+                if child.kind.value == "dir":
+                    todo.append(child.id)
+
+
+__all__ = ["Applier", "APPLY_BATCH"]
