@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 packages=(python3 python3-venv python3-dev gcc pkg-config libfuse3-dev fuse3 ca-certificates)
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(redis-server sqlite3 git rsync inotify-tools psmisc procps curl)
+  # tests/fs read the mount's sync state as users do (getfattr/setfattr) and copy with xattrs
+  packages+=(attr)
   # tests/deploy boot the host's systemd in a namespace sandbox and run systemd-analyze,
   # systemd-sysusers, systemd-tmpfiles, mount(8), unshare/nsenter/setpriv, useradd
   packages+=(systemd util-linux mount passwd)
