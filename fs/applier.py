@@ -71,6 +71,7 @@ class Applier:
         self.holds: dict[str, HoldInfo] = {}
         self.max_acked_rev = 0          # highest rev of our own acknowledged writes
         self.settings_changed = 0
+        self.relists = 0
         self.vault_deleted = False
         self.applied = trio.Event()     # set after every applied batch (tests, status)
 
@@ -90,6 +91,7 @@ class Applier:
             "initial_sync_at": self.initial_sync_at,
             "applied_events": self.applied_events,
             "echoes_skipped": self.echoes,
+            "relists": self.relists,
             "deferred": len(self.deferred),
             "open_conflicts": [{"id": c.id, "path": c.path, "case": c.case, "message": c.message}
                                for c in list(self.open_conflicts.values())[-10:]],
@@ -366,6 +368,7 @@ class Applier:
         """The whole tree at one seq into the mirror (first mount, cursor expired); local
         unsynced changes are kept. Returns the seq listed at."""
         at, nodes = await self.remote.tree()
+        self.relists += 1
         by_parent: dict[str | None, list[Node]] = {}
         for n in nodes:
             by_parent.setdefault(n.parent, []).append(n)
