@@ -41,7 +41,7 @@ import trio
 from gobi.protocol import ROOT_ID, ConflictInfo, ErrorCode, Event, EventType, HoldInfo, Node
 
 from .events import CaughtUp, Relist
-from .notify import Kernel
+from .notify import Change, Kernel
 from .remote import ApiError, Remote
 from .tree import ROOT_INO, Tree
 from .vfs import Link, Vfs
@@ -191,18 +191,75 @@ class Applier:
                     with self.tree.tx():
                         self.tree.set_meta("last_seq", str(ev.seq - 1))
                 continue
+            change = None if bulk else self._materialisable(ev)
+            if change is not None:
+                # Live structural change: made through the mount so watchers hear of it.
+                if not await self.kernel.materialise(change):
+                    with self.tree.tx():
+                        self.apply_event(ev)
+                with self.tree.tx():
+                    self.tree.set_meta("last_seq", str(ev.seq))
+                self.applied_events += 1
+                i += 1
+                continue
             j = i
             with self.tree.tx():
                 while j < len(events) and events[j].seq == self.last_seq + 1:
+                    if j > i and not bulk and self._materialisable(events[j]) is not None:
+                        break
                     self.apply_event(events[j], bulk)
                     self.tree.set_meta("last_seq", str(events[j].seq))
                     j += 1
             self.applied_events += j - i
             i = j
-            if i < len(events) and events[i].seq > self.last_seq + 1:
-                continue
         if events and self.initial_sync != "complete" and self.caught_up_seq and self.last_seq >= self.caught_up_seq:
             self._caught_up(self.caught_up_seq)
+
+    def _materialisable(self, ev: Event) -> Change | None:
+        """The change an event makes, when it is a simple create, move or delete that can
+        be made through the mount (``Kernel.materialise``); None otherwise (applied
+        directly: echoes, held nodes, unknown parents, clashes, non-empty directories)."""
+        node = ev.node
+        if node is None or node.id == ROOT_ID or not self.kernel.can_materialise():
+            return None
+        if ev.type not in (EventType.CREATE, EventType.MOVE, EventType.DELETE):
+            return None
+        e = self.tree.by_id(node.id)
+        if e is not None and node.rev <= e.rev:
+            return None
+        if self.held(node.id, e):
+            return None
+
+        def apply() -> bool:
+            return self.apply_node(node) == "applied"
+
+        if node.deleted:
+            if e is None or e.parent is None or (e.is_dir and self.tree.has_children(e.ino)):
+                return None
+            path = self.tree.path_of(e)
+            if not path.startswith("/"):
+                return None
+            return Change("rmdir" if e.is_dir else "unlink", path, e.parent, e.name, apply)
+        parent = self.tree.by_id(node.parent or ROOT_ID)
+        if parent is None or not parent.is_dir or (parent.parent is None and parent.ino != ROOT_INO):
+            return None
+        if self.tree.child(parent.ino, node.name) is not None:
+            return None
+        parent_path = self.tree.path_of(parent) if parent.ino != ROOT_INO else ""
+        if parent.ino != ROOT_INO and not parent_path.startswith("/"):
+            return None
+        new_path = f"{parent_path}/{node.name}"
+        if e is None:
+            kind = {"file": "create", "dir": "mkdir", "symlink": "symlink"}[node.kind.value]
+            return Change(kind, new_path, parent.ino, node.name, apply, target=node.target or "",
+                          mode=node.mode)
+        if e.parent is None or (e.parent == parent.ino and e.name == node.name):
+            return None
+        old_path = self.tree.path_of(e)
+        if not old_path.startswith("/"):
+            return None
+        return Change("rename", old_path, e.parent, e.name, apply, new_path=new_path,
+                      new_parent=parent.ino, new_name=node.name)
 
     async def fill_gap(self, after: int, until: int) -> None:
         log.warning("events %d..%d missing from the stream: fetching them", after + 1, until - 1)
@@ -316,9 +373,14 @@ class Applier:
                 self.tree.insert(id=node.id, **fields)
                 self.kernel.created(parent.ino, node.name)
                 return "applied"
+            if ack and e.is_dir:
+                # A directory's mtime moves here with every local change inside it; the
+                # server keeps the one it was given. Our own answer does not reset it.
+                fields["mtime_ns"] = e.mtime_ns
             content_changed = e.is_file and e.content_rev != node.content_rev
             moved = e.parent != parent.ino or e.name != node.name
-            attrs_changed = e.mode != node.mode or e.mtime_ns != node.mtime_ns or e.size != node.size
+            attrs_changed = (e.mode != node.mode or e.mtime_ns != fields["mtime_ns"]
+                             or (e.is_file and e.size != node.size))
             self.tree.update(e.ino, **fields)
             if moved:
                 if e.parent is not None:

@@ -11,6 +11,10 @@ Both count against one cap (``--cache-size``). Cached chunks make room for stage
 when staged data alone would exceed the cap, growing it fails with ``CacheFull`` (the FUSE
 layer answers ``ENOSPC``) instead of silently overrunning. Reads that cannot be cached
 because the cap is taken by staged data are still served, straight from the network.
+
+**Pinned** chunks (content of files under a ``gobi pin``, see ``gobi.fs.pins``) are cached
+chunks that eviction skips: they live outside the LRU until unpinned. They count against
+the cap like any cached chunk; ``gobi.fs.pins`` refuses a pin that would not fit.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ class BlockCache:
         self.blocks_dir.mkdir(parents=True, exist_ok=True)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         self._lru: OrderedDict[str, int] = OrderedDict()
-        self.cached_bytes = 0
+        self._pinned: dict[str, int] = {}    # chunk -> size: cached, never evicted
+        self.pinned_bytes = 0
+        self.cached_bytes = 0               # LRU and pinned chunks
         self.staged_bytes = 0
         self._staged: dict[int, int] = {}   # ino -> bytes counted for its staging file
         self._load()
@@ -84,30 +90,56 @@ class BlockCache:
         return self.blocks_dir / chunk_hash[:2] / chunk_hash
 
     def __contains__(self, chunk_hash: str) -> bool:
-        return chunk_hash in self._lru
+        return chunk_hash in self._lru or chunk_hash in self._pinned
+
+    def _size(self, chunk_hash: str) -> int | None:
+        size = self._lru.get(chunk_hash)
+        return self._pinned.get(chunk_hash) if size is None else size
+
+    def _forget(self, chunk_hash: str) -> None:
+        """The chunk's file vanished (someone cleaned the cache dir): stop counting it."""
+        size = self._lru.pop(chunk_hash, None)
+        if size is None:
+            size = self._pinned.pop(chunk_hash, 0)
+            self.pinned_bytes -= size
+        self.cached_bytes -= size
 
     def read(self, chunk_hash: str, offset: int = 0, size: int = -1) -> bytes | None:
         """Bytes of a cached chunk (``size=-1``: to its end), or None when not cached."""
-        if chunk_hash not in self._lru:
+        total = self._size(chunk_hash)
+        if total is None:
             return None
         try:
             fd = os.open(self._path(chunk_hash), os.O_RDONLY)
         except FileNotFoundError:
-            self.cached_bytes -= self._lru.pop(chunk_hash)
+            self._forget(chunk_hash)
             return None
         try:
             if size < 0:
-                size = self._lru[chunk_hash] - offset
+                size = total - offset
             data = os.pread(fd, size, offset)
         finally:
             os.close(fd)
-        self._lru.move_to_end(chunk_hash)
-        return data
-
-    def put(self, chunk_hash: str, data: bytes) -> bool:
-        """Cache verified bytes; False when the cap is taken by staged data."""
         if chunk_hash in self._lru:
             self._lru.move_to_end(chunk_hash)
+        return data
+
+    def _touch(self, chunk_hash: str, pin: bool) -> bool:
+        """Already cached: mark it used (and pinned if asked). False when not cached."""
+        if chunk_hash in self._pinned:
+            return True
+        if chunk_hash not in self._lru:
+            return False
+        if pin:
+            self.pin(chunk_hash)
+        else:
+            self._lru.move_to_end(chunk_hash)
+        return True
+
+    def put(self, chunk_hash: str, data: bytes, pin: bool = False) -> bool:
+        """Cache verified bytes (pinned: never evicted); False when the cap is taken by
+        staged and pinned data."""
+        if self._touch(chunk_hash, pin):
             return True
         if not self._make_room(len(data)):
             return False
@@ -117,14 +149,20 @@ class BlockCache:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-        self._lru[chunk_hash] = len(data)
-        self.cached_bytes += len(data)
+        self._add(chunk_hash, len(data), pin)
         return True
+
+    def _add(self, chunk_hash: str, size: int, pin: bool) -> None:
+        if pin:
+            self._pinned[chunk_hash] = size
+            self.pinned_bytes += size
+        else:
+            self._lru[chunk_hash] = size
+        self.cached_bytes += size
 
     def put_from_file(self, chunk_hash: str, src_fd: int, offset: int, size: int) -> bool:
         """Cache a chunk copied from a staging file (in-kernel copy, no round trip)."""
-        if chunk_hash in self._lru:
-            self._lru.move_to_end(chunk_hash)
+        if self._touch(chunk_hash, False):
             return True
         if not self._make_room(size):
             return False
@@ -145,12 +183,32 @@ class BlockCache:
             os.unlink(tmp)
             return False
         os.replace(tmp, path)
-        self._lru[chunk_hash] = size
-        self.cached_bytes += size
+        self._add(chunk_hash, size, False)
         return True
 
     def chunk_count(self) -> int:
-        return len(self._lru)
+        return len(self._lru) + len(self._pinned)
+
+    # -- pinning ----------------------------------------------------------------------------
+
+    def pin(self, chunk_hash: str) -> bool:
+        """Exempt a cached chunk from eviction; False when it is not cached."""
+        size = self._lru.pop(chunk_hash, None)
+        if size is None:
+            return chunk_hash in self._pinned
+        self._pinned[chunk_hash] = size
+        self.pinned_bytes += size
+        return True
+
+    def is_pinned(self, chunk_hash: str) -> bool:
+        return chunk_hash in self._pinned
+
+    def unpin_except(self, keep: set[str]) -> None:
+        """Chunks pinned but not in ``keep`` become ordinary (most recently used) entries."""
+        for chunk_hash in [h for h in self._pinned if h not in keep]:
+            size = self._pinned.pop(chunk_hash)
+            self.pinned_bytes -= size
+            self._lru[chunk_hash] = size
 
     # -- staging ----------------------------------------------------------------------------
 

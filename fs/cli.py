@@ -1,22 +1,31 @@
-"""Client-side commands of the ``gobi`` CLI: login, vault, mount, umount, status, sync.
+"""Client-side commands of the ``gobi`` CLI: login, vault, mount, umount, status, sync,
+pin, unpin.
 
 Credentials live in ``$XDG_CONFIG_HOME/gobi/credentials.json`` (default
 ``~/.config/gobi``), mode 0600: one token per server, and the server used last is the
-default for the other commands. A running mount answers ``gobi status``/``sync`` through
-two extended attributes of its root directory (``user.gobi.status`` read-only JSON,
-``user.gobi.flush`` write-only), so no socket or registry is needed: the mountpoint is
-the address.
+default for the other commands. ``--credentials FILE`` (or ``$GOBI_CREDENTIALS``) names
+another file of that format, or a file holding just a token (then ``--server`` says
+where), e.g. a systemd credential.
+
+A running mount answers the other commands through extended attributes of its root
+directory (``user.gobi.status`` read-only JSON, ``user.gobi.flush``, ``user.gobi.sync``,
+``user.gobi.pin`` … written; see ``gobi.fs.xattrs``), so no socket or registry is needed:
+the mountpoint is the address. Long waits (``sync``, ``pin``, ``umount``) show progress
+on stderr (``gobi.fs.terminal``): a bar on a terminal, plain lines otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
 import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -25,6 +34,9 @@ from pathlib import Path
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.I)
 STATUS_XATTR = "user.gobi.status"
 FLUSH_XATTR = "user.gobi.flush"
+SYNC_XATTR = "user.gobi.sync"
+PIN_XATTR = "user.gobi.pin"
+UNPIN_XATTR = "user.gobi.unpin"
 
 
 def parse_size(text: str) -> int:
@@ -46,19 +58,53 @@ def cache_root() -> Path:
     return Path(base) / "gobi"
 
 
-def _creds_path() -> Path:
-    return config_dir() / "credentials.json"
+def _creds_path(path: str | os.PathLike | None = None) -> Path:
+    given = path or os.environ.get("GOBI_CREDENTIALS")
+    return Path(given) if given else config_dir() / "credentials.json"
 
 
-def load_credentials() -> dict:
+class CredentialsError(Exception):
+    """A credentials file given explicitly cannot be used."""
+
+
+def load_credentials(path: str | os.PathLike | None = None) -> dict:
+    """The credentials (``{"default": URL, "servers": {URL: {"token", "username"}}}``).
+
+    ``path`` (or ``$GOBI_CREDENTIALS``) may also name a file holding only a token; it is
+    returned as ``{"token": TOKEN}`` for the caller to pair with ``--server``."""
+    file = _creds_path(path)
+    explicit = bool(path or os.environ.get("GOBI_CREDENTIALS"))
     try:
-        return json.loads(_creds_path().read_text())
+        text = file.read_text()
     except FileNotFoundError:
+        if explicit:
+            raise CredentialsError(f"credentials file {file} does not exist") from None
         return {"servers": {}}
+    except OSError as exc:
+        raise CredentialsError(f"cannot read credentials file {file}: {exc.strerror}") from None
+    if explicit:
+        try:
+            mode = file.stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO) and file.stat().st_uid == os.geteuid():
+                print(f"gobi: warning: credentials file {file} is readable by others "
+                      f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it", file=sys.stderr)
+        except OSError:
+            pass
+    try:
+        creds = json.loads(text)
+    except ValueError:
+        token = text.strip()
+        if explicit and token and len(token.split()) == 1:
+            return {"token": token}
+        raise CredentialsError(f"credentials file {file} is neither gobi's JSON nor a token") from None
+    if not isinstance(creds, dict):
+        raise CredentialsError(f"credentials file {file} is not gobi's JSON")
+    creds.setdefault("servers", {})
+    return creds
 
 
-def save_credentials(creds: dict) -> None:
-    path = _creds_path()
+def save_credentials(creds: dict, path: str | os.PathLike | None = None) -> None:
+    path = _creds_path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -68,7 +114,14 @@ def save_credentials(creds: dict) -> None:
 
 
 def _server_and_token(args: argparse.Namespace) -> tuple[str, str]:
-    creds = load_credentials()
+    try:
+        creds = load_credentials(getattr(args, "credentials", None))
+    except CredentialsError as exc:
+        raise SystemExit(f"gobi: {exc}") from None
+    if "token" in creds:                        # a bare token file
+        if not args.server:
+            raise SystemExit("gobi: a credentials file with only a token needs --server URL")
+        return ",".join(u.strip().rstrip("/") for u in args.server.split(",") if u.strip()), creds["token"]
     server = (args.server or creds.get("default") or "").rstrip("/")
     if not server:
         raise SystemExit("gobi: no server given and not logged in (run 'gobi login SERVER')")
@@ -118,10 +171,15 @@ def cmd_login(args: argparse.Namespace) -> int:
         token = trio.run(go)
     except RemoteError as exc:
         return _fail(f"login failed: {exc}")
-    creds = load_credentials()
+    try:
+        creds = load_credentials(args.credentials) if _creds_path(args.credentials).exists() else {}
+    except CredentialsError as exc:
+        return _fail(str(exc))
+    if "token" in creds:
+        return _fail(f"{_creds_path(args.credentials)} holds a bare token; give another --credentials file")
     creds.setdefault("servers", {})[server] = {"username": username, "token": token}
     creds["default"] = server
-    save_credentials(creds)
+    save_credentials(creds, args.credentials)
     print(f"logged in to {server} as {username}")
     return 0
 
@@ -165,6 +223,11 @@ def default_cache_dir(server: str, vault: str, mountpoint: Path) -> Path:
     return cache_root() / f"{safe}-{key}"
 
 
+#: FUSE options gobi sets itself or that break pyfuse3 sessions.
+_REFUSED_OPTIONS = {"subtype": "the type is always fuse.gobi",
+                    "max_read": "it breaks pyfuse3 mounts", "max_write": "it breaks pyfuse3 mounts"}
+
+
 def _fuse_options(values: list[str] | None) -> list[str]:
     out: list[str] = []
     for v in values or []:
@@ -172,7 +235,26 @@ def _fuse_options(values: list[str] | None) -> list[str]:
     return out
 
 
+def _check_fuse_options(options: list[str]) -> str | None:
+    for o in options:
+        key = o.partition("=")[0]
+        if key in _REFUSED_OPTIONS:
+            return f"-o {key} is not supported: {_REFUSED_OPTIONS[key]}"
+        if key == "fsname" and not o.partition("=")[2]:
+            return "-o fsname= needs a value (the source mount(8) shows, e.g. fsname=docs)"
+    return None
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
+    problem = _check_fuse_options(_fuse_options(args.o))
+    if problem:
+        return _fail(problem, 2)
+    if args.metrics:
+        from .metrics import parse_listen
+        try:
+            parse_listen(args.metrics)
+        except ValueError as exc:
+            return _fail(f"--metrics: {exc}", 2)
     server, token = _server_and_token(args)
     mountpoint = Path(args.mountpoint).resolve()
     if not mountpoint.is_dir():
@@ -186,34 +268,43 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def _run_foreground(args, server, token, mountpoint, cache_dir) -> int:
-    import logging
-
     import trio
 
+    from . import logs, sdnotify
     from .mount import MountConfig, MountError, run
+    from .operations import FuseInitError
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    logs.setup(args.log_format, args.verbose)
     ready_fd = args.ready_fd
+    if ready_fd is not None:
+        os.set_inheritable(ready_fd, False)     # not for fusermount3 and other children
 
     def on_ready() -> None:
+        nonlocal ready_fd
         if ready_fd is not None:
             os.write(ready_fd, b"ok\n")
             os.close(ready_fd)
+            ready_fd = None
+        # systemd (Type=notify): the unit is active from now on.
+        sdnotify.notify("READY=1", f"STATUS=mounted {args.vault} at {mountpoint}")
 
     cfg = MountConfig(
         server=server, token=token, vault=args.vault, mountpoint=mountpoint, cache_dir=cache_dir,
         cache_size=args.cache_size, fuse_options=_fuse_options(args.o), settle=args.settle,
-        drain_timeout=args.drain_timeout, on_ready=on_ready,
+        drain_timeout=args.drain_timeout, on_ready=on_ready, metrics=args.metrics,
+        metrics_textfile=Path(args.metrics_textfile).resolve() if args.metrics_textfile else None,
     )
     try:
         return trio.run(run, cfg)
+    except FuseInitError as exc:
+        message = f"cannot mount at {mountpoint}: {exc}"
     except MountError as exc:
-        return _fail(str(exc))
+        message = str(exc)
+    if ready_fd is not None:
+        # The parent (`gobi mount` without --foreground) shows this instead of a log tail.
+        os.write(ready_fd, message.encode(errors="replace")[:60000])
+        os.close(ready_fd)
+    return _fail(message)
 
 
 def _daemonize(args: argparse.Namespace, cache_dir: Path) -> int:
@@ -223,24 +314,37 @@ def _daemonize(args: argparse.Namespace, cache_dir: Path) -> int:
     r, w = os.pipe()
     argv = [sys.executable, "-m", "gobi", "mount", "--foreground", "--ready-fd", str(w),
             "--cache-dir", str(cache_dir), "--cache-size", str(args.cache_size),
-            "--settle", str(args.settle), "--drain-timeout", str(args.drain_timeout)]
+            "--settle", str(args.settle), "--drain-timeout", str(args.drain_timeout),
+            "--log-format", args.log_format]
     if args.server:
         argv += ["--server", args.server]
+    if args.credentials:
+        argv += ["--credentials", str(Path(args.credentials).resolve())]
+    if args.metrics:
+        argv += ["--metrics", args.metrics]
+    if args.metrics_textfile:
+        argv += ["--metrics-textfile", str(Path(args.metrics_textfile).resolve())]
     for o in args.o or []:
         argv += ["-o", o]
     if args.verbose:
         argv.append("--verbose")
     argv += [args.vault, args.mountpoint]
+    # The daemon is not the service's main process: systemd must not hear from it.
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                pass_fds=(w,), start_new_session=True)
+                                pass_fds=(w,), start_new_session=True, env=env)
     os.close(w)
     with os.fdopen(r, "rb") as pipe:
         answer = pipe.read(3)
+        if answer != b"ok\n":
+            answer += pipe.read()           # an error message, up to the child's exit
     if answer == b"ok\n":
         print(f"mounted {args.vault} at {Path(args.mountpoint).resolve()} (pid {proc.pid}, log {log_path})")
         return 0
     proc.wait()
+    if answer:
+        return _fail(f"{answer.decode(errors='replace')} (log: {log_path})")
     tail = log_path.read_text(errors="replace").splitlines()[-15:]
     return _fail("mount failed:\n  " + "\n  ".join(tail))
 
@@ -262,12 +366,22 @@ def gobi_mounts() -> list[str]:
     return out
 
 
+def mount_of(path: str | Path) -> tuple[str, str]:
+    """(mountpoint, path relative to it) of the gobi mount containing ``path``."""
+    real = os.path.realpath(path)
+    best = None
+    for mp in gobi_mounts():
+        if (real == mp or real.startswith(mp.rstrip("/") + "/")) and (best is None or len(mp) > len(best)):
+            best = mp
+    if best is None:
+        raise SystemExit(f"gobi: {path} is not inside a running gobi mount")
+    rel = os.path.relpath(real, best)
+    return best, "" if rel == "." else rel
+
+
 def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    from .terminal import human
+    return human(n)
 
 
 def _print_status(st: dict) -> None:
@@ -295,6 +409,42 @@ def _print_status(st: dict) -> None:
               f"the vault owner: hold(s) {', '.join(st.get('holds', []))}")
     for f in st.get("failures", []):
         print(f"  ! {f}")
+    for p in st.get("pins", []):
+        if p.get("state") == "done":
+            what = f"available offline ({p.get('files', 0)} files, {_human(p.get('bytes', 0))})"
+        elif p.get("state") in ("fetching", "waiting", "error"):
+            what = (f"{p['state']}: {p.get('files_done', 0)}/{p.get('files', 0)} files, "
+                    f"{_human(p.get('bytes_done', 0))} of {_human(p.get('bytes', 0))}"
+                    + (f" — {p['error']}" if p.get("error") else ""))
+        else:
+            what = "queued"
+        print(f"  pinned {p.get('path')}: {what}")
+    _print_queue(st.get("queue") or [], st.get("pending_ops", 0))
+
+
+def _print_queue(queue: list[dict], pending: int) -> None:
+    """The upload queue, one line per entry, with per-file progress of uploads in flight."""
+    if not queue:
+        return
+    print("  upload queue:")
+    for q in queue:
+        path = q.get("path") or "(removed)"
+        if q["state"] == "uploading":
+            if q.get("to_send"):
+                pct = 100 * q["sent"] / q["to_send"]
+                how = f"{_human(q['sent'])} of {_human(q['to_send'])} ({pct:.0f}%)"
+            elif q.get("size"):
+                how = f"{_human(q['size'])}, nothing new to send"
+            else:
+                how = ""
+            print(f"    uploading  {q['op']:<8} {path}  {how}  {q.get('seconds', 0):.0f}s")
+        else:
+            size = f"  {_human(q['size'])}" if q.get("size") else ""
+            print(f"    waiting    {q['op']:<8} {path}{size}")
+    more = pending - sum(1 for q in queue if q["state"] == "waiting") - \
+        sum(1 for q in queue if q["state"] == "uploading")
+    if more > 0:
+        print(f"    … and {more} more")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -335,15 +485,146 @@ def wait_synced(mountpoint: str | Path, timeout: float, progress: bool = False) 
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    """Upload now; by default wait until every change made before the command is on the
+    server, then print the vault seq that holds them (stdout: the number alone)."""
+    mp, _ = mount_of(args.mountpoint)
     try:
-        st = wait_synced(args.mountpoint, args.timeout, progress=True)
+        os.setxattr(mp, FLUSH_XATTR, b"1")
     except OSError as exc:
-        return _fail(f"{args.mountpoint}: not a running gobi mount ({exc.strerror})")
-    if st["pending_ops"]:
-        return _fail(f"{st['pending_ops']} change(s) still pending after {args.timeout:.0f}s "
-                     f"({'online' if st['online'] else 'server unreachable'})")
-    print("all changes are on the server")
+        return _fail(f"{mp}: not a running gobi mount ({exc.strerror})")
+    if args.no_wait:
+        print(f"{mp}: uploading pending changes now", file=sys.stderr)
+        return 0
+    if args.all:
+        return _sync_all(mp, args.timeout)
+    token = secrets.token_hex(8)
+    try:
+        os.setxattr(mp, SYNC_XATTR, token.encode())
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EOPNOTSUPP):
+            return _sync_all(mp, args.timeout)          # a daemon started by an older gobi
+        return _fail(f"{mp}: cannot start a sync ({exc.strerror})")
+    from .terminal import ProgressView
+
+    view = ProgressView(f"sync {mp}", unit="changes")
+    deadline = time.monotonic() + args.timeout
+    b: dict = {}
+    try:
+        while True:
+            b = json.loads(os.getxattr(mp, f"{SYNC_XATTR}.{token}"))
+            detail = f"{_human(b['bytes_left'])} to upload" if b["bytes_left"] else ""
+            if b["uploading"]:
+                u = b["uploading"][0]
+                pct = f" {100 * u['sent'] / u['to_send']:.0f}%" if u.get("to_send") else ""
+                detail = (detail + "; " if detail else "") + f"{u['op']} {u.get('path') or ''}{pct}"
+            if b["error"]:
+                detail = b["error"]
+            elif not read_status(mp)["online"]:
+                detail = "server unreachable: waiting for it"
+            view.update(b["entries"] - b["entries_left"], b["entries"], detail)
+            if b["done"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    except OSError as exc:
+        view.close()
+        return _fail(f"{mp}: the mount stopped answering ({exc.strerror})")
+    if not b["done"]:
+        view.close()
+        return _fail(f"{b['entries_left']} change(s) made before this command still pending after "
+                     f"{args.timeout:.0f}s" + (f" ({b['error']})" if b["error"] else ""))
+    view.close(f"{mp}: every change made before this command is on the server "
+               f"(vault seq {b['seq']})")
+    print(b["seq"])
     return 0
+
+
+def _sync_all(mp: str, timeout: float) -> int:
+    """Wait until nothing at all is pending (also what changes while waiting)."""
+    st = wait_synced(mp, timeout, progress=True)
+    if st["pending_ops"]:
+        return _fail(f"{st['pending_ops']} change(s) still pending after {timeout:.0f}s "
+                     f"({'online' if st['online'] else 'server unreachable'})")
+    print(f"{mp}: all changes are on the server", file=sys.stderr)
+    print(st.get("last_seq", ""))
+    return 0
+
+
+# --------------------------------------------------------------------------- pin / unpin
+
+
+def _pin_figures(info: dict) -> str:
+    return (f"{_human(info.get('bytes', 0))} in {info.get('files', 0)} file(s); the cache "
+            f"(--cache-size {_human(info['cap'])}) already keeps {_human(info['pinned_bytes'])} "
+            f"pinned and {_human(info['staged_bytes'])} not yet uploaded")
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from .terminal import ProgressView
+
+    code = 0
+    for path in args.paths:
+        mp, rel = mount_of(path)
+        try:
+            os.setxattr(mp, PIN_XATTR, rel.encode())
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                info = json.loads(os.getxattr(path, PIN_XATTR))
+                code = _fail(f"cannot pin {path}: it does not fit in the cache: "
+                             f"{_pin_figures(info)}. Raise --cache-size, or unpin something.")
+            elif exc.errno in (errno.EPERM, errno.EOPNOTSUPP):
+                code = _fail(f"cannot pin {path}: this mount's daemon does not support pins "
+                             f"(remount it with this gobi)")
+            else:
+                code = _fail(f"cannot pin {path}: {exc.strerror}")
+            continue
+        if args.no_wait:
+            print(f"pinned {path}; its content is being fetched", file=sys.stderr)
+            continue
+        view = ProgressView(f"pin {path}", unit="bytes")
+        deadline = time.monotonic() + args.timeout
+        while True:
+            info = json.loads(os.getxattr(path, PIN_XATTR))
+            state = info.get("state")
+            if "bytes" in info and state != "queued":
+                view.update(info.get("bytes_done", 0), info["bytes"],
+                            f"{info.get('files_done', 0)}/{info.get('files', 0)} files")
+            if state in ("done", "waiting", "error") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        view.close()
+        if state == "done":
+            print(f"{path} is available offline ({info['files']} file(s), {_human(info['bytes'])})",
+                  file=sys.stderr)
+        elif state == "waiting":
+            left = info["bytes"] - info["bytes_done"]
+            code = _fail(f"{path} is pinned but {_human(left)} could not be fetched yet: "
+                         f"{info['error']}; it is fetched when the server is back")
+        elif state == "error":
+            code = _fail(f"{path} is pinned but not all of it is local: {info['error']}")
+        else:
+            code = _fail(f"{path} is pinned; fetching goes on in the background "
+                         f"(gave up waiting after {args.timeout:.0f}s)")
+    return code
+
+
+def cmd_unpin(args: argparse.Namespace) -> int:
+    code = 0
+    for path in args.paths:
+        mp, rel = mount_of(path)
+        try:
+            os.setxattr(mp, UNPIN_XATTR, rel.encode())
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                info = json.loads(os.getxattr(path, PIN_XATTR))
+                if info.get("pinned"):
+                    code = _fail(f"{path} is pinned through {info['root']}: unpin that")
+                else:
+                    code = _fail(f"{path} is not pinned")
+            else:
+                code = _fail(f"cannot unpin {path}: {exc.strerror}")
+            continue
+        print(f"unpinned {path}: its content may be evicted from the cache again", file=sys.stderr)
+    return code
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -390,16 +671,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--user", "-u", help="username (asked when missing)")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p.add_argument("--register", action="store_true", help="create the account first if it does not exist")
+    p.add_argument("--credentials", metavar="FILE", help="store the token in FILE (0600) instead of "
+                   "$GOBI_CREDENTIALS or ~/.config/gobi/credentials.json")
     p.set_defaults(func=cmd_login)
 
     p = sub.add_parser("vault", help="list or create vaults")
     vsub = p.add_subparsers(dest="vault_command", required=True, metavar="ACTION")
     pl = vsub.add_parser("list", help="vaults you are a member of")
     pl.add_argument("--server")
+    pl.add_argument("--credentials", metavar="FILE")
     pl.set_defaults(func=cmd_vault)
     pc = vsub.add_parser("create", help="create a vault; prints its id")
     pc.add_argument("name")
     pc.add_argument("--server")
+    pc.add_argument("--credentials", metavar="FILE")
     pc.add_argument("--exist-ok", action="store_true", help="print the id of an existing vault of that name")
     pc.set_defaults(func=cmd_vault)
 
@@ -418,6 +703,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="seconds a change waits before upload, so temporary files never leave (default 1)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="after unmount, seconds to keep uploading pending changes (default 30)")
+    p.add_argument("--credentials", metavar="FILE",
+                   help="credentials file (default $GOBI_CREDENTIALS or ~/.config/gobi/credentials.json); "
+                        "a file holding only a token works with --server")
+    p.add_argument("--metrics", metavar="ADDR",
+                   help="serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464")
+    p.add_argument("--metrics-textfile", metavar="FILE",
+                   help="write Prometheus metrics to FILE every 15 s (node_exporter's textfile collector)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="log lines as text (default) or one JSON object per line")
     p.add_argument("--verbose", "-v", action="store_true")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_mount)
@@ -433,7 +727,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("sync", help="upload pending changes now and wait until they are on the server")
-    p.add_argument("mountpoint")
-    p.add_argument("--timeout", type=float, default=300.0)
+    p = sub.add_parser("sync", help="upload now; wait until every change made before is on the "
+                       "server and print the vault seq")
+    p.add_argument("mountpoint", help="the mount (or any path inside it)")
+    wait = p.add_mutually_exclusive_group()
+    wait.add_argument("--wait", action="store_true", help="wait, then print the seq (the default)")
+    wait.add_argument("--no-wait", action="store_true", help="only start the upload")
+    wait.add_argument("--all", action="store_true",
+                      help="wait until nothing is pending at all, including changes made meanwhile")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("pin", help="keep files or directories available offline (fetch them now)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="paths inside a gobi mount")
+    p.add_argument("--no-wait", action="store_true", help="return at once; fetching goes on")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (default 3600)")
+    p.set_defaults(func=cmd_pin)
+
+    p = sub.add_parser("unpin", help="let pinned content be evicted from the cache again")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="pinned paths inside a gobi mount")
+    p.set_defaults(func=cmd_unpin)

@@ -11,7 +11,9 @@ Tasks in the nursery: the FUSE session (``pyfuse3.main``), the uploader (``sync`
 live stream (``events``: the WebSocket, resumed by seq, with its periodic head-seq
 reconciliation), the applier draining the catch-up queue into the mirror (``applier``),
 the kernel notifier (``notify``: invalidations and materialising remote changes from a
-worker thread, never inside a handler), the status file writer and the signal watcher.
+worker thread, never inside a handler), the services (``services``: pins, upload progress
+and ``gobi sync --wait`` barriers, metrics, systemd status), the status file writer and the
+signal watcher.
 Several server URLs (``--server a,b``) share one ``Servers`` pool: REST and the socket
 fail over together.
 """
@@ -37,8 +39,9 @@ from .applier import Applier
 from .blocks import BlockCache
 from .events import Live
 from .notify import Kernel, LiveOperations
-from .operations import mount_options
+from .operations import fuse_init, mount_options
 from .remote import ApiError, Offline, Remote, Servers
+from .services import ServiceError, Services
 from .sync import Sync
 from .tree import Tree
 from .vfs import Link, Vfs
@@ -65,6 +68,8 @@ class MountConfig:
     poll_interval: float = 30.0         # cheap head-seq reconciliation of the live stream
     materialise: bool = True            # remote changes through the mount (inotify, sizes)
     on_ready: Callable[[], None] | None = None
+    metrics: str | None = None          # HOST:PORT for Prometheus (gobi.fs.metrics)
+    metrics_textfile: Path | None = None  # … or a node_exporter textfile
 
 
 def _device_id(tree: Tree) -> str:
@@ -140,7 +145,7 @@ async def _run(cfg: MountConfig) -> int:
         probe = Remote(servers, cfg.token, device=device)
         try:
             with trio.move_on_after(15):
-                vault_id_now, vault_name = await _resolve_vault(probe, cfg.vault)
+                vault_id_now, _ = await _resolve_vault(probe, cfg.vault)
                 if vault_id and vault_id != vault_id_now:
                     raise MountError(f"cache dir {cfg.cache_dir} belongs to vault {vault_id}, "
                                      f"not {vault_id_now}; use another --cache-dir")
@@ -186,8 +191,22 @@ async def _run(cfg: MountConfig) -> int:
             else:
                 sync.flush()
 
-        ops = LiveOperations(vfs, status, control, kernel)
-        pyfuse3.init(ops, str(cfg.mountpoint), mount_options(f"gobi:{vault_id}", cfg.fuse_options))
+        services = Services(
+            tree=tree, vfs=vfs, cache=cache, link=link, remote=remote, mountpoint=cfg.mountpoint,
+            status=status, control=control,
+            conflicts=lambda: {c.node for c in applier.open_conflicts.values()},
+            metrics_listen=cfg.metrics, metrics_textfile=cfg.metrics_textfile)
+        sync.progress = services.progress
+        status = services.mount_status      # noqa: F811 - with what the services add
+        try:
+            await services.open()
+        except ServiceError as exc:
+            raise MountError(str(exc)) from None
+        ops = LiveOperations(vfs, status, control, kernel, xattrs=services.xattrs,
+                             stats=services.fuse_stats)
+        # Source gobi:<vault id>: unambiguous (names need not be), and what the fstab
+        # helper (deploy/mount.fuse.gobi) recognises as already mounted.
+        fuse_init(ops, str(cfg.mountpoint), mount_options(f"gobi:{vault_id}", cfg.fuse_options))
         mounted = True
         kernel.enabled = True
         try:
@@ -197,6 +216,7 @@ async def _run(cfg: MountConfig) -> int:
                 await nursery.start(applier.run, receive)
                 await nursery.start(sync.run_uploader)
                 await nursery.start(live.run)
+                await nursery.start(services.run)
                 nursery.start_soon(_status_writer, cfg.cache_dir / "status.json", status)
                 nursery.start_soon(_signals)
                 if cfg.on_ready:

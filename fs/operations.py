@@ -7,23 +7,32 @@ where ``FsError`` becomes ``FUSEError``.
 
 Refused with a clear errno (documented in docs/client.md): hard links (``EPERM``, as on
 FAT and most network filesystems), device nodes, FIFOs and sockets (``EPERM``),
-``RENAME_EXCHANGE`` (``EINVAL``), xattrs outside ``user.*`` (``EOPNOTSUPP``).
+``RENAME_EXCHANGE`` (``EINVAL``), xattrs outside ``user.*`` (``EOPNOTSUPP``; the xattr
+namespaces are ``gobi.fs.xattrs``' job).
+
+Cheap on purpose where the kernel asks often: ``readdir`` (readdirplus: every entry comes
+with its attributes, and counts as a lookup) fetches about as many rows as the kernel's
+buffer takes; the attributes may be cached by the kernel for ``TIMEOUT``. Every request
+is counted by operation (``FuseStats``, the mount's metrics).
 """
 
 from __future__ import annotations
 
 import errno
 import functools
-import json
 import logging
+import os
 import stat
+import tempfile
 import time
 from collections.abc import Callable
 
 import pyfuse3
 
-from .tree import ROOT_INO, Entry, FsError, Tree
+from .metrics import FuseStats
+from .tree import Entry, FsError, Tree
 from .vfs import Vfs
+from .xattrs import Xattrs
 
 log = logging.getLogger(__name__)
 
@@ -31,28 +40,42 @@ log = logging.getLogger(__name__)
 #: mount updates its caches itself; remote changes are pushed with invalidations.
 TIMEOUT = 300.0
 BLKSIZE = 128 * 1024
-STATUS_XATTR = b"user.gobi.status"
-FLUSH_XATTR = b"user.gobi.flush"
+_KIND = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK}
+#: readdir: rows fetched per request at first and at most (the kernel's buffer takes
+#: ~25 entries per 4 KiB page; the first request tells how many fit).
+READDIR_FIRST, READDIR_MAX = 64, 2048
+
+
+def _errname(n: int) -> str:
+    return errno.errorcode.get(n, str(n))
 
 
 def fuse_errors(fn):
-    """Translate FsError → FUSEError; anything unexpected is logged and becomes EIO."""
+    """Translate FsError → FUSEError; anything unexpected is logged and becomes EIO.
+    Counts the request (and its errno) for the metrics."""
+    op = fn.__name__
 
     @functools.wraps(fn)
     async def wrapper(self, *args, **kwargs):
-        self.vfs.last_request = time.monotonic()
+        t0 = self.vfs.last_request = time.monotonic()
         try:
             return await fn(self, *args, **kwargs)
-        except pyfuse3.FUSEError:
+        except pyfuse3.FUSEError as exc:
+            self.stats.error(op, _errname(exc.errno))
             raise
         except FsError as exc:
+            self.stats.error(op, _errname(exc.errno))
             raise pyfuse3.FUSEError(exc.errno) from None
         except OSError as exc:
-            log.exception("%s failed", fn.__name__)
+            log.exception("%s failed", op)
+            self.stats.error(op, _errname(exc.errno or errno.EIO))
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         except Exception:
-            log.exception("%s failed", fn.__name__)
+            log.exception("%s failed", op)
+            self.stats.error(op, "EIO")
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            self.stats.done(op, time.monotonic() - t0)
 
     return wrapper
 
@@ -60,34 +83,46 @@ def fuse_errors(fn):
 class Operations(pyfuse3.Operations):
     enable_writeback_cache = True
 
-    def __init__(self, vfs: Vfs, status: Callable[[], dict], control: Callable[[bytes], None]):
+    def __init__(self, vfs: Vfs, status: Callable[[], dict], control: Callable[[bytes], None],
+                 xattrs: Xattrs | None = None, stats: FuseStats | None = None):
         super().__init__()
         self.vfs = vfs
         self.tree: Tree = vfs.tree
-        self.status = status
-        self.flush_now = control
+        self.xattrs = xattrs or Xattrs(vfs.tree, vfs, status, control)
+        self.stats = stats or FuseStats()
+        self._readdir_rows = READDIR_FIRST
 
     # -- attributes -------------------------------------------------------------------------
 
     def _attr(self, e: Entry) -> pyfuse3.EntryAttributes:
+        return self._attr_of(e.ino, e.kind, e.mode, e.size, e.mtime_ns, e.ctime_ns, e.uid, e.gid)
+
+    def _attr_of(self, ino: int, kind: str, mode: int, size: int, mtime: int, ctime: int,
+                 uid: int | None, gid: int | None) -> pyfuse3.EntryAttributes:
+        """Attributes from the mirror's columns (``Tree.LISTING`` order). Hot: readdir
+        builds one per entry, so it avoids method calls; generation, nlink and rdev keep
+        EntryAttributes' defaults (0, 1, 0)."""
         a = pyfuse3.EntryAttributes()
-        a.st_ino = e.ino
-        a.generation = 0
+        a.st_ino = ino
         a.entry_timeout = TIMEOUT
         a.attr_timeout = TIMEOUT
-        a.st_mode = e.st_mode
-        a.st_nlink = 1
-        a.st_uid = self.vfs.uid if e.uid is None else e.uid
-        a.st_gid = self.vfs.gid if e.gid is None else e.gid
-        a.st_rdev = 0
-        size = 4096 if e.is_dir else self.vfs.size_of(e)     # dirs: as ext4 shows them
+        vfs = self.vfs
+        if kind == "dir":
+            size = 4096                     # as ext4 shows them
+        else:
+            staged = vfs.cache._staged.get(ino)
+            if staged is not None:
+                size = staged
+        mtime = vfs.mtimes.get(ino, mtime)
+        a.st_mode = _KIND[kind] | mode
+        a.st_uid = vfs.uid if uid is None else uid
+        a.st_gid = vfs.gid if gid is None else gid
         a.st_size = size
         a.st_blksize = BLKSIZE
         a.st_blocks = (size + 511) // 512
-        mtime = self.vfs.mtime_of(e)
         a.st_atime_ns = mtime
         a.st_mtime_ns = mtime
-        a.st_ctime_ns = max(e.ctime_ns, mtime)
+        a.st_ctime_ns = ctime if ctime > mtime else mtime
         return a
 
     @fuse_errors
@@ -156,15 +191,23 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def readdir(self, fh, start_id, token):
-        after = start_id
+        # pyfuse3 answers READDIRPLUS: each entry the kernel takes carries its attributes
+        # and counts as a lookup (it will be forgotten like one). Fetch about as many rows
+        # as fit in the kernel's buffer, not a fixed big batch per request.
+        after, sent, want = start_id, 0, self._readdir_rows
+        attr, reply, remember = self._attr_of, pyfuse3.readdir_reply, self.vfs.remember
         while True:
-            batch = self.tree.children(fh, after, 256)
-            if not batch:
-                return
-            for e in batch:
-                if not pyfuse3.readdir_reply(token, e.name.encode(), self._attr(e), e.ino):
+            batch = self.tree.listing(fh, after, want)
+            for ino, name, kind, mode, size, mtime, ctime, uid, gid in batch:
+                if not reply(token, name.encode(), attr(ino, kind, mode, size, mtime, ctime, uid, gid), ino):
+                    self._readdir_rows = max(16, min(READDIR_MAX, sent + 8))
                     return
-                after = e.ino
+                remember(ino)
+                sent += 1
+                after = ino
+            if len(batch) < want:
+                return
+            want = min(READDIR_MAX, want * 2)
 
     async def releasedir(self, fh):
         pass
@@ -271,60 +314,74 @@ class Operations(pyfuse3.Operations):
         s.f_namemax = 255
         return s
 
-    # -- extended attributes ----------------------------------------------------------------
-
-    @staticmethod
-    def _user_ns(name: bytes) -> bool:
-        return name.startswith(b"user.") and len(name) > 5
+    # -- extended attributes (gobi.fs.xattrs) ----------------------------------------------
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
-        if inode == ROOT_INO and name == STATUS_XATTR:
-            return json.dumps(self.status()).encode()
-        if not self._user_ns(name):
-            # security.selinux, system.posix_acl_* (asked by ls -l for every file): none.
-            raise FsError(pyfuse3.ENOATTR)
-        value = self.tree.xattr(inode, name)
-        if value is None:
-            raise FsError(pyfuse3.ENOATTR)
-        return value
+        return await self.xattrs.get(inode, name)
 
     @fuse_errors
     async def setxattr(self, inode, name, value, ctx):
-        if inode == ROOT_INO and name == FLUSH_XATTR:
-            self.flush_now(value)
-            return
-        if not self._user_ns(name):
-            raise FsError(errno.EOPNOTSUPP)
-        if name.startswith(b"user.gobi."):
-            raise FsError(errno.EPERM)
-        e = self.tree.get(inode)
-        if e.kind == "symlink":
-            raise FsError(errno.EPERM)     # Linux: no user xattrs on symlinks
-        if len(value) > 65536:
-            raise FsError(errno.E2BIG)
-        with self.tree.tx():
-            self.tree.set_xattr(inode, name, value)
+        await self.xattrs.set(inode, name, value)
 
     @fuse_errors
     async def listxattr(self, inode, ctx):
-        self.tree.get(inode)
-        return self.tree.xattrs(inode)
+        return self.xattrs.list(inode)
 
     @fuse_errors
     async def removexattr(self, inode, name, ctx):
-        self.tree.get(inode)
-        if not self._user_ns(name) or self.tree.xattr(inode, name) is None:
-            raise FsError(pyfuse3.ENOATTR)
-        with self.tree.tx():
-            self.tree.set_xattr(inode, name, None)
+        self.xattrs.remove(inode, name)
+
+
+def _escape(value: str) -> str:
+    """libfuse splits options at commas; a backslash escapes one."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
 def mount_options(fsname: str, extra: list[str]) -> set[str]:
-    opts = set(pyfuse3.default_options)
-    opts |= {f"fsname={fsname}", "subtype=gobi"}
+    """The FUSE options of a mount: type ``fuse.gobi``, source ``fsname`` (what mount(8)
+    and findmnt show; an ``fsname=`` among ``extra`` wins, so an fstab line's own source
+    can be used), default_permissions, and the user's options."""
+    opts = set(pyfuse3.default_options) | {"subtype=gobi"}
+    if not any(o.startswith("fsname=") for o in extra):
+        opts.add(f"fsname={_escape(fsname)}")
     opts |= set(extra)
     return opts
 
 
-__all__ = ["Operations", "mount_options"]
+class FuseInitError(Exception):
+    """The kernel mount failed; the message is libfuse's (or fusermount3's) own."""
+
+
+def fuse_init(ops: pyfuse3.Operations, mountpoint: str, options: set[str]) -> None:
+    """``pyfuse3.init`` that turns a failure into ``FuseInitError`` with libfuse's message.
+
+    libfuse and fusermount3 explain a failure only on stderr ("fuse: unknown option(s):
+    `-o foo'", "fusermount3: option allow_other only allowed if 'user_allow_other' is set
+    in /etc/fuse.conf", "fuse: failed to open /dev/fuse: Permission denied") while pyfuse3
+    raises a bare RuntimeError; so stderr is captured for the call. On success, whatever
+    libfuse printed (warnings) is logged.
+    """
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    error: BaseException | None = None
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            pyfuse3.init(ops, mountpoint, options)
+        except RuntimeError as exc:
+            error = exc
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode(errors="replace").strip()
+    if error is not None:
+        raise FuseInitError(text or str(error))
+    if text:
+        log.warning("libfuse: %s", text)
+
+
+__all__ = ["FuseInitError", "Operations", "fuse_init", "mount_options"]

@@ -54,6 +54,7 @@ from .applier import Applier
 from .blocks import BlockCache
 from .events import Live, NotConnected
 from .journal import Entry
+from .progress import UploadProgress
 from .remote import ApiError, Busy, Offline, Remote, RemoteError, error_from_body
 from .tree import Tree
 from .vfs import Link, Vfs
@@ -142,6 +143,9 @@ class Sync:
         self._ops_at_idle = 0
         self._finished = trio.Event()
         self.journal.on_append = lambda: self.vfs.changed.set()
+        # Told of each entry's start, bytes and end (``gobi.fs.progress``: per-file
+        # progress, upload log lines and metrics); set by the composition root.
+        self.progress: UploadProgress | None = None
 
     # -- status -----------------------------------------------------------------------------
 
@@ -360,10 +364,19 @@ class Sync:
         self._resume_at = max(self._resume_at, time.monotonic() + delay)
         log.info("offline (%s); retrying in %.1fs", exc, delay)
 
+    def _started(self, entry: Entry) -> None:
+        if self.progress is not None:
+            self.progress.started(entry)
+
+    def _ended(self, entry: Entry, result: str, error: str = "") -> None:
+        if self.progress is not None:
+            self.progress.finished(entry, result, error)
+
     async def _run_one(self, entry: Entry) -> None:
         op: _Op | None = None
         try:
             self.active[entry.seq] = f"{entry.op} {entry.node}"
+            self._started(entry)
             op = await self._prepare(entry, batch=False)
             if op is not None:
                 await self._send(op)
@@ -371,15 +384,18 @@ class Sync:
             self._maybe_sent.add(entry.seq)
             self._offline(exc)
             self.journal.inflight.discard(entry.seq)
+            self._ended(entry, "offline", str(exc))
             return
         except _Changed:
             self.journal.inflight.discard(entry.seq)
+            self._ended(entry, "retry", "changed while uploading")
             return
         except ApiError as exc:
             # The server refused for good: record it, do not block the queue for ever.
             msg = f"{entry.op} {entry.node}: {exc}"
             log.error("upload refused: %s", msg)
             self.failures.append(msg)
+            self._ended(entry, "refused", str(exc))
             op = self._resync_op(entry, exc)
         except Exception as exc:
             # A bug must not take the mount down or drop the change: keep the entry,
@@ -388,7 +404,10 @@ class Sync:
             self.failures.append(f"{entry.op} {entry.node}: {type(exc).__name__}: {exc}")
             self._resume_at = max(self._resume_at, time.monotonic() + BACKOFF_MAX)
             self.journal.inflight.discard(entry.seq)
+            self._ended(entry, "error", f"{type(exc).__name__}: {exc}")
             return
+        else:
+            self._ended(entry, "ok")
         finally:
             self.active.pop(entry.seq, None)
             self._tasks -= 1
@@ -467,6 +486,7 @@ class Sync:
         try:
             for e in entries:
                 self.active[e.seq] = f"{e.op} {e.node} (batch of {len(entries)})"
+                self._started(e)
             size = 0
             for e in entries:
                 try:
@@ -505,6 +525,7 @@ class Sync:
             for e in entries:
                 self._maybe_sent.add(e.seq)
                 self.journal.inflight.discard(e.seq)
+                self._ended(e, "offline", str(exc))
             self._offline(exc)
             self._batch_end(entries)
             return
@@ -513,6 +534,7 @@ class Sync:
             self.failures.append(f"batch of {len(entries)}: {type(exc).__name__}: {exc}")
             for e in entries:
                 self.journal.inflight.discard(e.seq)
+                self._ended(e, "error", f"{type(exc).__name__}: {exc}")
             self._batch_end(entries)
             return
         handled: set[int] = set()
@@ -542,6 +564,9 @@ class Sync:
         for e in entries:
             if e.seq not in handled:
                 self.journal.inflight.discard(e.seq)     # not sent (size cap): next round
+        finished = {e.seq for e, _ in done}
+        for e in entries:
+            self._ended(e, "ok" if e.seq in finished else "retry")
         self._batch_end(entries)
         for e, op in done:
             await self._done(e, op)
@@ -814,6 +839,9 @@ class Sync:
             missing = {p[2] for p in pieces}
         else:
             missing = await self.remote.missing(sorted({p[2] for p in pieces}))
+        if self.progress is not None and upload:
+            self.progress.pushing(ino, size, sum(n for _, n, h in {p[2]: p for p in pieces}.values()
+                                                 if h in missing))
         fd = os.open(path, os.O_RDONLY)
         limiter = trio.Semaphore(UPLOAD_CONCURRENCY)
         errors: list[Exception] = []
@@ -832,6 +860,8 @@ class Sync:
                         await self._put_chunk(h, data)
                         self.uploaded_chunks += 1
                         self.uploaded_bytes += n
+                        if self.progress is not None:
+                            self.progress.sent(ino, n)
                 except (RemoteError, _Changed) as exc:
                     # First failure wins; the rest of this upload is pointless.
                     errors.append(exc)

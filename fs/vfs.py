@@ -34,6 +34,8 @@ import trio
 from gobi.protocol import ChunkRef
 
 from .blocks import BlockCache, CacheFull
+from .logs import oplog
+from .metrics import Histogram
 from .remote import ApiError, Offline, Remote
 from .tree import ROOT_INO, Entry, FsError, Tree
 
@@ -65,12 +67,14 @@ class Link:
 
     def up(self) -> None:
         if not self.online:
+            oplog("link", state="online", offline_s=round(time.time() - self.since, 1))
             self.online, self.since, self.last_error = True, time.time(), ""
             self._wake()
 
     def down(self, why: str) -> None:
         self.last_error = why
         if self.online:
+            oplog("link", state="offline", error=why)
             self.online, self.since = False, time.time()
             self._wake()
 
@@ -95,6 +99,9 @@ class Handle:
     manifest: list[tuple[int, int, str]] | None = None
     offsets: list[int] = field(default_factory=list)
     last_end: int = -1
+    fetched: int = 0           # chunks this handle had to fetch (one log line at release)
+    fetched_bytes: int = 0
+    fetch_s: float = 0.0
 
 
 class Vfs:
@@ -118,9 +125,15 @@ class Vfs:
         self.mtimes: dict[int, int] = {}       # mtime of staged files not yet saved
         self.last_write: dict[int, float] = {}
         self._fetching: dict[str, trio.Event] = {}
+        self._orphans: set[int] = set()        # nodes that may be orphans waiting for a purge
+        self.uploaded_gen: dict[int, int] = {}  # content generation the server has (sync barriers)
         self.fetched_chunks = 0
         self.fetched_bytes = 0
+        self.cache_hits = 0                    # chunk reads served from the block cache
+        self.cache_misses = 0                  # … that had to fetch
+        self.fetch_seconds = Histogram()       # latency of chunk fetches (metrics)
         self.changed = trio.Event()            # content or journal changed: wake the uploader
+        self.content_clean = trio.Event()      # an upload made a file clean (pins re-check)
         self.last_request = 0.0                # monotonic time of the last kernel request
 
     # -- attributes and lookup counts -------------------------------------------------------
@@ -143,23 +156,33 @@ class Vfs:
             self.lookups[ino] = left
         else:
             self.lookups.pop(ino, None)
-            self.maybe_purge(ino)
+            # Only nodes known to have been removed need the mirror: a `ls -l` after
+            # dropping the kernel's caches forgets every entry of the directory at once.
+            if ino in self._orphans:
+                self._try_purge(ino)
 
     def in_use(self, ino: int) -> bool:
         return ino in self.lookups or ino in self.opens
 
     def maybe_purge(self, ino: int) -> None:
-        """Remove an orphan nobody refers to any more (and whose journal is done)."""
+        """``ino`` may have become an orphan (unlinked, replaced, removed remotely, its
+        journal done): remove it once nobody refers to it any more."""
+        self._orphans.add(ino)
+        self._try_purge(ino)
+
+    def _try_purge(self, ino: int) -> None:
         if self.in_use(ino):
             return
         e = self.tree.get_opt(ino)
         if e is None or e.parent is not None or e.ino == ROOT_INO:
+            self._orphans.discard(ino)      # gone already, or alive again (revived)
             return
         if self.tree.journal.has_entries(e.id):
             return      # the uploader still needs its id and rev; it purges when done
         with self.tree.tx():
             self.tree.remove_row(ino)
         self._drop_staging(ino)
+        self._orphans.discard(ino)
 
     def purge_orphans(self) -> None:
         for ino in self.tree.orphans():
@@ -263,11 +286,15 @@ class Vfs:
                 return out
         return self.tree.manifest(e.ino)
 
-    async def chunk(self, chunk_hash: str, size: int) -> bytes:
-        """A whole chunk: from the cache, or fetched, verified and cached."""
+    async def chunk(self, chunk_hash: str, size: int, pin: bool = False,
+                    handle: Handle | None = None) -> bytes:
+        """A whole chunk: from the cache, or fetched, verified and cached (``pin``: kept
+        out of eviction, for pinned files). ``handle`` is charged with the fetch."""
         while True:
             data = self.cache.read(chunk_hash)
             if data is not None:
+                if pin:
+                    self.cache.pin(chunk_hash)
                 return data
             pending = self._fetching.get(chunk_hash)
             if pending is None:
@@ -278,21 +305,29 @@ class Vfs:
         done = trio.Event()
         self._fetching[chunk_hash] = done
         try:
+            t0 = time.perf_counter()
             data = await self._call(self.remote.get_chunk, chunk_hash)
+            elapsed = time.perf_counter() - t0
+            self.fetch_seconds.observe(elapsed)
             if len(data) != size or hashlib.sha256(data).hexdigest() != chunk_hash:
                 log.error("chunk %s failed verification", chunk_hash)
                 raise FsError(errno.EIO)
             self.fetched_chunks += 1
             self.fetched_bytes += len(data)
-            self.cache.put(chunk_hash, data)     # False: cap taken by staged data; serve anyway
+            if handle is not None:
+                handle.fetched += 1
+                handle.fetched_bytes += len(data)
+                handle.fetch_s += elapsed
+            # False: the cap is taken by staged and pinned data; serve it anyway.
+            self.cache.put(chunk_hash, data, pin=pin)
             return data
         finally:
             del self._fetching[chunk_hash]
             done.set()
 
-    async def _prefetch(self, chunk_hash: str, size: int) -> None:
+    async def _prefetch(self, chunk_hash: str, size: int, handle: Handle) -> None:
         try:
-            await self.chunk(chunk_hash, size)
+            await self.chunk(chunk_hash, size, handle=handle)
         except FsError:
             pass
 
@@ -358,7 +393,10 @@ class Vfs:
             lo, hi = pos - c_off, min(end, c_off + c_size) - c_off
             data = self.cache.read(c_hash, lo, hi - lo)
             if data is None:
-                data = (await self.chunk(c_hash, c_size))[lo:hi]
+                self.cache_misses += 1
+                data = (await self.chunk(c_hash, c_size, handle=h))[lo:hi]
+            else:
+                self.cache_hits += 1
             out.append(data)
             pos = c_off + c_size
             i += 1
@@ -366,7 +404,7 @@ class Vfs:
             j = max(0, bisect.bisect_right(h.offsets, end) - 1)
             for c_off, c_size, c_hash in h.manifest[j + 1:j + 1 + READ_AHEAD]:
                 if c_hash not in self.cache and c_hash not in self._fetching:
-                    self.spawn(self._prefetch, c_hash, c_size)
+                    self.spawn(self._prefetch, c_hash, c_size, h)
         h.last_end = end
         return b"".join(out)
 
@@ -439,6 +477,10 @@ class Vfs:
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh)
         ino = h.ino
+        if h.fetched:
+            e = self.tree.get_opt(ino)
+            oplog("fetch", path=self.tree.path_of(e) if e is not None else None, chunks=h.fetched,
+                  bytes=h.fetched_bytes, ms=round(h.fetch_s * 1000, 1))
         self.opens[ino] -= 1
         if h.writable:
             self.writers[ino] -= 1
@@ -454,7 +496,8 @@ class Vfs:
                 os.close(fd)
             if e is not None and self.staged(ino) and not e.dirty and ino not in self.queued:
                 self._drop_staging(ino)
-            self.maybe_purge(ino)
+            if e is None or e.parent is None or ino in self._orphans:
+                self.maybe_purge(ino)
 
     # -- upload support (used by gobi.fs.sync) ----------------------------------------------
 
@@ -472,6 +515,7 @@ class Vfs:
                  chunks: list[ChunkRef], size: int) -> bool:
         """The server has the staged content as of ``gen``. True when it is clean now."""
         clean = self.gen.get(ino, 0) == gen and ino not in self.queued
+        self.uploaded_gen[ino] = max(gen, self.uploaded_gen.get(ino, 0))
         with self.tree.tx():
             fields: dict[str, object] = {"rev": node_rev, "content_rev": content_rev}
             if clean:
@@ -481,4 +525,7 @@ class Vfs:
                 self.tree.set_manifest(ino, content_rev, chunks)
         if clean and ino not in self.opens:
             self._drop_staging(ino)
+        if clean:
+            self.content_clean.set()
+            self.content_clean = trio.Event()
         return clean

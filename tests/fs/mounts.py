@@ -89,7 +89,10 @@ class Mount:
         """Upload everything now and wait until the journal is empty."""
         r = gobi("sync", str(self.path), "--timeout", str(timeout), env=self.user.env, check=False)
         assert r.returncode == 0, f"sync failed: {r.stdout}{r.stderr}\n{self.log()[-3000:]}"
-        return self.status()
+        st = self.status()
+        # stdout: the vault seq on the server that holds every change made before the call.
+        st["synced_seq"] = int(r.stdout.split()[-1])
+        return st
 
     def umount(self, timeout: float = 60) -> subprocess.CompletedProcess:
         r = gobi("umount", str(self.path), "--timeout", str(timeout), env=self.user.env, check=False)
