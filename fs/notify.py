@@ -444,8 +444,12 @@ class LiveOperations(Operations):
         exp = self._ours(ctx)
         if exp is None and fh not in self.kernel.own_fhs:
             return await super().setattr(inode, attr, fields, fh, ctx)
-        if exp is not None:
+        if exp is not None and exp.change is None:
             self._check_inode(exp, inode)
+        # During a structural change (a rename) the request is the kernel writing back the
+        # ctime it set on the moved inode (writeback cache): confirm the mirror's attributes.
+        # Refusing it made the kernel record a writeback error on the file, and the next
+        # close() of that file by anyone failed with EIO.
         e = self.tree.get_opt(inode)
         if e is None:
             raise pyfuse3.FUSEError(errno.EAGAIN)
