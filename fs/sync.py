@@ -591,12 +591,18 @@ class Sync:
         log.warning("conflict on %s (%s, %s): %s", info.path or path, info.case, info.strategy,
                     info.message)
 
-    def _acked(self, node_id: str, node: Node) -> None:
+    def _acked(self, node_id: str, node: Node, content: bool = True) -> None:
+        """``content``: the write was ours to the content (a create or commit). A rename or
+        attribute change must leave ``content_rev`` alone: if the server's content changed
+        meanwhile (another device's commit), ``apply_node`` must see it to fetch it."""
         self.applier.max_acked_rev = max(self.applier.max_acked_rev, node.rev)
         row = self.tree.by_id(node_id)
         if row is not None:
             with self.tree.tx():
-                self.tree.update(row.ino, rev=max(row.rev, node.rev), content_rev=node.content_rev)
+                if content:
+                    self.tree.update(row.ino, rev=max(row.rev, node.rev), content_rev=node.content_rev)
+                else:
+                    self.tree.update(row.ino, rev=max(row.rev, node.rev))
 
     async def _prepare_create(self, e: Entry, batch: bool) -> _Op | None:
         row = self.tree.by_id(e.node)
@@ -672,7 +678,7 @@ class Sync:
 
         def finish(outcome: WriteOutcome) -> None:
             self._note_conflict(outcome.conflict, row.name)
-            self._acked(e.node, outcome.node)
+            self._acked(e.node, outcome.node, content=False)
             op.settle.append(outcome.node)
 
         def refused(exc: ApiError) -> bool:
