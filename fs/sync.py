@@ -283,6 +283,8 @@ class Sync:
                 finished = self._finished_event()
                 if self.applier.deferred:
                     self.applier.retry_deferred()     # files closed, holds ended
+                if self.applier.kernel.refused:
+                    self.applier.kernel.retry_refused(self._writing)
                 if time.monotonic() < self._resume_at:
                     with trio.move_on_after(self._resume_at - time.monotonic()):
                         await _first(self.link.changed, kick)
@@ -414,7 +416,10 @@ class Sync:
             self._finished_event().set()
         await self._done(entry, op)
 
-    async def _done(self, entry: Entry, op: _Op | None) -> None:
+    async def _done(self, entry: Entry, op: _Op | None, retry: bool = True) -> None:
+        """The entry reached the server: drop it from the journal, settle the mirror.
+        ``retry``: then re-try deferred remote states (a batch does that once at its end:
+        its own echoes, deferred while it was in flight, would make it quadratic)."""
         self.link.up()
         self._backoff = BACKOFF_MIN
         with self.tree.tx():
@@ -437,7 +442,7 @@ class Sync:
         row = self.tree.by_id(entry.node)
         if row is not None and row.parent is None:
             self.vfs.maybe_purge(row.ino)
-        if self.applier.deferred:
+        if retry and self.applier.deferred:
             self.applier.retry_deferred()
 
     def _resync_op(self, entry: Entry, exc: ApiError) -> _Op | None:
@@ -569,7 +574,9 @@ class Sync:
             self._ended(e, "ok" if e.seq in finished else "retry")
         self._batch_end(entries)
         for e, op in done:
-            await self._done(e, op)
+            await self._done(e, op, retry=False)
+        if self.applier.deferred:
+            self.applier.retry_deferred()
 
     def _batch_end(self, entries: list[Entry]) -> None:
         for e in entries:
@@ -590,6 +597,11 @@ class Sync:
         del self.conflicts[:-50]
         log.warning("conflict on %s (%s, %s): %s", info.path or path, info.case, info.strategy,
                     info.message)
+
+    def _writing(self, ino: int) -> bool:
+        """Open for writing or with unsent changes: the kernel's idea of it is the local one."""
+        e = self.tree.get_opt(ino)
+        return ino in self.vfs.writers or (e is not None and bool(e.dirty))
 
     def _acked(self, node_id: str, node: Node, content: bool = True) -> None:
         """``content``: the write was ours to the content (a create or commit). A rename or
@@ -748,7 +760,12 @@ class Sync:
         pushed, chunks = await self._push(row.ino, upload=not batch)
         refs, size, gen = pushed
         maybe_sent = e.seq in self._maybe_sent or e.seq <= self._started_at_seq
-        args = {"base_rev": row.rev, "chunks": [c.model_dump() for c in refs], "size": size,
+        # The base is the server content our local edit started from (``content_rev``), not
+        # the node's rev: an ack of our own chmod or rename moves ``rev`` past another
+        # device's content commit that this mount never saw, and that commit would then be
+        # silently overwritten instead of meeting the conflict strategy.
+        base = row.content_rev if row.content_rev is not None else row.rev
+        args = {"base_rev": base, "chunks": [c.model_dump() for c in refs], "size": size,
                 "mtime_ns": self.vfs.mtime_of(row), "mode": row.mode,
                 "on_conflict": "fail" if maybe_sent else "strategy"}
 
@@ -808,8 +825,10 @@ class Sync:
                 return
             self.tree.update(ino, dirty=0, rev=node.rev, content_rev=node.content_rev,
                              size=node.size, mtime_ns=node.mtime_ns)
-        if ino not in self.vfs.opens:
-            self.vfs._drop_staging(ino)
+        # Dropped even while open: the staging copy is our losing version. Kept, open handles
+        # went on reading it and the last close wrote its size back over the server's; a
+        # later write through an open handle stages the server's content first.
+        self.vfs._drop_staging(ino)
         for h in self.vfs.handles.values():
             if h.ino == ino:
                 h.manifest = None
