@@ -12,13 +12,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from .store.base import VaultGone, VaultTx
+from .config import ServerConfig
+from .store.base import MetadataStore, VaultGone, VaultTx
 from .writes import SYSTEM
 
-if TYPE_CHECKING:
-    from .service import Services
+
+class Services(Protocol):
+    """What the jobs use of ``service.Services`` (a protocol, so that this module does not
+    import the composition root that starts it)."""
+
+    config: ServerConfig
+    store: MetadataStore
+    holds: Any
+    nodes: Any
+    trash: Any
+    history: Any
+    gc: Any
 
 log = logging.getLogger("gobi.server.history")
 CONFLICT = "conflict"
