@@ -41,6 +41,7 @@ import trio
 from gobi.protocol import ROOT_ID, ConflictInfo, ErrorCode, Event, EventType, HoldInfo, Node
 
 from .events import CaughtUp, Relist
+from .logs import oplog
 from .notify import Change, Kernel
 from .remote import ApiError, Remote
 from .tree import ROOT_INO, Tree
@@ -149,7 +150,19 @@ class Applier:
             self.applied = trio.Event()
 
     async def _apply_batch(self, items: list) -> None:
-        bulk = sum(isinstance(i, Event) for i in items) >= BULK
+        events = sum(isinstance(i, Event) for i in items)
+        bulk = events >= BULK
+        if events:
+            before = self.applied_events
+            try:
+                await self._apply_items(items, bulk)
+            finally:
+                oplog("pull", events=self.applied_events - before, seq=self.last_seq,
+                      bulk=bulk or None)
+        else:
+            await self._apply_items(items, bulk)
+
+    async def _apply_items(self, items: list, bulk: bool) -> None:
         run: list[Event] = []
         for item in items:
             if isinstance(item, Event):
@@ -348,7 +361,10 @@ class Applier:
                 if e.is_dir and self._subtree_held(e.ino):
                     self._defer(node)
                     return "deferred"
-                self._remove_local(e.ino, bulk)
+                # Descendants at a later rev than the delete changed after it (e.g. our own
+                # create in it, acknowledged before this older event arrived): the server
+                # kept them and revives the directory in a later event; keep them attached.
+                self._remove_local(e.ino, bulk, keep_after=node.rev)
                 return "applied"
             parent = self.tree.by_id(node.parent or ROOT_ID)
             if parent is None or not parent.is_dir or (parent.parent is None and parent.ino != ROOT_INO):
@@ -398,12 +414,14 @@ class Applier:
                 self.kernel.attrs(e.ino, bulk)
             return "applied"
 
-    def _remove_local(self, ino: int, bulk: bool = False) -> None:
+    def _remove_local(self, ino: int, bulk: bool = False, keep_after: int | None = None) -> None:
         e = self.tree.get_opt(ino)
         if e is None or e.parent is None:
             return
         for child in self.tree.children(ino, 0, 1_000_000):
-            self._remove_local(child.ino, bulk)
+            if keep_after is not None and child.rev > keep_after:
+                continue
+            self._remove_local(child.ino, bulk, keep_after)
         self.tree._orphan(e)
         self.kernel.removed(e.parent, e.name, ino)
         self.vfs.maybe_purge(ino)
