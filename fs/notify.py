@@ -139,6 +139,10 @@ class Kernel:
         self.materialised = 0
         self.evicted = 0
         self.failures = 0
+        # Files whose new size/mtime could not be materialised because they were open for
+        # writing here: eviction cannot drop an open inode, so the kernel keeps its own
+        # size until told again once the writers closed (``retry_refused``).
+        self.refused: set[int] = set()
 
     # -- what changed (called by the applier, on the trio thread) --------------------------------
 
@@ -163,6 +167,15 @@ class Kernel:
 
     def attrs(self, ino: int, bulk: bool = False) -> None:
         self._add(_Item("attrs", ino=ino, bulk=bulk))
+
+    def retry_refused(self, writing: Callable[[int], bool]) -> int:
+        """Tell the kernel again about refused files nobody writes any more (on the trio
+        thread, after files were closed). Returns how many were queued again."""
+        ready = [ino for ino in self.refused if not writing(ino)]
+        for ino in ready:
+            self.refused.discard(ino)
+            self.content(ino)
+        return len(ready)
 
     def status(self) -> dict:
         return {"kernel_notices": self.done, "kernel_materialised": self.materialised,
@@ -232,6 +245,7 @@ class Kernel:
                     if self._materialise(s):
                         self.materialised += 1
                     else:
+                        self.refused.add(s.ino)
                         self._evict(s)
                 elif s.kind == "evict":
                     _quiet(pyfuse3.invalidate_inode, s.ino, not s.content)
