@@ -700,7 +700,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", action="append", metavar="OPTS",
                    help="FUSE mount options, e.g. -o allow_other,ro")
     p.add_argument("--settle", type=float, default=1.0,
-                   help="seconds a change waits before upload, so temporary files never leave (default 1)")
+                   help="seconds a new file or folder waits before upload, so temporary files never "
+                        "leave the machine; edits, renames and deletes go at once (default 1)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="after unmount, seconds to keep uploading pending changes (default 30)")
     p.add_argument("--credentials", metavar="FILE",

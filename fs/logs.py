@@ -4,10 +4,10 @@ Every line of the ``gobi.fs.ops`` logger describes one finished operation of a c
 
 ``upload``  one journal entry sent (op, path, bytes, ms, result)
 ``fetch``   the chunks an open file had to fetch, logged when it is closed
-``pull``    remote changes applied to the mirror (count, seq)
+``pull``    a batch of remote changes applied to the mirror (events, seq)
 ``pin``     a pin or unpin and each pass that made pinned content local
 ``link``    the server became reachable or unreachable
-``mount``   mounted, unmounting, drained
+``mount``   mounted, unmounted (changes still pending), drained after unmount
 
 ``oplog(kind, **fields)`` emits such a line; ``setup(fmt, verbose)`` configures the
 process's logging once (``gobi mount --log-format text|json``). Nothing here ever sees a

@@ -38,6 +38,7 @@ import trio
 from .applier import Applier
 from .blocks import BlockCache
 from .events import Live
+from .logs import oplog
 from .notify import Kernel, LiveOperations
 from .operations import fuse_init, mount_options
 from .remote import ApiError, Offline, Remote, Servers
@@ -221,12 +222,15 @@ async def _run(cfg: MountConfig) -> int:
                 nursery.start_soon(_signals)
                 if cfg.on_ready:
                     cfg.on_ready()
-                log.info("mounted vault %s at %s (servers: %s)", vault_id, cfg.mountpoint, servers)
+                oplog("mount", state="mounted", vault=vault_id, path=str(cfg.mountpoint),
+                      servers=str(servers), online=link.online)
                 await pyfuse3.main()
                 # The kernel let go (unmounted) or a signal asked us to stop.
                 kernel.enabled = False
                 pyfuse3.close(unmount=True)
                 mounted = False
+                oplog("mount", state="unmounted", path=str(cfg.mountpoint),
+                      pending=sync.journal.count())
                 if not sync.skip_drain:
                     await _drain(sync, cfg.drain_timeout)
                 _write_status(cfg.cache_dir / "status.json", status())
@@ -246,11 +250,13 @@ async def _drain(sync: Sync, timeout: float) -> None:
     if sync.journal.count() == 0:
         return
     sync.flush()
+    t0 = time.monotonic()
     log.info("unmounted; uploading %d pending change(s) (up to %.0fs)", sync.journal.count(), timeout)
     with trio.move_on_after(timeout):
         while sync.journal.count():
             await sync.idle.wait()
     left = sync.journal.count()
+    oplog("mount", state="drained", pending=left, seconds=round(time.monotonic() - t0, 1))
     if left:
         log.warning("%d change(s) still pending (%s); they are kept in the journal and upload "
                     "at the next mount", left, sync.journal.counts())
