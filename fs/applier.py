@@ -375,6 +375,12 @@ class Applier:
                 if self.held(clash.id, clash) or self.journal.referenced(clash.id):
                     self._defer(node)   # a local change of this name is pending; its upload decides
                     return "deferred"
+                if clash.rev > node.rev:
+                    # The name's holder is newer than this state (e.g. our create that took
+                    # the name under client-wins, acknowledged before this older create of
+                    # theirs was applied): this node left the name since; its later event
+                    # (a move to a conflicted-copy name) places it.
+                    return "stale"
                 # The mirror missed a move or delete of the node holding this name: detach
                 # it (its own state, if it still exists, re-attaches it).
                 self.tree._orphan(clash)
