@@ -821,10 +821,13 @@ class Sync:
             if changed:
                 return
             if node.deleted:
+                # Deleted on the server and our edit kept as a version of it: the staging
+                # copy must go too, or a later revival of the node (e.g. by our own pending
+                # setattr) would show our losing bytes while the server has its head's.
                 self.tree.update(ino, dirty=0)
-                return
-            self.tree.update(ino, dirty=0, rev=node.rev, content_rev=node.content_rev,
-                             size=node.size, mtime_ns=node.mtime_ns)
+            else:
+                self.tree.update(ino, dirty=0, rev=node.rev, content_rev=node.content_rev,
+                                 size=node.size, mtime_ns=node.mtime_ns)
         # Dropped even while open: the staging copy is our losing version. Kept, open handles
         # went on reading it and the last close wrote its size back over the server's; a
         # later write through an open handle stages the server's content first.
