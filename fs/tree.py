@@ -495,10 +495,26 @@ class Tree:
                 fields["gid"] = gid
             self.update(ino, **fields)
             if synced and e.parent is not None:
+                synced = self._not_carried(e, synced)
+            if synced and e.parent is not None:
                 # Only what changed is sent, so a remote change of the other attribute
                 # made meanwhile is not overwritten with our old value.
                 self.journal.add_attr(e.id, synced)
             return self.get(ino)
+
+    def _not_carried(self, e: Entry, fields: list[str]) -> list[str]:
+        """The attribute changes that need an upload of their own: a pending (not yet
+        sent) content commit carries mode and mtime, a pending create of a file with
+        content carries its mtime. Every ``cp`` or ``tar x`` of a file ends with a utime
+        (or the kernel's mtime writeback): without this, one more operation per file."""
+        if e.kind != "file" or not e.dirty:
+            return fields
+        ops = {p.op for p in self.journal.pending(e.id)}
+        if "content" in ops:
+            return []
+        if "create" in ops:
+            return [f for f in fields if f != "mtime"]
+        return fields
 
     def remap(self, old: str, new: str) -> None:
         """The server merged our directory ``old`` into its ``new`` (mkdir/mkdir of one
