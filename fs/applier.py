@@ -363,7 +363,7 @@ class Applier:
                     return "deferred"
                 # Descendants at a later rev than the delete changed after it (e.g. our own
                 # create in it, acknowledged before this older event arrived): the server
-                # kept them and revives the directory in a later event; keep them attached.
+                # kept them (and their directories, revived by later events); they stay.
                 self._remove_local(e.ino, bulk, keep_after=node.rev)
                 return "applied"
             parent = self.tree.by_id(node.parent or ROOT_ID)
@@ -420,17 +420,24 @@ class Applier:
                 self.kernel.attrs(e.ino, bulk)
             return "applied"
 
-    def _remove_local(self, ino: int, bulk: bool = False, keep_after: int | None = None) -> None:
+    def _remove_local(self, ino: int, bulk: bool = False, keep_after: int | None = None) -> bool:
+        """Remove a node and its subtree from the mirror; with ``keep_after``, nodes at a
+        later rev and the directories holding them stay. Returns whether it went."""
         e = self.tree.get_opt(ino)
         if e is None or e.parent is None:
-            return
+            return True
+        kept = False
         for child in self.tree.children(ino, 0, 1_000_000):
             if keep_after is not None and child.rev > keep_after:
-                continue
-            self._remove_local(child.ino, bulk, keep_after)
+                kept = True
+            elif not self._remove_local(child.ino, bulk, keep_after):
+                kept = True
+        if kept:
+            return False
         self.tree._orphan(e)
         self.kernel.removed(e.parent, e.name, ino)
         self.vfs.maybe_purge(ino)
+        return True
 
     def retry_deferred(self, ids: Iterable[str] | None = None) -> int:
         """Apply deferred server states whose hold has ended; returns how many applied."""
