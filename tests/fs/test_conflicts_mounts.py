@@ -3,6 +3,13 @@ case is reproduced with mount B offline (its connections to the server refused) 
 B and A change the same thing, then B reconnects and replays its journal with
 ``on_conflict: "strategy"``.
 
+B comes back in two ways (``MODES``): everything at once, or its journal replayed and
+answered before its live stream returns (as when the stream's backoff is long), so it
+applies the other side's older events after the answers to its own writes.
+
+The cases share one vault and one pair of mounts (a directory per case and mode; a rule in
+the vault settings gives a case its strategy), to keep the module near a minute and a half.
+
 For every case: the outcome is the vault strategy's (docs/conflicts.md, "The cases"),
 no byte either side wrote is lost (it is visible, or kept in a version / the trash on
 the server), and A, B and the server converge on one tree. Then the strategies that
@@ -242,6 +249,11 @@ CASES = [
     Case("client-wins create/create", KEEP, put("n.txt", ON_B), put("n.txt", ON_A),
          {"keep.txt": b"an unrelated file\n", "n.txt": ON_B, "<copy:n>": ON_A},
          copies={"n": ("n", ".txt", "a")}, strategy="client-wins"),
+    Case("manual create/create", KEEP, put("n.txt", ON_B), put("n.txt", ON_A),
+         {"keep.txt": b"an unrelated file\n", "n.txt": ON_A, "<copy:n>": ON_B},
+         copies={"n": ("n", ".txt")}, strategy="manual"),     # mine under the copy name; open
+    Case("manual rename/rename", put("f.txt", BASE), mv("f.txt", "by-b.txt"), mv("f.txt", "by-a.txt"),
+         {"by-a.txt": BASE}, strategy="manual"),              # theirs' name; open
     Case("server-wins rename/rename", put("f.txt", BASE), mv("f.txt", "by-b.txt"), mv("f.txt", "by-a.txt"),
          {"by-a.txt": BASE}, strategy="server-wins"),
 ]
