@@ -826,8 +826,10 @@ class Sync:
                 # setattr) would show our losing bytes while the server has its head's.
                 self.tree.update(ino, dirty=0)
             else:
+                # The mode too: a chmod made while the commit was pending travels with it
+                # (no separate attr upload since 27aef26), so it went to the losing version.
                 self.tree.update(ino, dirty=0, rev=node.rev, content_rev=node.content_rev,
-                                 size=node.size, mtime_ns=node.mtime_ns)
+                                 size=node.size, mtime_ns=node.mtime_ns, mode=node.mode)
         # Dropped even while open: the staging copy is our losing version. Kept, open handles
         # went on reading it and the last close wrote its size back over the server's; a
         # later write through an open handle stages the server's content first.

@@ -330,3 +330,6 @@ def test_own_chmod_ack_does_not_hide_a_remote_commit(mounts):
     assert tree == _listing(b)
     contents = sorted(v[1] for k, v in tree.items() if k.startswith("doc"))
     assert contents == [b"mine\n", b"theirs\n"], tree
+    # The chmod went with our version (it rode on the losing commit): the copy has it.
+    assert tree["doc"][2] == 0o644, tree
+    assert [v[2] for k, v in tree.items() if k.startswith("doc (conflicted copy ")] == [0o600], tree
