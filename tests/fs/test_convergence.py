@@ -309,9 +309,10 @@ def test_remotely_renamed_file_closes_cleanly(mounts):
 
 def test_own_chmod_ack_does_not_hide_a_remote_commit(mounts):
     """A file edited here (upload pending) and chmodded here while another mount commits new
-    content: the ack of our chmod carries the server's newer rev, but our content upload
-    still starts from the content we had, so it meets the conflict strategy (keep-both)
-    instead of silently replacing the other mount's commit."""
+    content: whether the chmod is acknowledged on its own (its ack carries the server's newer
+    rev) or rides on the content commit, our upload starts from the content we had, so it
+    meets the conflict strategy (keep-both) instead of silently replacing the other mount's
+    commit, and every mount shows the same modes afterwards."""
     a, b = mounts("a"), mounts("b")
     (a.path / "doc").write_bytes(b"base\n")
     caught_up(a, b)
