@@ -49,7 +49,7 @@ import trio_websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mounts import PY, _port_open, free_port, is_mounted, unmount, wait_for  # noqa: E402
+from mounts import PY, _port_open, free_port, is_mounted, stop_procs, unmount, wait_for  # noqa: E402
 
 KINDS = ("edit", "create", "rename", "delete")
 EDIT_FILES = 10             # files the edits cycle through
@@ -175,13 +175,7 @@ class GobiPair:
                 subprocess.run([PY, "-m", "gobi", "umount", str(m), "--timeout", "60"],
                                env=self.env, capture_output=True)
             unmount(m)
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_procs(self.procs)
 
 
 class RclonePair:
@@ -215,13 +209,7 @@ class RclonePair:
     def stop(self) -> None:
         for m in (self.a, self.b):
             unmount(m)
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_procs(self.procs)
 
 
 # --------------------------------------------------------------------------- fan-out
@@ -289,9 +277,9 @@ async def fanout(url: str, token: str, vault: str, subscribers: int, commits: in
 
 def table(title: str, rows: list[tuple[str, dict[str, str]]], cols: list[str]) -> None:
     print(f"\n{title}")
-    print("  " + f"{'':<18}" + "".join(f"{c:>10}" for c in cols))
+    print("  " + f"{'':<18}" + "".join(f"{c:>11}" for c in cols))
     for name, r in rows:
-        print("  " + f"{name:<18}" + "".join(f"{r.get(c, ''):>10}" for c in cols))
+        print("  " + f"{name:<18}" + "".join(f"{r.get(c, ''):>11}" for c in cols))
     sys.stdout.flush()
 
 

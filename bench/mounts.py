@@ -81,14 +81,7 @@ class Target:
         return 0.0
 
     def stop(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        stop_procs(self.procs)
 
 
 class Native(Target):
@@ -231,6 +224,18 @@ class Gobi(Target):
                            env=self.env, capture_output=True)
         unmount(self.path)
         super().stop()
+
+
+def stop_procs(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each process still running (newest first), then kill what ignores it."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 def _port_open(port: int) -> bool:

@@ -31,6 +31,7 @@ import trio
 
 from .logs import oplog
 from .tree import ROOT_INO, Entry, FsError, Tree
+from .vfs import first_of
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ class Pins:
                             p.update(state="error", error="internal error (see the log)")
                 continue
             with trio.move_on_after(MIN_GAP if touched else CHECK_INTERVAL):
-                await _first(self.wake, self.vfs.content_clean, self.link.changed)
+                await first_of(self.wake, self.vfs.content_clean, self.link.changed)
                 touched = touched or not self.wake.is_set()
 
     def _changed(self) -> bool:
@@ -314,15 +315,6 @@ class _Stop(Exception):
     def __init__(self, message: str, retry: bool = False):
         super().__init__(message)
         self.retry = retry
-
-
-async def _first(*events: trio.Event) -> None:
-    async with trio.open_nursery() as nursery:
-        for ev in events:
-            async def one(ev=ev) -> None:
-                await ev.wait()
-                nursery.cancel_scope.cancel()
-            nursery.start_soon(one)
 
 
 __all__ = ["Pins"]

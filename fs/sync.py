@@ -57,7 +57,7 @@ from .journal import Entry
 from .progress import UploadProgress
 from .remote import ApiError, Busy, Offline, Remote, RemoteError, error_from_body
 from .tree import Tree
-from .vfs import Link, Vfs
+from .vfs import Link, Vfs, first_of
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +70,6 @@ BATCH_MIN = 4                # this many small ready entries go as one batch
 BATCH_MAX = 500              # entries per batch (POST /ops takes 1000)
 BATCH_BYTES = 6 * 1024 * 1024
 CHUNK_RETRIES = 5
-
-
-async def _first(*events: trio.Event) -> None:
-    """Return as soon as any of the events is set."""
-    async with trio.open_nursery() as nursery:
-        for ev in events:
-            async def one(ev=ev) -> None:
-                await ev.wait()
-                nursery.cancel_scope.cancel()
-            nursery.start_soon(one)
 
 
 class _Changed(Exception):
@@ -287,12 +277,12 @@ class Sync:
                     self.applier.kernel.retry_refused(self._writing)
                 if time.monotonic() < self._resume_at:
                     with trio.move_on_after(self._resume_at - time.monotonic()):
-                        await _first(self.link.changed, kick)
+                        await first_of(self.link.changed, kick)
                     self._resume_at = 0.0
                     continue
                 if not self.link.should_try():
                     with trio.move_on_after(Link.RETRY_AFTER):
-                        await _first(self.link.changed, kick)
+                        await first_of(self.link.changed, kick)
                     continue
                 # Foreground first: while the kernel keeps sending requests, uploads (which
                 # share this thread) wait, unless changes have waited BUSY_MAX_DELAY already:
@@ -323,9 +313,9 @@ class Sync:
                 settling = wait < 3600.0 and not self.flushing and self.journal.count() > 0
                 with trio.move_on_after(wait):
                     if settling:
-                        await _first(kick, finished, changed)
+                        await first_of(kick, finished, changed)
                     else:
-                        await _first(changed, kick, finished)
+                        await first_of(changed, kick, finished)
 
     def _start(self, nursery: trio.Nursery, picks: list[Entry], slots: int) -> int:
         started = 0
@@ -924,4 +914,4 @@ class Sync:
         raise Offline(f"chunk {h[:12]} kept answering 503")
 
 
-__all__ = ["Sync", "_first", "ROOT_ID"]
+__all__ = ["Sync", "ROOT_ID"]

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gobi.protocol import MAX_NAME_BYTES, MAX_SYMLINK_TARGET, ROOT_ID, ChunkRef, Node
+from gobi.protocol import MAX_NAME_BYTES, MAX_SYMLINK_TARGET, ROOT_ID, ChunkRef
 
 from .journal import Journal
 

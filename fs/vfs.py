@@ -53,6 +53,17 @@ def _fsync_dir(path: os.PathLike) -> None:
         os.close(fd)
 
 
+async def first_of(*events: trio.Event) -> None:
+    """Return as soon as any of the events is set (the uploader's and the pin keeper's
+    waits: new work, a flush, the link coming back)."""
+    async with trio.open_nursery() as nursery:
+        for ev in events:
+            async def one(ev=ev) -> None:
+                await ev.wait()
+                nursery.cancel_scope.cancel()
+            nursery.start_soon(one)
+
+
 class Link:
     """Whether the server is reachable, as last seen. Lets network-bound operations fail
     fast while offline instead of each waiting for its own connection attempt."""

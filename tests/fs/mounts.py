@@ -187,5 +187,71 @@ def chunk_uploads(server: ServerProcess) -> int:
     return sum(1 for line in server.output if "PUT" in line and "/chunks/" in line)
 
 
+# -- waiting for live sync (hang guards, never performance thresholds) ------------------
+
+GUARD = 60.0
+
+
+def eventually(cond, what: str, timeout: float = GUARD, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = cond()
+            if last:
+                return last
+        except OSError as exc:      # a name that is not there yet
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def read(m: Mount, rel: str) -> bytes | None:
+    try:
+        return (m.path / rel).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def listing(m: Mount) -> dict[str, tuple]:
+    """rel path → (kind, content or target, mode) of everything under the mount. A read
+    error names the file, the errno, what a second try gives and the mount's status."""
+    out = {}
+    for dirpath, dirs, files in os.walk(m.path):
+        for name in dirs + files:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, m.path)
+            st = os.lstat(p)
+            if os.path.islink(p):
+                out[rel] = ("symlink", os.readlink(p), None)
+            elif os.path.isdir(p):
+                out[rel] = ("dir", None, st.st_mode & 0o7777)
+            else:
+                try:
+                    with open(p, "rb") as f:
+                        data = f.read()
+                except OSError as exc:
+                    try:
+                        again = open(p, "rb").read()
+                    except OSError as exc2:
+                        again = exc2
+                    raise AssertionError(f"{m.path.name}: reading {rel} (size {st.st_size}, ino "
+                                         f"{st.st_ino}) failed: {exc!r}; second try: {again!r}; "
+                                         f"status: {m.status()}") from exc
+                out[rel] = ("file", data, st.st_mode & 0o7777)
+    return out
+
+
+def caught_up(*ms: Mount) -> None:
+    """Every mount uploaded its changes and applied every event up to the vault's head."""
+    # The server's head after every mount's uploads, not a mount's own idea of the head
+    # (a mount whose socket was just cut may not have heard of the newest events yet).
+    head = max(m.sync()["synced_seq"] for m in ms)
+    for m in ms:
+        eventually(lambda m=m: (lambda s: s["last_seq"] >= max(head, s["head_seq"])
+                                and s["pending_ops"] == 0 and s["deferred"] == 0)(m.status()),
+                   f"{m.path.name} caught up to seq {head}")
+
+
 __all__ = ["Mount", "User", "gobi", "server_file", "server_node", "server_tree", "httpx",
-           "force_unmount", "is_mounted"]
+           "force_unmount", "is_mounted", "eventually", "read", "listing", "caught_up", "GUARD"]

@@ -39,9 +39,8 @@ import pytest
 
 from tests.servers import ServerProcess
 
-from .mounts import Mount, User, gobi, server_tree
+from .mounts import Mount, User, caught_up, eventually, gobi, listing, server_tree
 from .test_failover import CuttableProxy
-from .test_live import caught_up, eventually, listing
 
 BASE = b"base: written before anyone went offline\n"
 ON_A = b"A's version: written on A while B was offline\n"

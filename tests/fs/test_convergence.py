@@ -39,8 +39,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .mounts import Mount, server_file, server_tree
-from .test_live import caught_up
+from .mounts import Mount, caught_up, listing, server_file, server_tree
 
 MOUNTS = 3
 OPS = 40
@@ -204,7 +203,7 @@ def test_random_concurrent_operations_converge(mounts, user, vault):
     caught_up(*ms)
 
     # 1. Every mount lists the same tree, and it is the server's.
-    trees = [_listing(m) for m in ms]
+    trees = [listing(m) for m in ms]
     for i in range(1, MOUNTS):
         assert trees[i] == trees[0], (f"m{i} differs from m0: {_diff(trees[0], trees[i])}\n{context}\n"
                                       f"status: {[m.status() for m in ms]}")
@@ -254,34 +253,6 @@ def test_random_concurrent_operations_converge(mounts, user, vault):
     assert sum(len(w.tokens) for w in workers) > 0
 
 
-def _listing(m: Mount) -> dict[str, tuple]:
-    """``listing``, but a read error names the file, the errno and what a second try gives."""
-    out = {}
-    for dirpath, dirs, files in os.walk(m.path):
-        for name in dirs + files:
-            p = os.path.join(dirpath, name)
-            rel = os.path.relpath(p, m.path)
-            st = os.lstat(p)
-            if os.path.islink(p):
-                out[rel] = ("symlink", os.readlink(p), None)
-            elif os.path.isdir(p):
-                out[rel] = ("dir", None, st.st_mode & 0o7777)
-            else:
-                try:
-                    with open(p, "rb") as f:
-                        data = f.read()
-                except OSError as exc:
-                    try:
-                        again = open(p, "rb").read()
-                    except OSError as exc2:
-                        again = exc2
-                    raise AssertionError(f"{m.path.name}: reading {rel} (size {st.st_size}, ino "
-                                         f"{st.st_ino}) failed: {exc!r}; second try: {again!r}; "
-                                         f"status: {m.status()}") from exc
-                out[rel] = ("file", data, st.st_mode & 0o7777)
-    return out
-
-
 def _diff(a: dict, b: dict) -> str:
     only_a = sorted(set(a) - set(b))
     only_b = sorted(set(b) - set(a))
@@ -304,7 +275,7 @@ def test_remotely_renamed_file_closes_cleanly(mounts):
     caught_up(a, b)
     for i in range(4):
         assert (b.path / "d" / f"r{i}").read_bytes() == b"data %d" % i     # close() included
-    assert _listing(a) == _listing(b)
+    assert listing(a) == listing(b)
 
 
 def test_own_chmod_ack_does_not_hide_a_remote_commit(mounts):
@@ -327,8 +298,8 @@ def test_own_chmod_ack_does_not_hide_a_remote_commit(mounts):
     finally:
         f.close()
     caught_up(a, b)
-    tree = _listing(a)
-    assert tree == _listing(b)
+    tree = listing(a)
+    assert tree == listing(b)
     contents = sorted(v[1] for k, v in tree.items() if k.startswith("doc"))
     assert contents == [b"mine\n", b"theirs\n"], tree
     # The chmod went with our version (it rode on the losing commit): the copy has it.

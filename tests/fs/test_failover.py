@@ -18,8 +18,7 @@ import pytest
 
 from tests.servers import Api, ServerProcess
 
-from .mounts import Mount, User, gobi, server_tree
-from .test_live import caught_up, eventually, listing, read
+from .mounts import Mount, User, caught_up, eventually, gobi, listing, read, server_tree
 
 
 class CuttableProxy:

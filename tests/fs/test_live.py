@@ -17,59 +17,8 @@ import pytest
 from tests.servers import ServerProcess
 
 from .conftest import _counter
-from .mounts import Mount, User, gobi, server_file, server_tree
-
-GUARD = 60.0
-
-
-def eventually(cond, what: str, timeout: float = GUARD, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = cond()
-            if last:
-                return last
-        except OSError as exc:      # a name that is not there yet
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
-def read(m: Mount, rel: str) -> bytes | None:
-    try:
-        return (m.path / rel).read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def listing(m: Mount) -> dict[str, tuple]:
-    """rel path → (kind, content or target, mode) of everything under the mount."""
-    out = {}
-    for dirpath, dirs, files in os.walk(m.path):
-        for name in dirs + files:
-            p = os.path.join(dirpath, name)
-            rel = os.path.relpath(p, m.path)
-            st = os.lstat(p)
-            if os.path.islink(p):
-                out[rel] = ("symlink", os.readlink(p), None)
-            elif os.path.isdir(p):
-                out[rel] = ("dir", None, st.st_mode & 0o7777)
-            else:
-                with open(p, "rb") as f:
-                    out[rel] = ("file", f.read(), st.st_mode & 0o7777)
-    return out
-
-
-def caught_up(*ms: Mount) -> None:
-    """Every mount uploaded its changes and applied every event up to the vault's head."""
-    # The server's head after every mount's uploads, not a mount's own idea of the head
-    # (a mount whose socket was just cut may not have heard of the newest events yet).
-    head = max(m.sync()["synced_seq"] for m in ms)
-    for m in ms:
-        eventually(lambda m=m: (lambda s: s["last_seq"] >= max(head, s["head_seq"])
-                                and s["pending_ops"] == 0 and s["deferred"] == 0)(m.status()),
-                   f"{m.path.name} caught up to seq {head}")
+from .mounts import (GUARD, Mount, User, caught_up, eventually, gobi, listing, read, server_file,
+                     server_tree)
 
 
 def test_changes_propagate_both_ways(mounts):

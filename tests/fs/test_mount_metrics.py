@@ -7,16 +7,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from .mounts import gobi, is_mounted
+from .mounts import eventually, gobi, is_mounted
 
 MiB = 1024 * 1024
-GUARD = 60.0
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -43,17 +40,6 @@ def parse(text: str) -> dict[str, dict[tuple, float]]:
 
 def one(m: dict, name: str, **labels) -> float:
     return m[name][tuple(sorted(labels.items()))]
-
-
-def eventually(cond, what: str):
-    deadline = time.monotonic() + GUARD
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def test_metrics_endpoint_reports_queue_cache_fetches_and_lag(mounts, user, vault):

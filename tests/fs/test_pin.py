@@ -7,15 +7,12 @@ from __future__ import annotations
 import errno
 import json
 import os
-import time
 
 import pytest
 
-from .mounts import gobi
+from .mounts import eventually, gobi
 
 MiB = 1024 * 1024
-GUARD = 60.0
-
 
 def state(path) -> str:
     return os.getxattr(path, "user.gobi.state").decode()
@@ -23,20 +20,6 @@ def state(path) -> str:
 
 def pin_info(path) -> dict:
     return json.loads(os.getxattr(path, "user.gobi.pin"))
-
-
-def eventually(cond, what: str, timeout: float = GUARD):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = cond()
-            if last:
-                return last
-        except OSError as exc:
-            last = exc
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def write_all(root, files: dict[str, bytes]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import time
 
 import httpx
 import pytest
@@ -21,23 +20,7 @@ from gobi.fs.tree import Tree
 from gobi.fs.vfs import Link, Vfs
 from gobi.fs.xattrs import Xattrs
 
-from .mounts import server_node
-
-GUARD = 60.0
-
-
-def eventually(cond, what: str, timeout: float = GUARD):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = cond()
-            if last:
-                return last
-        except OSError as exc:
-            last = exc
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+from .mounts import eventually, server_node
 
 
 def getfattr(path, name: str) -> str:
