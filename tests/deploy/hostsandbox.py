@@ -56,6 +56,9 @@ for d in $OVERLAID; do
   mkdir -p "$T/upper/$d" "$T/work/$d"
   mount -t overlay "sandbox-$d" -o "lowerdir=/$d,upperdir=$T/upper/$d,workdir=$T/work/$d" "/$d"
 done
+# A fresh host has no gobi login or cache of its own: hide whatever this machine's users
+# have (e.g. root after `bash scripts/run.sh`); removing in the overlay leaves the host's.
+rm -rf /root/.config/gobi /root/.cache/gobi /home/*/.config/gobi /home/*/.cache/gobi
 mount -t tmpfs -o mode=755,nosuid,nodev sandbox-run /run
 mkdir -p /run/lock
 mkdir -p "$T/dev"
