@@ -352,6 +352,13 @@ class Applier:
             if self.held(node.id, e):
                 self._defer(node)
                 return "deferred"
+            newer = self.deferred.get(node.id)
+            if newer is not None and newer.rev > node.rev:
+                # A later server state arrived while the node was held (e.g. another
+                # device's chmod, streamed in while our losing commit was in flight, whose
+                # answer is this older head): applying this one and dropping that would
+                # leave the mirror behind the server for good.
+                node = newer
             if node.deleted:
                 self.deferred.pop(node.id, None)
                 if e is None or e.parent is None:
