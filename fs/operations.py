@@ -5,6 +5,10 @@ coalescing) and ``gobi.fs.vfs`` (content, handles). This module converts types, 
 few FUSE-only rules (what xattr namespaces mean, what is refused), and is the one place
 where ``FsError`` becomes ``FUSEError``.
 
+Time travel (``MOUNT/.gobi/at/<seq or time>/…``, read-only) is ``gobi.fs.timetravel``:
+requests for its inodes (above ``VIRTUAL_BASE``) and handles are passed to it, and every
+change under ``.gobi`` is ``EROFS``.
+
 Refused with a clear errno (documented in docs/client.md): hard links (``EPERM``, as on
 FAT and most network filesystems), device nodes, FIFOs and sockets (``EPERM``),
 ``RENAME_EXCHANGE`` (``EINVAL``), xattrs outside ``user.*`` (``EOPNOTSUPP``; the xattr
@@ -30,7 +34,9 @@ from collections.abc import Callable
 import pyfuse3
 
 from .metrics import FuseStats
-from .tree import Entry, FsError, Tree
+from .timetravel import NAME as TT_NAME
+from .timetravel import TimeTravel, is_virtual
+from .tree import ROOT_INO, Entry, FsError, Tree
 from .vfs import Vfs
 from .xattrs import Xattrs
 
@@ -91,6 +97,7 @@ class Operations(pyfuse3.Operations):
         self.xattrs = xattrs or Xattrs(vfs.tree, vfs, status, control)
         self.stats = stats or FuseStats()
         self._readdir_rows = READDIR_FIRST
+        self.tt = TimeTravel(vfs)
 
     # -- attributes -------------------------------------------------------------------------
 
@@ -125,24 +132,47 @@ class Operations(pyfuse3.Operations):
         a.st_ctime_ns = ctime if ctime > mtime else mtime
         return a
 
+    def _row_attr(self, row: tuple) -> pyfuse3.EntryAttributes:
+        """Attributes of a ``Tree.LISTING``-shaped row (the time-travel view's)."""
+        return self._attr_of(row[0], *row[2:])
+
+    def _negative(self) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = 0
+        a.entry_timeout = TIMEOUT
+        return a
+
+    def _is_tt_name(self, parent: int, name: bytes) -> bool:
+        """``.gobi`` at the root, while the vault has no real node of that name."""
+        return parent == ROOT_INO and name == TT_NAME.encode() and self.tree.child(ROOT_INO, TT_NAME) is None
+
+    def _writable(self, parent: int, name: bytes | None = None) -> None:
+        """Changes under ``.gobi`` (or of ``.gobi`` itself) are refused: a read-only view."""
+        if is_virtual(parent) or (name is not None and self._is_tt_name(parent, name)):
+            raise FsError(errno.EROFS)
+
     @fuse_errors
     async def lookup(self, parent_inode, name, ctx=None):
+        if is_virtual(parent_inode):
+            row = await self.tt.lookup(parent_inode, name)
+            return self._negative() if row is None else self._row_attr(row)
         try:
             e = self.tree.lookup(parent_inode, name)
         except FsError as exc:
             if exc.errno != errno.ENOENT:
                 raise
+            if self._is_tt_name(parent_inode, name):
+                return self._row_attr(self.tt.root_entry())
             # A negative entry the kernel may cache (git, make, shells probe many missing
             # names); remote creates invalidate it.
-            a = pyfuse3.EntryAttributes()
-            a.st_ino = 0
-            a.entry_timeout = TIMEOUT
-            return a
+            return self._negative()
         self.vfs.remember(e.ino)
         return self._attr(e)
 
     async def forget(self, inode_list):
         for ino, n in inode_list:
+            if is_virtual(ino):
+                continue        # the view keeps no lookup counts (gobi.fs.timetravel)
             try:
                 self.vfs.forget(ino, n)
             except Exception:
@@ -150,10 +180,13 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def getattr(self, inode, ctx=None):
+        if is_virtual(inode):
+            return self._row_attr(await self.tt.getattr(inode))
         return self._attr(self.tree.get(inode))
 
     @fuse_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
+        self._writable(inode)
         e = self.tree.get(inode)
         if fields.update_size:
             await self.vfs.truncate(inode, attr.st_size)
@@ -175,6 +208,8 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def readlink(self, inode, ctx):
+        if is_virtual(inode):
+            return (await self.tt.readlink(inode)).encode()
         e = self.tree.get(inode)
         if e.kind != "symlink":
             raise FsError(errno.EINVAL)
@@ -184,6 +219,8 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def opendir(self, inode, ctx):
+        if is_virtual(inode):
+            return await self.tt.opendir(inode)
         e = self.tree.get(inode)
         if not e.is_dir:
             raise FsError(errno.ENOTDIR)
@@ -194,6 +231,11 @@ class Operations(pyfuse3.Operations):
         # pyfuse3 answers READDIRPLUS: each entry the kernel takes carries its attributes
         # and counts as a lookup (it will be forgotten like one). Fetch about as many rows
         # as fit in the kernel's buffer, not a fixed big batch per request.
+        if is_virtual(fh):
+            for offset, row in await self.tt.listing(fh, start_id, READDIR_MAX):
+                if not pyfuse3.readdir_reply(token, row[1].encode(), self._row_attr(row), offset):
+                    return
+            return
         after, sent, want = start_id, 0, self._readdir_rows
         attr, reply, remember = self._attr_of, pyfuse3.readdir_reply, self.vfs.remember
         while True:
@@ -214,10 +256,12 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def fsyncdir(self, fh, datasync):
-        await self.vfs.fsync(None)
+        if not is_virtual(fh):
+            await self.vfs.fsync(None)
 
     @fuse_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
+        self._writable(parent_inode, name)
         e = self.tree.make(parent_inode, name, "dir", mode, ctx.uid, ctx.gid)
         self.vfs.remember(e.ino)
         self.vfs.changed.set()
@@ -225,6 +269,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        self._writable(parent_inode, name)
         if not stat.S_ISREG(mode):
             # The vault holds files, directories and symlinks only.
             raise FsError(errno.EPERM)
@@ -235,6 +280,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def symlink(self, parent_inode, name, target, ctx):
+        self._writable(parent_inode, name)
         e = self.tree.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
         self.vfs.remember(e.ino)
         self.vfs.changed.set()
@@ -242,18 +288,22 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def unlink(self, parent_inode, name, ctx):
+        self._writable(parent_inode, name)
         e = self.tree.remove(parent_inode, name, want_dir=False)
         self.vfs.changed.set()
         self.vfs.maybe_purge(e.ino)
 
     @fuse_errors
     async def rmdir(self, parent_inode, name, ctx):
+        self._writable(parent_inode, name)
         e = self.tree.remove(parent_inode, name, want_dir=True)
         self.vfs.changed.set()
         self.vfs.maybe_purge(e.ino)
 
     @fuse_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._writable(parent_inode_old, name_old)
+        self._writable(parent_inode_new, name_new)
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise FsError(errno.EINVAL)
         _, replaced = self.tree.rename(parent_inode_old, name_old, parent_inode_new, name_new,
@@ -264,40 +314,54 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
+        self._writable(inode)
+        self._writable(new_parent_inode, new_name)
         raise FsError(errno.EPERM)
 
     # -- files ------------------------------------------------------------------------------
 
     @fuse_errors
     async def open(self, inode, flags, ctx):
+        if is_virtual(inode):
+            # Immutable content under an inode of its own: the page cache may keep it.
+            return pyfuse3.FileInfo(fh=await self.tt.open(inode, flags), keep_cache=True)
         fh, keep = await self.vfs.open(inode, flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     @fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
+        self._writable(parent_inode, name)
         fh, e = self.vfs.create(parent_inode, name, mode, ctx.uid, ctx.gid)
         self.vfs.remember(e.ino)
         return pyfuse3.FileInfo(fh=fh), self._attr(e)
 
     @fuse_errors
     async def read(self, fh, off, size):
+        if is_virtual(fh):
+            return await self.tt.read(fh, off, size)
         return await self.vfs.read(fh, off, size)
 
     @fuse_errors
     async def write(self, fh, off, buf):
+        self._writable(fh)
         return await self.vfs.write(fh, off, buf)
 
     @fuse_errors
     async def flush(self, fh):
-        await self.vfs.flush(fh)
+        if not is_virtual(fh):
+            await self.vfs.flush(fh)
 
     @fuse_errors
     async def release(self, fh):
+        if is_virtual(fh):
+            self.tt.release(fh)
+            return
         await self.vfs.release(fh)
 
     @fuse_errors
     async def fsync(self, fh, datasync):
-        await self.vfs.fsync(fh)
+        if not is_virtual(fh):
+            await self.vfs.fsync(fh)
 
     @fuse_errors
     async def statfs(self, ctx):
@@ -318,18 +382,24 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
+        if is_virtual(inode):
+            raise FsError(errno.ENODATA)
         return await self.xattrs.get(inode, name)
 
     @fuse_errors
     async def setxattr(self, inode, name, value, ctx):
+        self._writable(inode)
         await self.xattrs.set(inode, name, value)
 
     @fuse_errors
     async def listxattr(self, inode, ctx):
+        if is_virtual(inode):
+            return []
         return self.xattrs.list(inode)
 
     @fuse_errors
     async def removexattr(self, inode, name, ctx):
+        self._writable(inode)
         self.xattrs.remove(inode, name)
 
 

@@ -233,10 +233,11 @@ class Remote:
 
     # -- metadata ----------------------------------------------------------------------------
 
-    async def tree(self) -> tuple[int, list[Node]]:
-        """The whole vault at one consistent seq (all pages)."""
+    async def tree(self, at: int | None = None) -> tuple[int, list[Node]]:
+        """The whole vault at one consistent seq (all pages): the head's, or ``at``'s
+        (``bad_request`` when ahead of the head, ``cursor_expired`` when older than the
+        kept history)."""
         nodes: list[Node] = []
-        at: int | None = None
         cursor: str | None = None
         while True:
             params: dict[str, Any] = {"limit": 5000}
@@ -251,6 +252,14 @@ class Remote:
             cursor = page.next_cursor
             if not cursor:
                 return at, nodes
+
+    async def seq_at(self, when: float) -> tuple[int, float]:
+        """(seq, commit time) of the tree as it was at ``when`` (Unix seconds): the last
+        seq committed at or before it. ``not_found`` before the vault existed,
+        ``cursor_expired`` when older than the kept history."""
+        r = await self._request("GET", self._v("/seq"), params={"at": repr(float(when))})
+        body = r.json()
+        return body["seq"], body["ts"]
 
     async def events(self, after: int) -> AsyncIterator[EventPage]:
         """Pages of events after ``after`` until the head (``cursor_expired`` raises)."""

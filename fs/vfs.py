@@ -266,7 +266,9 @@ class Vfs:
     def _offline_error(self) -> FsError:
         return FsError(errno.ENETUNREACH, "server unreachable and the data is not cached")
 
-    async def _call(self, fn, *args):
+    async def server_read(self, fn, *args, refused: Callable[[ApiError], FsError] | None = None):
+        """A read from the server: fails fast while offline (``ENETUNREACH``), marks the
+        link down or up; a refusal is ``EIO`` unless ``refused`` maps it."""
         if not self.link.should_try():
             raise self._offline_error()
         try:
@@ -275,26 +277,33 @@ class Vfs:
             self.link.down(str(exc))
             raise self._offline_error() from None
         except ApiError as exc:
+            if refused is not None:
+                raise refused(exc) from None
             log.warning("server refused a read: %s", exc)
             raise FsError(errno.EIO) from None
         self.link.up()
         return result
 
+    @staticmethod
+    def layout(chunks: list[ChunkRef]) -> list[tuple[int, int, str]]:
+        """``(offset, size, hash)`` of each chunk: the shape reads walk."""
+        off, out = 0, []
+        for c in chunks:
+            out.append((off, c.size, c.hash))
+            off += c.size
+        return out
+
     async def manifest(self, e: Entry) -> list[tuple[int, int, str]]:
         if e.size == 0:
             return []
         if not e.manifest_known:
-            rev, chunks = await self._call(self.remote.manifest, e.id, e.content_rev)
+            rev, chunks = await self.server_read(self.remote.manifest, e.id, e.content_rev)
             e2 = self.tree.get_opt(e.ino)
             if e2 is not None and e2.content_rev == e.content_rev:
                 with self.tree.tx():
                     self.tree.set_manifest(e.ino, rev, chunks)
             else:
-                off, out = 0, []
-                for c in chunks:
-                    out.append((off, c.size, c.hash))
-                    off += c.size
-                return out
+                return self.layout(chunks)
         return self.tree.manifest(e.ino)
 
     async def chunk(self, chunk_hash: str, size: int, pin: bool = False,
@@ -317,7 +326,7 @@ class Vfs:
         self._fetching[chunk_hash] = done
         try:
             t0 = time.perf_counter()
-            data = await self._call(self.remote.get_chunk, chunk_hash)
+            data = await self.server_read(self.remote.get_chunk, chunk_hash)
             elapsed = time.perf_counter() - t0
             self.fetch_seconds.observe(elapsed)
             if len(data) != size or hashlib.sha256(data).hexdigest() != chunk_hash:
@@ -392,6 +401,12 @@ class Vfs:
         if h.manifest is None:
             h.manifest = await self.manifest(self.tree.get(h.ino))
             h.offsets = [m[0] for m in h.manifest]
+        return await self.read_chunks(h, off, size)
+
+    async def read_chunks(self, h: Handle, off: int, size: int) -> bytes:
+        """Bytes ``off``..``off+size`` of a clean file whose chunk list is ``h.manifest``:
+        from the block cache, or fetched and verified (``chunk``), with read-ahead for a
+        sequential reader. Also the time-travel view's reads (``gobi.fs.timetravel``)."""
         if not h.manifest:
             return b""
         end_of_file = h.manifest[-1][0] + h.manifest[-1][1]

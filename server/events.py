@@ -90,6 +90,23 @@ class EventLog:
         nodes = nodes[:limit]
         return at, nodes, (nodes[-1].id if more else None)
 
+    async def seq_at(self, actor: Actor, vault_id: str, ts: float) -> dict:
+        """The vault's seq at a time: the tree at ``seq`` is the tree as it was at ``ts``
+        (``seq_ts``: when that seq was committed). 404 before the vault existed, 410 when
+        retention has dropped the history that listing it would need."""
+        vault, _ = await require_role(self.store, actor, vault_id, "read")
+        found = await self.store.seq_at(vault_id, ts)
+        if found is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "the vault did not exist yet at that time",
+                               created_at=vault.created_at)
+        seq, seq_ts = found
+        if seq < vault.history_floor:
+            raise ServiceError(ErrorCode.CURSOR_EXPIRED,
+                               "that time is older than the vault's kept history",
+                               history_floor=vault.history_floor, head_seq=vault.head_seq)
+        return {"seq": seq, "ts": seq_ts, "head_seq": vault.head_seq,
+                "history_floor": vault.history_floor}
+
     async def stream(self, vault: VaultRecord, after: int, batch: int = 500) -> AsyncIterator[Event | int]:
         """Events after ``after`` forever: first the backlog, then live.
 

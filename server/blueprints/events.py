@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+from datetime import datetime, timezone
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
@@ -46,6 +48,39 @@ async def page(request: Request, vault_id: str) -> HTTPResponse:
         request.ctx.actor, vault_id, int_arg(request, "after", 0), int_arg(request, "limit", 1000, 1, MAX_PAGE)
     )
     return model_response(EventPage(events=events, head_seq=head, has_more=more))
+
+
+def time_arg(request: Request, name: str) -> float:
+    """A required point in time: ISO-8601 (``2026-11-26T10:00``, ``…:00Z``, ``…+01:00``;
+    no offset means UTC) or Unix seconds. 400 ``bad_request`` otherwise."""
+    raw = (request.args.get(name) or "").strip()
+    if not raw:
+        raise ServiceError(ErrorCode.BAD_REQUEST, f"query parameter {name!r} is required")
+    if len(raw) > 64:
+        raise ServiceError(ErrorCode.BAD_REQUEST, f"query parameter {name!r} is too long")
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = datetime.fromisoformat(raw)
+        except ValueError:
+            raise ServiceError(ErrorCode.BAD_REQUEST,
+                               f"query parameter {name!r} must be an ISO-8601 time or Unix seconds") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return when.timestamp()
+    if not math.isfinite(value) or value < 0:
+        raise ServiceError(ErrorCode.BAD_REQUEST, f"query parameter {name!r} must be a time")
+    return value
+
+
+@bp.get(f"/vaults/{VID}/seq")
+@openapi.summary("The seq of the tree as it was at a time: ?at=ISO-8601|UNIX-SECONDS (404 before the vault, 410 past history)")
+@openapi.parameter("at", str, "query", required=True)
+@authed
+async def seq_at(request: Request, vault_id: str) -> HTTPResponse:
+    return model_response(await services(request).events.seq_at(
+        request.ctx.actor, vault_id, time_arg(request, "at")))
 
 
 @ws_bp.on_request

@@ -406,6 +406,14 @@ class MetadataStore(abc.ABC):
     async def oldest_event_seq(self, vault_id: str) -> int | None:
         """Lowest seq still kept, or None when the vault's log is empty."""
 
+    @abc.abstractmethod
+    async def seq_at(self, vault_id: str, ts: float) -> tuple[int, float] | None:
+        """``(seq, ts)`` of the newest node row written at or before ``ts`` (every change
+        to the tree writes one, the vault's root is written at creation), so the tree at
+        that seq is the tree as it was at ``ts``. None before the vault existed. Seqs
+        whose rows retention dropped may answer an older seq: callers compare it with
+        the vault's ``history_floor``."""
+
     # -- maintenance ----------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -533,6 +533,8 @@ class MongoStore(MetadataStore):
             unique=True, name="live_name", partialFilterExpression=dict(_CURRENT_LIVE),
         )
         await db.nodes.create_index("ts_to", name="superseded")
+        await db.nodes.create_index(
+            [("vault_id", ASCENDING), ("ts_from", ASCENDING), ("seq_from", ASCENDING)], name="by_ts")
         await db.versions.create_index(
             [("vault_id", ASCENDING), ("node_id", ASCENDING), ("rev", ASCENDING)],
             unique=True, name="version",
@@ -1011,6 +1013,14 @@ class MongoStore(MetadataStore):
             {"vault_id": vault_id}, projection={"seq": 1}, sort=[("seq", ASCENDING)]
         )
         return doc["seq"] if doc else None
+
+    @_translate
+    async def seq_at(self, vault_id: str, ts: float) -> tuple[int, float] | None:
+        doc = await self._db.nodes.find_one(
+            {"vault_id": vault_id, "ts_from": {"$lte": ts}}, projection={"seq_from": 1, "ts_from": 1},
+            sort=[("ts_from", DESCENDING), ("seq_from", DESCENDING)],
+        )
+        return (doc["seq_from"], doc["ts_from"]) if doc else None
 
     # -- maintenance ----------------------------------------------------------------------
 

@@ -103,6 +103,8 @@ CREATE TABLE IF NOT EXISTS nodes (
 CREATE UNIQUE INDEX IF NOT EXISTS nodes_live_name
     ON nodes(vault_id, parent, name) WHERE seq_to = {CURRENT} AND deleted = 0;
 CREATE INDEX IF NOT EXISTS nodes_superseded ON nodes(ts_to) WHERE seq_to != {CURRENT};
+-- the seq at a time (time travel): the newest row written at or before it
+CREATE INDEX IF NOT EXISTS nodes_by_ts ON nodes(vault_id, ts_from, seq_from);
 CREATE TABLE IF NOT EXISTS versions (
     vault_id TEXT NOT NULL,
     node_id TEXT NOT NULL,
@@ -871,6 +873,12 @@ class SqliteStore(MetadataStore):
     async def oldest_event_seq(self, vault_id: str) -> int | None:
         row = await self._fetchone("SELECT MIN(seq) FROM events WHERE vault_id=?", (vault_id,))
         return row[0] if row else None
+
+    async def seq_at(self, vault_id: str, ts: float) -> tuple[int, float] | None:
+        row = await self._fetchone(
+            "SELECT seq_from, ts_from FROM nodes WHERE vault_id=? AND ts_from <= ? "
+            "ORDER BY ts_from DESC, seq_from DESC LIMIT 1", (vault_id, ts))
+        return (row[0], row[1]) if row else None
 
     # -- maintenance ----------------------------------------------------------------------
 

@@ -76,6 +76,38 @@ def test_tree_listing_is_consistent_at_its_seq_while_writes_continue(alice, vaul
     assert alice.get(f"/vaults/{vault}/tree", params={"cursor": "../x"}).status_code == 400
 
 
+def test_seq_at_a_time_is_the_tree_as_it_was_then(alice, bob, vault):
+    mkdir(alice, vault, "a")
+    time.sleep(0.05)
+    t1 = time.time()
+    time.sleep(0.05)
+    mkdir(alice, vault, "b")
+    seq_b = alice.get(f"/vaults/{vault}").json()["head_seq"]
+    time.sleep(0.05)
+    t2 = time.time()
+    r = alice.get(f"/vaults/{vault}/seq", params={"at": str(t1)})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["seq"] == seq_b - 1 and body["ts"] <= t1 and body["head_seq"] == seq_b
+    assert {n[1] for n in _snapshot(alice, vault, body["seq"]).values()} == {"", "a"}
+    # ISO-8601 with an offset, with Z, and without (UTC): the same instant, the same seq.
+    from datetime import datetime, timezone, timedelta
+    utc = datetime.fromtimestamp(t2, timezone.utc)
+    for text in (utc.isoformat(), utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                 utc.replace(tzinfo=None).isoformat(),
+                 utc.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat()):
+        assert alice.get(f"/vaults/{vault}/seq", params={"at": text}).json()["seq"] == seq_b, text
+    # Before the vault existed: 404; malformed or missing times: 400 with a JSON error.
+    r = alice.get(f"/vaults/{vault}/seq", params={"at": "2001-01-01T00:00"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert r.json()["error"]["details"]["created_at"] <= t1
+    for bad in ("", "yesterday", "2026-13-01T00:00", "nan", "-5", "1" * 80):
+        r = alice.get(f"/vaults/{vault}/seq", params={"at": bad} if bad else None)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request", bad
+    # Members only.
+    assert bob.get(f"/vaults/{vault}/seq", params={"at": str(t2)}).status_code == 404
+
+
 def test_websocket_replays_then_streams_live(server, alice, vault):
     f = create_file(alice, vault, "a", b"1")
     mkdir(alice, vault, "b")

@@ -499,6 +499,29 @@ async def test_events_roundtrip_and_paging(store):
     assert await store.oldest_event_seq(vid) == 1
 
 
+async def test_seq_at_a_time(store):
+    alice = await new_user(store)
+    vid = await new_vault(store, alice, created_at=100.0)
+    await create(store, vid, file("a"), ts=200.0)          # 1
+    b = await create(store, vid, file("b"), ts=300.0)      # 2
+
+    async def two(tx: VaultTx) -> None:                     # 3, 4 in one transaction
+        await change(tx, b, EventType.MOVE, 400.0, name="b2")
+        await change(tx, file("c"), EventType.CREATE, 400.0)
+
+    await store.run_write(vid, two)
+    other = await new_vault(store, alice, created_at=50.0)
+    await create(store, other, file("x"), ts=250.0)
+    assert await store.seq_at(vid, 99.0) is None
+    assert await store.seq_at(vid, 100.0) == (0, 100.0)
+    assert await store.seq_at(vid, 199.9) == (0, 100.0)
+    assert await store.seq_at(vid, 200.0) == (1, 200.0)
+    assert await store.seq_at(vid, 299.0) == (1, 200.0)
+    assert await store.seq_at(vid, 399.0) == (2, 300.0)
+    assert await store.seq_at(vid, 1e12) == (4, 400.0)
+    assert await store.seq_at(other, 260.0) == (1, 250.0)
+
+
 # -- maintenance ----------------------------------------------------------------------------
 
 async def test_prune_drops_old_events_and_history_and_raises_the_floor(store):
