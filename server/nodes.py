@@ -350,7 +350,8 @@ class Nodes:
                     survives = await self.conflicts.survivors(w, node, seen, req.at_ns)
             pending = await self.holds.pending(w.tx, actor)
             if pending is not None:
-                return await self.holds.add(w, pending, node, req, await self.holds.count_files(w.tx, node))
+                return await self.holds.add(w, pending, node, req,
+                                            await self.holds.count_files(w.tx, node, req.recursive))
             entry, result = await w.trash(node, survives=survives)
             if result.files:
                 await self.holds.guard(w, actor, result.files)

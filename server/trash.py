@@ -13,6 +13,10 @@ be restored into them later). The caller may pick another ``parent`` and ``name`
 instead. Everything the delete tombstoned under the top node comes back with it, with the
 same node ids, as ``create`` events parents first, so every client sees the nodes
 reappear. Nodes deleted earlier, separately, stay in the trash as their own entries.
+``restore_entry`` does this inside a caller's transaction: the owner's restore, and the
+mass-delete guard, which pulls a device's deletes of the window back out of the trash
+when it opens a hold (``holds.py``; the entries become hold items, so a confirm deletes
+them again, as new entries tagged with the hold).
 
 Retention: an entry older than ``trash_retention`` is purged: the versions of its nodes
 are dropped (their chunks become garbage for ``gc``) and the entry goes; the tombstone
@@ -29,7 +33,7 @@ from gobi.protocol import ErrorCode, Node, NodeKind, RestoreTrashRequest, TrashE
 
 from .access import Actor, require_role
 from .errors import ServiceError
-from .store.base import MetadataStore, VaultGone, VaultTx
+from .store.base import MetadataStore, Record, VaultGone, VaultTx
 from .writes import TRASH, Writer, trash_entry
 
 CONFLICT = "conflict"
@@ -58,56 +62,9 @@ class Trash:
             record = await w.tx.get_record(TRASH, entry_id)
             if record is None:
                 raise ServiceError(ErrorCode.NOT_FOUND, "no such trash entry", entry=entry_id)
-            top = await w.tx.node(record.body["node"])
-            if top is None:
-                raise ServiceError(ErrorCode.NOT_FOUND, "the entry's node is gone", entry=entry_id)
-            seq_from, seq_to = record.body["seq_from"], record.body["seq_to"]
-            revived_parents = 0
-            renamed = False
-            restored = 0
-            if top.deleted:
-                if req.parent is not None:
-                    parent = await w.tx.node(req.parent)
-                    if parent is None or parent.deleted:
-                        raise ServiceError(ErrorCode.NOT_FOUND, "parent directory not found", node=req.parent)
-                    if parent.kind is not NodeKind.DIR:
-                        raise ServiceError(ErrorCode.NOT_A_DIRECTORY, "parent is not a directory", node=req.parent)
-                else:
-                    parent, revived_parents = await w.revive_chain(top.parent or "root")
-                want = req.name or top.name
-                top = await w.revive(top, parent.id, want)
-                renamed = top.name != want
-                restored = 1
-            restored += await self._revive_subtree(w, top, seq_from, seq_to, merge=restored == 0)
-            await w.tx.delete_record(TRASH, entry_id)
-            return TrashRestored(node=top, restored=restored, renamed=renamed, revived_parents=revived_parents)
+            return await restore_entry(w, record, req.parent, req.name)
 
         return await write(actor, vault_id, fn)
-
-    async def _revive_subtree(self, w: Writer, top: Node, seq_from: int, seq_to: int, merge: bool) -> int:
-        """Bring back, parents first, what the same delete tombstoned under ``top``.
-
-        ``merge``: ``top`` was live already (brought back earlier, e.g. as the parent of
-        something restored before): its live subdirectories may hold tombstones of this
-        delete too, so they are searched as well."""
-        if top.kind is not NodeKind.DIR:
-            return 0
-        restored, todo = 0, [top.id]
-        while todo:
-            dir_id = todo.pop(0)
-            while True:
-                # Revived children are no longer tombstones, so this pages by itself.
-                children = await w.tx.deleted_children(dir_id, seq_from, seq_to, 500)
-                if not children:
-                    break
-                for child in children:
-                    back = await w.revive(child, dir_id)
-                    restored += 1
-                    if back.kind is NodeKind.DIR and not merge:
-                        todo.append(back.id)
-            if merge:
-                todo.extend(c.id for c in await w.tx.live_children(dir_id, 10**7) if c.kind is NodeKind.DIR)
-        return restored
 
     async def purge(self, actor: Actor, vault_id: str, entry_id: str,
                     write: Callable[..., Awaitable[Any]]) -> int:
@@ -141,6 +98,63 @@ class Trash:
                 entries += 1
             if len(due) < 200:
                 return entries, versions
+
+
+async def restore_entry(w: Writer, record: Record, parent_id: str | None = None,
+                        name: str | None = None) -> TrashRestored:
+    """Bring the trash entry ``record`` back (see the module docstring) and drop it: into
+    ``parent_id`` / ``name`` if given, else where it was (deleted ancestors first, a taken
+    name becomes ``NAME (restored).EXT``). Shared by ``Trash.restore`` and the mass-delete
+    guard, which pulls a device's recent deletes back into a new hold (``holds.py``)."""
+    top = await w.tx.node(record.body["node"])
+    if top is None:
+        raise ServiceError(ErrorCode.NOT_FOUND, "the entry's node is gone", entry=record.id)
+    seq_from, seq_to = record.body["seq_from"], record.body["seq_to"]
+    revived_parents = 0
+    renamed = False
+    restored = 0
+    if top.deleted:
+        if parent_id is not None:
+            parent = await w.tx.node(parent_id)
+            if parent is None or parent.deleted:
+                raise ServiceError(ErrorCode.NOT_FOUND, "parent directory not found", node=parent_id)
+            if parent.kind is not NodeKind.DIR:
+                raise ServiceError(ErrorCode.NOT_A_DIRECTORY, "parent is not a directory", node=parent_id)
+        else:
+            parent, revived_parents = await w.revive_chain(top.parent or "root")
+        want = name or top.name
+        top = await w.revive(top, parent.id, want)
+        renamed = top.name != want
+        restored = 1
+    restored += await revive_subtree(w, top, seq_from, seq_to, merge=restored == 0)
+    await w.tx.delete_record(TRASH, record.id)
+    return TrashRestored(node=top, restored=restored, renamed=renamed, revived_parents=revived_parents)
+
+
+async def revive_subtree(w: Writer, top: Node, seq_from: int, seq_to: int, merge: bool) -> int:
+    """Bring back, parents first, what the same delete tombstoned under ``top``.
+
+    ``merge``: ``top`` was live already (brought back earlier, e.g. as the parent of
+    something restored before): its live subdirectories may hold tombstones of this
+    delete too, so they are searched as well."""
+    if top.kind is not NodeKind.DIR:
+        return 0
+    restored, todo = 0, [top.id]
+    while todo:
+        dir_id = todo.pop(0)
+        while True:
+            # Revived children are no longer tombstones, so this pages by itself.
+            children = await w.tx.deleted_children(dir_id, seq_from, seq_to, 500)
+            if not children:
+                break
+            for child in children:
+                back = await w.revive(child, dir_id)
+                restored += 1
+                if back.kind is NodeKind.DIR and not merge:
+                    todo.append(back.id)
+        if merge:
+            todo.extend(c.id for c in await w.tx.live_children(dir_id, 10**7) if c.kind is NodeKind.DIR)
+    return restored
 
 
 async def purge_entry(tx: VaultTx, entry_id: str, body: dict) -> int:

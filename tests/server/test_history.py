@@ -223,44 +223,105 @@ def test_mass_delete_is_held_until_the_owner_confirms(owner, other, vault):
     d = mkdir(owner, vault, "data")
     files = [create_file(owner, vault, f"{i:02d}.csv", b"row", parent=d["id"]) for i in range(40)]
     keep = [create_file(owner, vault, f"k{i}", b"k") for i in range(20)]
+    seq0 = head_seq(owner, vault)
     # the buggy client deletes one file after the other: the first 20 go through
     answers = [other.delete(f"/vaults/{vault}/nodes/{f['id']}", params={"base_rev": f["rev"]}) for f in files]
     assert [r.status_code for r in answers[:20]] == [200] * 20
     held = answers[20]
     assert held.status_code == 409 and held.json()["error"]["code"] == "delete_held"
     hold = held.json()["error"]["details"]["hold"]
-    assert (hold["state"], hold["device"], hold["items"], hold["files"]) == ("pending", "buggy-client", 1, 1)
+    # ...until the 21st: the hold opens with it and with the 20 before it, pulled back
+    assert (hold["state"], hold["device"], hold["items"], hold["files"]) == ("pending", "buggy-client", 21, 21)
     assert held.json()["error"]["details"]["head"]["deleted"] is False
     # every later delete of that device joins the hold, even a small one
     assert {r.json()["error"]["code"] for r in answers[21:]} == {"delete_held"}
     r = other.delete(f"/vaults/{vault}/nodes/{keep[0]['id']}", params={"base_rev": keep[0]["rev"]})
     assert r.status_code == 409
-    # nothing of it was applied: everyone else still has the files
-    assert len(names(owner, vault, d["id"])) == 20 and "k0" in names(owner, vault)
+    # nothing of it is applied: everyone else has every file again, same ids, same bytes
+    back = names(owner, vault, d["id"])
+    assert {n["id"] for n in back.values()} == {f["id"] for f in files} and "k0" in names(owner, vault)
+    assert sorted(back) == [f["name"] for f in files]
+    assert read(owner, vault, back["00.csv"]["id"]) == b"row"
+    assert trash(owner, vault) == []
     [listed] = owner.get(f"/vaults/{vault}/holds").json()["holds"]
-    assert (listed["id"], listed["items"], listed["files"]) == (hold["id"], 21, 21)
+    assert (listed["id"], listed["items"], listed["files"]) == (hold["id"], 41, 41)
     detail = owner.get(f"/vaults/{vault}/holds/{hold['id']}").json()
-    assert [i["path"] for i in detail["items"][:2]] == ["data/20.csv", "data/21.csv"]
+    assert [i["path"] for i in detail["items"]] == [f"data/{i:02d}.csv" for i in range(40)] + ["k0"]
+    assert [bool(i.get("pulled_back")) for i in detail["items"]] == [True] * 20 + [False] * 21
+    # a client following the event log saw the 20 deletes, then the same nodes come back
+    # (create events, before the hold's own event)
+    log = [e for e in events(owner, vault, seq0) if e["type"] != "hold" or e["hold"]["id"] == hold["id"]]
+    assert [e["type"] for e in log] == ["delete"] * 20 + ["create"] * 20 + ["hold"]
+    assert {e["node"]["id"] for e in log[20:40]} == {f["id"] for f in files[:20]}
+    assert all(not e["node"]["deleted"] for e in log[20:40])
     hold_events = [e for e in events(owner, vault) if e["type"] == "hold"]
     assert [(e["hold"]["id"], e["hold"]["state"], e["node"]) for e in hold_events] == [(hold["id"], "pending", None)]
-    # only the owner confirms; a file modified meanwhile survives
-    fresh = names(owner, vault, d["id"])["39.csv"]
-    commit(owner, vault, fresh, b"edited meanwhile")
+    assert hold_events[0]["hold"]["files"] == 21
+    # only the owner confirms; a file modified meanwhile survives (one pulled back, too)
+    for name in ("05.csv", "39.csv"):
+        commit(owner, vault, names(owner, vault, d["id"])[name], b"edited meanwhile")
     assert other.post(f"/vaults/{vault}/holds/{hold['id']}/confirm").status_code == 403
     seq = head_seq(owner, vault)
     r = owner.post(f"/vaults/{vault}/holds/{hold['id']}/confirm")
     assert r.status_code == 200, r.text
-    assert (r.json()["state"], r.json()["applied"], r.json()["skipped"]) == ("confirmed", 20, 1)
-    assert set(names(owner, vault, d["id"])) == {"39.csv"} and "k0" not in names(owner, vault)
+    assert (r.json()["state"], r.json()["applied"], r.json()["skipped"]) == ("confirmed", 39, 2)
+    assert set(names(owner, vault, d["id"])) == {"05.csv", "39.csv"} and "k0" not in names(owner, vault)
     after = events(owner, vault, seq)
-    assert sum(e["type"] == "delete" for e in after) == 20 and after[-1]["type"] == "hold"
+    assert sum(e["type"] == "delete" for e in after) == 39 and after[-1]["type"] == "hold"
     # the deletes are events of the confirming device, so the requester applies them too
     assert {e["device"] for e in after if e["type"] == "delete"} == {"owner-laptop"}
-    assert all(e["device"] == "buggy-client" for e in trash(owner, vault)[:20])
+    entries = trash(owner, vault)
+    assert len(entries) == 39 and {e["device"] for e in entries} == {"buggy-client"}
+    assert {e["hold"] for e in entries} == {hold["id"]}
     assert owner.post(f"/vaults/{vault}/holds/{hold['id']}/confirm").status_code == 400
-    # the window starts again after a decision
+    # the window starts again after a decision, and what the hold deleted is not pulled
+    # back into a later one
     k = names(owner, vault)["k1"]
     assert other.delete(f"/vaults/{vault}/nodes/{k['id']}", params={"base_rev": k["rev"]}).status_code == 200
+
+
+def test_a_held_burst_leaves_other_devices_deletes_alone_and_reject_keeps_it_all(owner, other, vault):
+    d = mkdir(owner, vault, "data")
+    files = [create_file(owner, vault, f"f{i:02d}", b"x", parent=d["id"]) for i in range(40)]
+    mine = [create_file(owner, vault, f"mine{i}", b"m") for i in range(3)]
+    # the owner's own device deletes a few in the same window, and so does the buggy one
+    for f in mine:
+        assert owner.delete(f"/vaults/{vault}/nodes/{f['id']}", params={"base_rev": f["rev"]}).status_code == 200
+    codes = [other.delete(f"/vaults/{vault}/nodes/{f['id']}", params={"base_rev": f["rev"]}).status_code
+             for f in files[:25]]
+    assert codes == [200] * 20 + [409] * 5
+    assert len(names(owner, vault, d["id"])) == 40
+    # the owner's device's deletes are not the buggy device's: they stay deleted
+    assert sorted(e["name"] for e in trash(owner, vault)) == ["mine0", "mine1", "mine2"]
+    assert not {"mine0", "mine1", "mine2"} & set(names(owner, vault))
+    [hold] = owner.get(f"/vaults/{vault}/holds").json()["holds"]
+    assert (hold["items"], hold["files"]) == (25, 25)
+    r = owner.post(f"/vaults/{vault}/holds/{hold['id']}/reject")
+    assert r.status_code == 200 and r.json()["state"] == "rejected"
+    assert {n["id"] for n in names(owner, vault, d["id"]).values()} == {f["id"] for f in files}
+    assert len(trash(owner, vault)) == 3
+
+
+def test_a_pulled_back_file_whose_name_was_taken_comes_back_renamed(owner, other, vault):
+    d = mkdir(owner, vault, "data")
+    files = [create_file(owner, vault, f"f{i:02d}.txt", b"old %d" % i, parent=d["id"]) for i in range(40)]
+    first = files[0]
+    assert other.delete(f"/vaults/{vault}/nodes/{first['id']}", params={"base_rev": first["rev"]}).status_code == 200
+    # the buggy client writes something else under the name it freed
+    new = create_file(other, vault, "f00.txt", b"ransom note", parent=d["id"])
+    codes = [other.delete(f"/vaults/{vault}/nodes/{f['id']}", params={"base_rev": f["rev"]}).status_code
+             for f in files[1:22]]
+    assert codes == [200] * 19 + [409] * 2
+    now = names(owner, vault, d["id"])
+    assert now["f00.txt"]["id"] == new["id"] and now["f00 (restored).txt"]["id"] == first["id"]
+    assert read(owner, vault, first["id"]) == b"old 0"
+    [hold] = owner.get(f"/vaults/{vault}/holds").json()["holds"]
+    detail = owner.get(f"/vaults/{vault}/holds/{hold['id']}").json()
+    assert detail["items"][0]["path"] == "data/f00 (restored).txt"
+    # confirming deletes what the client deleted (the renamed original), not the new file
+    r = owner.post(f"/vaults/{vault}/holds/{hold['id']}/confirm")
+    assert (r.json()["applied"], r.json()["skipped"]) == (22, 0)
+    assert {n["id"] for n in names(owner, vault, d["id"]).values()} == {new["id"]} | {f["id"] for f in files[22:]}
 
 
 def test_one_big_recursive_delete_is_held_whole_and_can_be_rejected(owner, other, vault):

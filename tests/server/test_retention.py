@@ -197,7 +197,10 @@ async def test_pending_holds_expire(svc, who):
     assert (await history_round(svc, time.time() + 4 * DAY))["holds_expired"] == 1
     [hold] = await svc.holds.list(actor, vault, None)
     assert (hold.state, hold.resolved_by) == ("expired", SYSTEM.user.username)
-    assert not (await svc.store.node(vault, files[3].id)).deleted
+    # the held delete and the three before it (pulled back into the hold) stay undone
+    assert hold.files == 4
+    for f in files[:4]:
+        assert not (await svc.store.node(vault, f.id)).deleted
     # a fresh window: the device may delete again
     await svc.nodes.delete(actor, vault, files[4].id, DeleteNodeRequest(base_rev=files[4].rev))
 
