@@ -24,18 +24,29 @@ if grep -q " $MNT fuse.gobi " /proc/self/mounts; then
   fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT"
 fi
 
-"$GOBI" server --data-dir "$DATA" --host 127.0.0.1 --port "$PORT" "$@" &
+# The server runs in a session of its own: Ctrl-C reaches the terminal's whole foreground
+# process group, and a server stopping at that same instant would leave the mount nothing
+# to upload to. run.sh's trap stops things in order instead: upload and unmount, then the
+# server.
+setsid "$GOBI" server --data-dir "$DATA" --host 127.0.0.1 --port "$PORT" "$@" &
 server_pid=$!
 cleanup() {
+  local status=$1
   trap - INT TERM EXIT
   echo
   if grep -q " $MNT fuse.gobi " /proc/self/mounts; then
-    "$GOBI" umount "$MNT" --timeout 60 || true
+    "$GOBI" umount "$MNT" --timeout 60 || status=$?
   fi
-  kill -TERM "$server_pid" 2>/dev/null || true
-  wait "$server_pid" 2>/dev/null || true
+  if kill -TERM "$server_pid" 2>/dev/null; then
+    wait "$server_pid" 2>/dev/null || status=$?
+    echo "run.sh: server stopped"
+  fi
+  exit "$status"
 }
-trap cleanup INT TERM EXIT
+# Ctrl-C and SIGTERM mean "stop cleanly" (exit 0 if it all went well); on any other exit
+# the script's own status is kept.
+trap 'cleanup 0' INT TERM
+trap 'cleanup $?' EXIT
 
 for _ in $(seq 1 100); do
   curl -fs "$URL/health" >/dev/null 2>&1 && break
@@ -60,4 +71,9 @@ cat <<EOF
 
   Press Ctrl-C to upload what is pending, unmount and stop the server.
 EOF
-wait "$server_pid"
+# Ctrl-C (or SIGTERM) interrupts this wait and runs cleanup, which exits 0 when everything
+# was uploaded and stopped cleanly. A server that dies by itself ends the run with an error.
+status=0
+wait "$server_pid" || status=$?
+echo "run.sh: the server exited by itself (status $status)" >&2
+exit 1

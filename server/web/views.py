@@ -400,7 +400,7 @@ async def file(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
 
 @bp.get(f"{WEB}/v/{VID}/f/{NID}/download")
 @page
-async def download(request: Request, vault_id: str, node_id: str) -> BaseHTTPResponse:
+async def download(request: Request, vault_id: str, node_id: str) -> None:
     svc = services(request)
     actor = request.ctx.actor
     rev = int_arg(request, "rev", None)
@@ -425,7 +425,7 @@ async def download(request: Request, vault_id: str, node_id: str) -> BaseHTTPRes
         out.inc(len(data))
         await response.send(data)
     await response.eof()
-    return response
+    # Streamed: already sent. Returning the response would make Sanic log an error.
 
 
 @bp.post(f"{WEB}/v/{VID}/f/{NID}/restore")
