@@ -1,4 +1,5 @@
-"""Session-wide backing services shared by every test package (see ``tests/backing.py``)."""
+"""Session-wide backing services shared by every test package (see ``tests/backing.py``),
+and the rule that CI runs every test (``tests/needs.py``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import uuid
 import pytest
 
 from tests.backing import MongoServer, RedisServer
+from tests.needs import in_ci
 
 _mongo: MongoServer | None = None
 
@@ -45,3 +47,15 @@ def redis_server():
 def pytest_terminal_summary(terminalreporter):
     if _mongo is not None:
         terminalreporter.write_line(f"MongoDB-wire server used by the tests: {_mongo.kind}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI no test skips: a skip there means the CI machine lacks something the
+    tests need (tests/needs.py says what), and a quiet skip would prove nothing."""
+    outcome = yield
+    report = outcome.get_result()
+    if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI, which must run every test: {reason}"

@@ -20,7 +20,6 @@ import email.utils
 import json
 import re
 import shlex
-import shutil
 import socket
 import ssl
 import subprocess
@@ -33,9 +32,16 @@ import pytest
 
 from tests.servers import ServerProcess, register
 
+from tests.needs import missing, require_tool
+
 from .hostsandbox import REPO, HostSandbox, usable
 
-pytestmark = pytest.mark.skipif(usable() is not None, reason=usable() or "")
+
+
+@pytest.fixture(autouse=True)
+def _sandbox_possible():
+    if (why := usable()) is not None:
+        missing(why)
 
 PASSWORD = "correct horse battery"
 
@@ -367,8 +373,7 @@ def test_wait_ready_gives_up_when_nothing_serves(host):
 def caddy(server, tmp_path):
     """deploy/proxy/Caddyfile in front of ``server``: its site block with the host name
     replaced by 127.0.0.1:PORT and a local CA (``tls internal``), loopback only."""
-    if shutil.which("caddy") is None:
-        pytest.skip("caddy is not installed (scripts/bootstrap.sh --test installs it)")
+    require_tool("caddy", "caddy")
     port = free_port()
     site = (REPO / "deploy/proxy/Caddyfile").read_text()
     assert "sync.example.org {" in site and "127.0.0.1:8080" in site

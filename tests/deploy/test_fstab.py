@@ -21,9 +21,16 @@ import pytest
 
 from tests.servers import ServerProcess, register
 
+from tests.needs import missing
+
 from .hostsandbox import HostSandbox, usable
 
-pytestmark = pytest.mark.skipif(usable() is not None, reason=usable() or "")
+
+
+@pytest.fixture(autouse=True)
+def _sandbox_possible():
+    if (why := usable()) is not None:
+        missing(why)
 
 PASSWORD = "correct horse battery"
 
@@ -192,8 +199,8 @@ def test_bad_lines_fail_with_a_reason_and_leave_nothing_behind(host, server, acc
 
 @pytest.fixture
 def systemd_host(tmp_path):
-    if usable(systemd=True):
-        pytest.skip(usable(systemd=True))
+    if (why := usable(systemd=True)) is not None:
+        missing(why)
     sb = HostSandbox(tmp_path / "boot", systemd=True).start()
     try:
         sb.install_gobi("--client-only")

@@ -22,9 +22,16 @@ import time
 import httpx
 import pytest
 
+from tests.needs import missing
+
 from .hostsandbox import REPO, VENV, HostSandbox, usable
 
-pytestmark = pytest.mark.skipif(usable(systemd=True) is not None, reason=usable(systemd=True) or "")
+
+
+@pytest.fixture(autouse=True)
+def _sandbox_possible():
+    if (why := usable(systemd=True)) is not None:
+        missing(why)
 
 PASSWORD = "correct horse battery"
 CAP_SYS_ADMIN = 1 << 21

@@ -10,7 +10,6 @@ tested by injecting NFS errors in test_nfs.py); ``s3-moto`` (moto's server, fast
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ from gobi.drivers.local import LocalDriver
 from gobi.drivers.nfs import NfsDriver
 from gobi.drivers.replicated import ReplicatedDriver
 from gobi.drivers.s3 import MiB, S3Driver
+
+from tests import needs
 
 from .services import ACCESS_KEY, SECRET_KEY, CephRgw, Moto, S3Endpoint, ceph_missing
 
@@ -49,10 +50,8 @@ def moto_endpoint():
 def ceph_endpoint():
     missing = ceph_missing()
     if missing:
-        message = f"Ceph RGW not installed ({', '.join(missing)}); run scripts/bootstrap.sh --test"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        needs.missing(f"the Ceph RADOS Gateway is not installed ({', '.join(missing)}; Debian packages "
+                      f"ceph-mon ceph-osd radosgw ceph-common; bash scripts/bootstrap.sh --test installs them)")
     rgw = CephRgw()
     try:
         endpoint = rgw.start()

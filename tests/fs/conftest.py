@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
 
+from tests.needs import require_fuse
 from tests.servers import ServerProcess
 
 from .mounts import Mount, User
@@ -12,12 +12,10 @@ from .mounts import Mount, User
 _counter = itertools.count()
 
 
-def pytest_collection_modifyitems(config, items):
-    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
-        skip = pytest.mark.skip(reason="FUSE tests need root and /dev/fuse")
-        for item in items:
-            if "tests/fs" in str(item.fspath):
-                item.add_marker(skip)
+@pytest.fixture(autouse=True)
+def _fuse_available():
+    """Every test here mounts: without FUSE it skips saying why (fails under CI)."""
+    require_fuse()
 
 
 @pytest.fixture(scope="module")

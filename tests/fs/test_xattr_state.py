@@ -20,6 +20,8 @@ from gobi.fs.tree import Tree
 from gobi.fs.vfs import Link, Vfs
 from gobi.fs.xattrs import Xattrs
 
+from tests.needs import missing
+
 from .mounts import eventually, server_node
 
 
@@ -143,7 +145,7 @@ def test_gobi_attributes_are_not_listed_copied_or_settable(mnt, tmp_path):
     try:
         os.setxattr(stale, "user.gobi.state", b"conflict")
     except OSError:
-        pytest.skip("the temp filesystem has no user xattrs")
+        missing(f"the filesystem of {tmp_path} has no user xattrs (mount it with user_xattr)")
     r = subprocess.run(["cp", "-a", str(stale), str(mnt.path / "stale.txt")], capture_output=True,
                        text=True)
     assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.needs import missing
 from tests.servers import Api, ServerProcess, register
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,10 +142,8 @@ def downloads():
 @pytest.fixture(scope="package")
 def browser(downloads):
     if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        message = f"{CHROMIUM} and {CHROMEDRIVER} are needed: bash scripts/bootstrap.sh --test"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{CHROMIUM} and {CHROMEDRIVER} are needed (Debian packages chromium and "
+                f"chromium-driver; bash scripts/bootstrap.sh --test installs them)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
