@@ -1,11 +1,8 @@
 """Client-side commands of the ``gobi`` CLI: login, vault, mount, umount, status, sync,
 pin, unpin.
 
-Credentials live in ``$XDG_CONFIG_HOME/gobi/credentials.json`` (default
-``~/.config/gobi``), mode 0600: one token per server, and the server used last is the
-default for the other commands. ``--credentials FILE`` (or ``$GOBI_CREDENTIALS``) names
-another file of that format, or a file holding just a token (then ``--server`` says
-where), e.g. a systemd credential.
+Where the server and the token come from (``--server``, ``--credentials``, the file
+``gobi login`` writes) is one rule for every command: ``gobi.credentials``.
 
 A running mount answers the other commands through extended attributes of its root
 directory (``user.gobi.status`` read-only JSON, ``user.gobi.flush``, ``user.gobi.sync``,
@@ -25,11 +22,20 @@ import os
 import re
 import secrets
 import shutil
-import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from gobi.credentials import (
+    CredentialsError,
+    add_server_options,
+    cache_root,
+    credentials_path,
+    load_credentials,
+    save_credentials,
+    server_and_token,
+)
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.I)
 STATUS_XATTR = "user.gobi.status"
@@ -48,91 +54,11 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * scale)
 
 
-def config_dir() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "gobi"
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gobi"
-
-
-def _creds_path(path: str | os.PathLike | None = None) -> Path:
-    given = path or os.environ.get("GOBI_CREDENTIALS")
-    return Path(given) if given else config_dir() / "credentials.json"
-
-
-class CredentialsError(Exception):
-    """A credentials file given explicitly cannot be used."""
-
-
-def load_credentials(path: str | os.PathLike | None = None) -> dict:
-    """The credentials (``{"default": URL, "servers": {URL: {"token", "username"}}}``).
-
-    ``path`` (or ``$GOBI_CREDENTIALS``) may also name a file holding only a token; it is
-    returned as ``{"token": TOKEN}`` for the caller to pair with ``--server``."""
-    file = _creds_path(path)
-    explicit = bool(path or os.environ.get("GOBI_CREDENTIALS"))
-    try:
-        text = file.read_text()
-    except FileNotFoundError:
-        if explicit:
-            raise CredentialsError(f"credentials file {file} does not exist") from None
-        return {"servers": {}}
-    except OSError as exc:
-        raise CredentialsError(f"cannot read credentials file {file}: {exc.strerror}") from None
-    if explicit:
-        try:
-            mode = file.stat().st_mode
-            if mode & (stat.S_IRWXG | stat.S_IRWXO) and file.stat().st_uid == os.geteuid():
-                print(f"gobi: warning: credentials file {file} is readable by others "
-                      f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it", file=sys.stderr)
-        except OSError:
-            pass
-    try:
-        creds = json.loads(text)
-    except ValueError:
-        token = text.strip()
-        if explicit and token and len(token.split()) == 1:
-            return {"token": token}
-        raise CredentialsError(f"credentials file {file} is neither gobi's JSON nor a token") from None
-    if not isinstance(creds, dict):
-        raise CredentialsError(f"credentials file {file} is not gobi's JSON")
-    creds.setdefault("servers", {})
-    return creds
-
-
-def save_credentials(creds: dict, path: str | os.PathLike | None = None) -> None:
-    path = _creds_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(creds, f, indent=2)
-    os.replace(tmp, path)
-
-
 def _server_and_token(args: argparse.Namespace) -> tuple[str, str]:
     try:
-        creds = load_credentials(getattr(args, "credentials", None))
+        return server_and_token(args.server, args.credentials)
     except CredentialsError as exc:
         raise SystemExit(f"gobi: {exc}") from None
-    if "token" in creds:                        # a bare token file
-        if not args.server:
-            raise SystemExit("gobi: a credentials file with only a token needs --server URL")
-        return ",".join(u.strip().rstrip("/") for u in args.server.split(",") if u.strip()), creds["token"]
-    server = (args.server or creds.get("default") or "").rstrip("/")
-    if not server:
-        raise SystemExit("gobi: no server given and not logged in (run 'gobi login SERVER')")
-    # Several URLs of one deployment ("http://a:8080,http://b:8080", for failover): one
-    # token serves them all; take the one of the first URL logged in to.
-    urls = [u.strip().rstrip("/") for u in server.split(",") if u.strip()]
-    for url in urls:
-        entry = creds.get("servers", {}).get(url)
-        if entry:
-            return ",".join(urls), entry["token"]
-    raise SystemExit(f"gobi: not logged in to {urls[0]} (run 'gobi login {urls[0]}')")
 
 
 def _fail(msg: str, code: int = 1) -> int:
@@ -172,11 +98,11 @@ def cmd_login(args: argparse.Namespace) -> int:
     except RemoteError as exc:
         return _fail(f"login failed: {exc}")
     try:
-        creds = load_credentials(args.credentials) if _creds_path(args.credentials).exists() else {}
+        creds = load_credentials(args.credentials) if credentials_path(args.credentials).exists() else {}
     except CredentialsError as exc:
         return _fail(str(exc))
     if "token" in creds:
-        return _fail(f"{_creds_path(args.credentials)} holds a bare token; give another --credentials file")
+        return _fail(f"{credentials_path(args.credentials)} holds a bare token; give another --credentials file")
     creds.setdefault("servers", {})[server] = {"username": username, "token": token}
     creds["default"] = server
     save_credentials(creds, args.credentials)
@@ -678,21 +604,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("vault", help="list or create vaults")
     vsub = p.add_subparsers(dest="vault_command", required=True, metavar="ACTION")
     pl = vsub.add_parser("list", help="vaults you are a member of")
-    pl.add_argument("--server")
-    pl.add_argument("--credentials", metavar="FILE")
+    add_server_options(pl)
     pl.set_defaults(func=cmd_vault)
     pc = vsub.add_parser("create", help="create a vault; prints its id")
     pc.add_argument("name")
-    pc.add_argument("--server")
-    pc.add_argument("--credentials", metavar="FILE")
+    add_server_options(pc)
     pc.add_argument("--exist-ok", action="store_true", help="print the id of an existing vault of that name")
     pc.set_defaults(func=cmd_vault)
 
     p = sub.add_parser("mount", help="mount a vault as a folder")
     p.add_argument("vault", help="vault name or id")
     p.add_argument("mountpoint")
-    p.add_argument("--server", help="server URL (default: the one you logged in to last); several "
-                   "instances of one deployment as URL1,URL2 (the mount fails over between them)")
+    add_server_options(p, "server URL (default: the one you logged in to last); several instances "
+                       "of one deployment as URL1,URL2 (the mount fails over between them)")
     p.add_argument("--foreground", "-f", action="store_true", help="stay attached (default: daemonise)")
     p.add_argument("--cache-dir", help="mirror, journal and block cache (default: ~/.cache/gobi/…)")
     p.add_argument("--cache-size", type=parse_size, default=parse_size("10G"),
@@ -704,9 +628,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "leave the machine; edits, renames and deletes go at once (default 1)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="after unmount, seconds to keep uploading pending changes (default 30)")
-    p.add_argument("--credentials", metavar="FILE",
-                   help="credentials file (default $GOBI_CREDENTIALS or ~/.config/gobi/credentials.json); "
-                        "a file holding only a token works with --server")
     p.add_argument("--metrics", metavar="ADDR",
                    help="serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464")
     p.add_argument("--metrics-textfile", metavar="FILE",

@@ -10,7 +10,8 @@
     gobi resolve PATH --keep mine|theirs|both
     gobi gc [--dry-run]                 free chunks nothing references any more
 
-They talk to the server over REST with the token ``gobi login`` stored. Where: a PATH
+They talk to the server over REST with the token ``gobi login`` stored (or the one
+``--credentials FILE`` holds: ``gobi.credentials``). Where: a PATH
 inside a running gobi mount (or, for commands without PATH, the current directory inside
 one) names the mount's server, vault and the path in the vault; otherwise ``--vault
 NAME|ID`` (and ``--server URL``, default: the last login) say where and PATH is a path
@@ -133,17 +134,13 @@ def _local(path: str) -> Path:
     return p.parent.resolve() / p.name if p.name not in ("", ".", "..") else p.resolve()
 
 
-def _credentials(server: str | None) -> tuple[str, str]:
-    from gobi.fs.cli import load_credentials
+def _credentials(args: argparse.Namespace, server: str | None) -> tuple[str, str]:
+    from gobi.credentials import CredentialsError, server_and_token
 
-    creds = load_credentials()
-    server = (server or creds.get("default") or "").rstrip("/")
-    if not server:
-        raise CliError("no server given and not logged in (run 'gobi login SERVER')")
-    entry = creds.get("servers", {}).get(server)
-    if not entry:
-        raise CliError(f"not logged in to {server} (run 'gobi login {server}')")
-    return server, entry["token"]
+    try:
+        return server_and_token(server, args.credentials)
+    except CredentialsError as exc:
+        raise CliError(str(exc)) from None
 
 
 def target(args: argparse.Namespace, path: str | None) -> Target:
@@ -157,10 +154,10 @@ def target(args: argparse.Namespace, path: str | None) -> Target:
             raise CliError(f"{path} is not inside a gobi mount: say which vault with --vault NAME "
                            "(PATH is then a path in the vault)")
         mountpoint, status = found
-        server, token = _credentials(status["server"])
+        server, token = _credentials(args, status["server"])
         rel = where.relative_to(mountpoint).as_posix() if path is not None else ""
         return Target(server, token, status["vault"], "" if rel == "." else rel, mountpoint)
-    server, token = _credentials(args.server)
+    server, token = _credentials(args, args.server)
     t = Target(server, token, "", (path or "").strip("/"))
     t.vault = _vault_id(t, args.vault)
     return t
@@ -400,8 +397,10 @@ def cmd_gc(t: Target, args: argparse.Namespace) -> int:
 
 
 def _where(p: argparse.ArgumentParser) -> None:
+    from gobi.credentials import add_server_options
+
     p.add_argument("--vault", help="vault name or id (default: the mount PATH or the current directory is in)")
-    p.add_argument("--server", help="server URL (with --vault; default: the one you logged in to last)")
+    add_server_options(p, "server URL (with --vault; default: the one you logged in to last)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -233,35 +233,39 @@ def check_allow_other(r: Report, fuse_options: list[str], conf: str = "/etc/fuse
 # --------------------------------------------------------------------------- login, server
 
 
-def _creds_file() -> Path:
-    from gobi.fs.cli import config_dir
-
-    return config_dir() / "credentials.json"
-
-
-def check_credentials(r: Report, server: str | None) -> tuple[str | None, str | None]:
+def check_credentials(r: Report, server: str | None, credentials: str | None = None
+                      ) -> tuple[str | None, str | None]:
     """The server URL and token to use (None when missing)."""
+    from gobi.credentials import CredentialsError, credentials_path, load_credentials
+
     name = "credentials"
-    path = _creds_file()
+    path = credentials_path(credentials)
     try:
         st = path.stat()
-        creds = json.loads(path.read_text())
+        creds = load_credentials(credentials)
     except FileNotFoundError:
         r.add(name, FAIL, f"not logged in ({path} does not exist)",
               f"gobi login {server or 'https://SERVER'} --user NAME")
         return server, None
-    except (OSError, ValueError) as exc:
-        r.add(name, FAIL, f"cannot read {path}: {exc}",
+    except (OSError, CredentialsError) as exc:
+        r.add(name, FAIL, f"cannot use {path}: {getattr(exc, 'strerror', None) or exc}",
               f"log in again: gobi login {server or 'SERVER'}")
         return server, None
-    server = (server or creds.get("default") or "").rstrip("/") or None
-    if server is None:
-        r.add(name, FAIL, f"{path} names no server", "gobi login https://SERVER --user NAME")
-        return None, None
-    entry = creds.get("servers", {}).get(server)
-    if not entry or not entry.get("token"):
-        r.add(name, FAIL, f"no login for {server} in {path}", f"gobi login {server} --user NAME")
-        return server, None
+    if "token" in creds:                          # a file holding only a token
+        if server is None:
+            r.add(name, FAIL, f"{path} holds only a token and no --server was given",
+                  "gobi doctor --server URL --credentials FILE")
+            return None, None
+        entry = {"token": creds["token"], "username": "(token file)"}
+    else:
+        server = (server or creds.get("default") or "").rstrip("/") or None
+        if server is None:
+            r.add(name, FAIL, f"{path} names no server", "gobi login https://SERVER --user NAME")
+            return None, None
+        entry = creds.get("servers", {}).get(server)
+        if not entry or not entry.get("token"):
+            r.add(name, FAIL, f"no login for {server} in {path}", f"gobi login {server} --user NAME")
+            return server, None
     if st.st_mode & 0o077:
         r.add(name, FAIL, f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}): "
               "the token lets anyone act as you", f"chmod 600 {path}")
@@ -514,7 +518,8 @@ def _fuse_options(values: list[str] | None) -> list[str]:
 
 
 def doctor_client(args: argparse.Namespace) -> Report:
-    from gobi.fs.cli import cache_root, default_cache_dir, parse_size
+    from gobi.credentials import cache_root
+    from gobi.fs.cli import default_cache_dir, parse_size
 
     r = Report()
     check_fuse_kernel(r)
@@ -522,7 +527,8 @@ def doctor_client(args: argparse.Namespace) -> Report:
     check_fusermount(r)
     check_libfuse(r)
     check_allow_other(r, _fuse_options(args.o))
-    server, token = check_credentials(r, args.server.rstrip("/") if args.server else None)
+    server, token = check_credentials(r, args.server.rstrip("/") if args.server else None,
+                                      args.credentials)
     if server:
         if check_server(r, server, args.timeout) is not None and token:
             check_login(r, server, token, args.vault, args.timeout)
@@ -753,6 +759,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
+    from gobi.credentials import add_server_options
+
     p = sub.add_parser(
         "doctor", help="check this host for what gobi needs and say what to fix",
         description="Check this host (client: FUSE, login, server, clock, cache space; "
@@ -764,7 +772,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "that will mount at DIR)")
     p.add_argument("mountpoint", nargs="?",
                    help="client: where you will mount; mount: the running mount")
-    p.add_argument("--server", help="client: server URL (default: the one you logged in to last)")
+    add_server_options(p, "client: server URL (default: the one you logged in to last)")
     p.add_argument("--vault", help="client: check that this vault exists for your login")
     p.add_argument("--cache-dir",
                    help="client: the cache dir you will use (default: ~/.cache/gobi)")

@@ -126,6 +126,17 @@ def validate_username(value: str) -> str:
     return value
 
 
+#: The password rule, said the same way by the API, the CLI and the docs.
+PASSWORD_MIN, PASSWORD_MAX = 8, 1024
+PASSWORD_RULE = f"a password needs {PASSWORD_MIN} to {PASSWORD_MAX} characters"
+
+
+def validate_password(value: str) -> str:
+    if not PASSWORD_MIN <= len(value) <= PASSWORD_MAX:
+        raise ValueError(f"{PASSWORD_RULE} (this one has {len(value)})")
+    return value
+
+
 def validate_id(value: str) -> str:
     if not isinstance(value, str) or not _ID_RE.match(value):
         raise ValueError("malformed id")
@@ -153,7 +164,10 @@ Mode = Annotated[int, Field(ge=0, le=0o7777)]
 NonNegInt = Annotated[int, Field(ge=0)]
 # Signed 64-bit nanoseconds: a few centuries either side of 1970.
 TimeNs = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-Password = Annotated[str, Field(min_length=8, max_length=1024)]
+# The length rule is checked by validate_password, whose message states it; the schema
+# keeps minLength/maxLength for clients generated from the API description.
+Password = Annotated[str, AfterValidator(validate_password),
+                     Field(json_schema_extra={"minLength": PASSWORD_MIN, "maxLength": PASSWORD_MAX})]
 
 #: What a write does when it meets a change it did not know about (a stale ``base_rev``,
 #: a taken name, a deleted parent): ``fail`` answers 409 with the head (the client

@@ -33,7 +33,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     try:
         req = RegisterRequest(username=args.name, password=password)
     except ValidationError as exc:
-        print(f"gobi: {exc.errors()[0]['msg']}", file=sys.stderr)
+        print(f"gobi: {exc.errors()[0]['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
     cfg = load_config(args)
 

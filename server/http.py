@@ -75,8 +75,10 @@ def _error_code(exc: ValidationError) -> ErrorCode:
 
 
 def _describe(exc: ValidationError) -> list[dict[str, Any]]:
+    # Our validators' messages state the rule; pydantic prefixes them with "Value error, ".
     return [
-        {"loc": ".".join(str(p) for p in err.get("loc", ())), "msg": err.get("msg", "")}
+        {"loc": ".".join(str(p) for p in err.get("loc", ())),
+         "msg": err.get("msg", "").removeprefix("Value error, ")}
         for err in exc.errors(include_url=False, include_input=False)
     ][:20]
 

@@ -41,6 +41,13 @@ def test_register_rejects_bad_input(anon, body, code):
     assert r.json()["error"]["code"] == code
 
 
+def test_a_short_password_is_refused_with_the_rule(anon):
+    r = anon.post("/users/", json={"username": "root", "password": "toor"})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == (
+        "invalid request body: password: a password needs 8 to 1024 characters (this one has 4)")
+
+
 def test_malformed_json(anon):
     r = anon.post("/users/", content=b"{not json")
     assert r.status_code == 400

@@ -164,3 +164,33 @@ def test_where_errors(setup, tmp_path):
     fresh = Cli(cli.srv, tmp_path)
     r = fresh("trash", "--vault", vault, ok=False)
     assert r.returncode == 1 and b"not logged in" in r.stderr
+
+
+def test_every_server_command_takes_server_and_credentials(setup, cli_server, tmp_path):
+    """One habit for every command that talks to a server: ``--server URL --credentials
+    FILE`` works the same on each, here with a file holding only a token and no login."""
+    from gobi.cli import build_parser
+
+    cli, owner, vault = setup
+    token_file = tmp_path / "token"
+    token_file.write_text(owner.token + "\n")
+    token_file.chmod(0o600)
+    # A CLI with no login at all: only the token file says who it is.
+    stranger = Cli(cli_server, tmp_path / "empty-home")
+    where = ["--server", cli_server.url, "--credentials", str(token_file)]
+    create_file(owner, vault, "token-file.txt", b"via a token file\n")
+    assert stranger("cat", "token-file.txt", "--vault", vault, *where).stdout == b"via a token file\n"
+    assert "token-file.txt" in stranger.out("versions", "token-file.txt", "--vault", vault, *where)
+    assert stranger.out("vault", "list", *where).count(vault) == 1
+    r = stranger("cat", "token-file.txt", "--vault", vault, ok=False)
+    assert r.returncode == 1 and b"not logged in" in r.stderr
+    r = stranger("cat", "token-file.txt", "--vault", vault, "--credentials", str(token_file), ok=False)
+    assert r.returncode == 1 and b"--server" in r.stderr
+
+    parser = build_parser()
+    commands = [["vault", "list"], ["vault", "create", "v"], ["mount", "v", "/mnt"],
+                ["versions", "p"], ["cat", "p"], ["restore", "p"], ["trash"], ["confirm-delete"],
+                ["conflicts"], ["resolve", "p", "--keep", "mine"], ["gc"], ["doctor"]]
+    for argv in commands:
+        args = parser.parse_args([*argv, "--server", "http://s:1", "--credentials", "/f"])
+        assert (args.server, args.credentials) == ("http://s:1", "/f"), argv
