@@ -75,6 +75,9 @@ class Applier:
         self.relists = 0
         self.vault_deleted = False
         self.applied = trio.Event()     # set after every applied batch (tests, status)
+        # Held while a batch is applied; ``gobi verify`` holds it to compare the mirror with
+        # the server's tree at one seq while no remote change moves the mirror.
+        self.lock = trio.Lock()
 
     # -- state ------------------------------------------------------------------------------
 
@@ -141,7 +144,8 @@ class Applier:
                 except trio.WouldBlock:
                     break
             try:
-                await self._apply_batch(batch)
+                async with self.lock:
+                    await self._apply_batch(batch)
             except Exception:
                 # Never lose the stream over a bug: log it; the reconciliation and the next
                 # re-list put things right.
@@ -335,19 +339,22 @@ class Applier:
         except Exception:
             log.exception("applying event %s failed", ev.seq)
 
-    def apply_node(self, node: Node, *, bulk: bool = False, ack: bool = False) -> str:
+    def apply_node(self, node: Node, *, bulk: bool = False, ack: bool = False,
+                   force: bool = False) -> str:
         """Make the mirror show a node's server state unless a local change holds it.
 
         Returns ``applied``, ``stale`` (the mirror has this rev or a later one),
         ``deferred`` (held by a local change, or its parent is not known yet) or
         ``skipped``. ``ack``: the state comes from the answer to our own write, whose rev
-        the mirror may already carry; apply whatever differs.
+        the mirror may already carry; apply whatever differs. ``force``: the state is the
+        server's truth at a seq the mirror has reached (``gobi verify --repair``): apply it
+        whatever revision the mirror claims.
         """
         if node.id == ROOT_ID:
             return "skipped"
         with self.tree.tx():
             e = self.tree.by_id(node.id)
-            if e is not None and (node.rev < e.rev or (node.rev == e.rev and not ack)):
+            if e is not None and not force and (node.rev < e.rev or (node.rev == e.rev and not ack)):
                 return "stale"
             if self.held(node.id, e):
                 self._defer(node)
@@ -382,7 +389,7 @@ class Applier:
                 if self.held(clash.id, clash) or self.journal.referenced(clash.id):
                     self._defer(node)   # a local change of this name is pending; its upload decides
                     return "deferred"
-                if clash.rev > node.rev:
+                if clash.rev > node.rev and not force:
                     # The name's holder is newer than this state (e.g. our create that took
                     # the name under client-wins, acknowledged before this older create of
                     # theirs was applied): this node left the name since; its later event
@@ -417,7 +424,9 @@ class Applier:
                 else:
                     self.kernel.created(parent.ino, node.name)
             if content_changed:
-                if self.vfs.staged(e.ino) and e.ino not in self.vfs.opens:
+                # A clean staging copy (kept after an upload while the file was open) holds
+                # the old content and reads prefer it: readers must see the new version.
+                if self.vfs.staged(e.ino) and e.ino not in self.vfs.writers:
                     self.vfs._drop_staging(e.ino)
                 for h in self.vfs.handles.values():
                     if h.ino == e.ino:

@@ -1,5 +1,5 @@
 """Client-side commands of the ``gobi`` CLI: login, vault, mount, umount, status, sync,
-pin, unpin.
+verify, pin, unpin.
 
 Where the server and the token come from (``--server``, ``--credentials``, the file
 ``gobi login`` writes) is one rule for every command: ``gobi.credentials``.
@@ -43,6 +43,7 @@ FLUSH_XATTR = "user.gobi.flush"
 SYNC_XATTR = "user.gobi.sync"
 PIN_XATTR = "user.gobi.pin"
 UNPIN_XATTR = "user.gobi.unpin"
+VERIFY_XATTR = "user.gobi.verify"
 
 
 def parse_size(text: str) -> int:
@@ -464,6 +465,54 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Compare the mount's mirror with the server's tree (``gobi.fs.verify``); with
+    ``--repair`` put the differences right. Exit 0: they agree (or every difference was
+    repaired); 1: differences remain; 2: the check could not be made."""
+    mp, _ = mount_of(args.mountpoint)
+    token = secrets.token_hex(8)
+    try:
+        os.setxattr(mp, VERIFY_XATTR, json.dumps({"token": token, "repair": args.repair}).encode())
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EOPNOTSUPP):
+            return _fail(f"{mp}: this mount's daemon is older than gobi verify; remount it", 2)
+        return _fail(f"{mp}: cannot start a verify ({exc.strerror})", 2)
+    deadline = time.monotonic() + args.timeout
+    report: dict = {"state": "running"}
+    try:
+        while report["state"] == "running":
+            if time.monotonic() > deadline:
+                return _fail(f"{mp}: the check did not finish within {args.timeout:.0f}s", 2)
+            time.sleep(0.1)
+            report = json.loads(os.getxattr(mp, f"{VERIFY_XATTR}.{token}"))
+    except OSError as exc:
+        return _fail(f"{mp}: the mount stopped answering ({exc.strerror})", 2)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    if report["state"] != "done":
+        return _fail(f"{mp}: verify failed: {report.get('error')}", 2)
+    diffs = report["differences"]
+    left = report["difference_count"] - report["repaired"]
+    if not args.json:
+        for d in diffs:
+            mark = "repaired" if d["repaired"] else "DIFFERS "
+            print(f"{mark} {d['what']:<10} {d['path']}: {d['detail']}")
+        if report["difference_count"] > len(diffs):
+            print(f"… and {report['difference_count'] - len(diffs)} more (see the mount log)")
+        pending = f"; {report['pending']} with local changes not on the server yet (not compared)" \
+            if report["pending"] else ""
+        if not report["difference_count"]:
+            print(f"{mp}: agrees with the server at vault seq {report['seq']} "
+                  f"({report['compared']} nodes compared{pending})")
+        elif not left:
+            print(f"{mp}: {report['difference_count']} difference(s) at vault seq {report['seq']}, "
+                  f"all repaired{pending}")
+        else:
+            hint = "" if args.repair else "; 'gobi verify --repair' puts them right"
+            print(f"{mp}: {left} difference(s) with the server at vault seq {report['seq']}{hint}{pending}")
+    return 1 if left else 0
+
+
 def _sync_all(mp: str, timeout: float) -> int:
     """Wait until nothing at all is pending (also what changes while waiting)."""
     st = wait_synced(mp, timeout, progress=True)
@@ -659,6 +708,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                       help="wait until nothing is pending at all, including changes made meanwhile")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("verify", help="compare the mount with the server (names, kinds, sizes, "
+                       "content, modes); --repair puts differences right")
+    p.add_argument("mountpoint", help="the mount (or any path inside it)")
+    p.add_argument("--repair", action="store_true",
+                   help="re-fetch what differs from the server (never discards a local change "
+                        "that has not reached the server)")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("pin", help="keep files or directories available offline (fetch them now)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="paths inside a gobi mount")

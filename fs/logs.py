@@ -8,6 +8,7 @@ Every line of the ``gobi.fs.ops`` logger describes one finished operation of a c
 ``pin``     a pin or unpin and each pass that made pinned content local
 ``link``    the server became reachable or unreachable
 ``mount``   mounted, unmounted (changes still pending), drained after unmount
+``repair``  a difference between the mirror and the server put right (``gobi.fs.verify``)
 
 ``oplog(kind, **fields)`` emits such a line; ``setup(fmt, verbose)`` configures the
 process's logging once (``gobi mount --log-format text|json``). Nothing here ever sees a

@@ -198,6 +198,12 @@ class MountCollector:
                          "applied here yet (server head seq - last applied seq)", head - last)
         yield self.gauge("gobi_mount_nodes", "Files, directories and symlinks in the mirror",
                          st.get("nodes", 0))
+        yield self.counter("gobi_mount_verify_runs", "Comparisons of the mirror with the server "
+                           "(gobi verify and the self-checks)", st.get("verify_runs", 0))
+        yield self.counter("gobi_mount_verify_differences", "Differences between the mirror and "
+                           "the server those comparisons found", st.get("verify_found", 0))
+        yield self.counter("gobi_mount_verify_repairs", "Differences put right from the server's "
+                           "state (gobi verify --repair and the self-checks)", st.get("verify_repaired", 0))
 
         # Kernel requests.
         count = self.counter("gobi_mount_fuse_requests", "Kernel requests by operation", labels=("op",))

@@ -11,7 +11,8 @@ Tasks in the nursery: the FUSE session (``pyfuse3.main``), the uploader (``sync`
 live stream (``events``: the WebSocket, resumed by seq, with its periodic head-seq
 reconciliation), the applier draining the catch-up queue into the mirror (``applier``),
 the kernel notifier (``notify``: invalidations and materialising remote changes from a
-worker thread, never inside a handler), the services (``services``: pins, upload progress
+worker thread, never inside a handler), the self-check (``verify``: the mirror compared
+with the server after every reconnection and re-list), the services (``services``: pins, upload progress
 and ``gobi sync --wait`` barriers, metrics, systemd status), the status file writer and the
 signal watcher.
 Several server URLs (``--server a,b``) share one ``Servers`` pool: REST and the socket
@@ -45,6 +46,7 @@ from .remote import ApiError, Offline, Remote, Servers
 from .services import ServiceError, Services
 from .sync import Sync
 from .tree import Tree
+from .verify import SelfCheck, Verifier
 from .vfs import Link, Vfs
 
 log = logging.getLogger(__name__)
@@ -178,13 +180,16 @@ async def _run(cfg: MountConfig) -> int:
         live = Live(remote, send, start_seq=applier.last_seq, reconcile_interval=cfg.poll_interval)
         sync = Sync(tree, vfs, cache, remote, link, device, applier, live, settle=cfg.settle,
                     quiet=cfg.quiet)
+        verifier = Verifier(tree, vfs, applier, sync, remote)
+        self_check = SelfCheck(verifier, live, applier, sync)
 
         def status() -> dict:
             return {"mountpoint": str(cfg.mountpoint), "server": remote.server,
                     "servers": servers.urls, "server_switches": servers.switches,
                     "vault": vault_id, "device": device, "pid": os.getpid(),
                     "cache_dir": str(cfg.cache_dir),
-                    **sync.status(), **applier.status(), **live.status(), **kernel.status()}
+                    **sync.status(), **applier.status(), **live.status(), **kernel.status(),
+                    **self_check.status()}
 
         def control(value: bytes) -> None:
             if value == b"nodrain":
@@ -195,7 +200,7 @@ async def _run(cfg: MountConfig) -> int:
         services = Services(
             tree=tree, vfs=vfs, cache=cache, link=link, remote=remote, mountpoint=cfg.mountpoint,
             status=status, control=control,
-            conflicts=lambda: {c.node for c in applier.open_conflicts.values()},
+            conflicts=lambda: {c.node for c in applier.open_conflicts.values()}, verifier=verifier,
             metrics_listen=cfg.metrics, metrics_textfile=cfg.metrics_textfile)
         sync.progress = services.progress
         status = services.mount_status      # noqa: F811 - with what the services add
@@ -218,6 +223,7 @@ async def _run(cfg: MountConfig) -> int:
                 await nursery.start(sync.run_uploader)
                 await nursery.start(live.run)
                 await nursery.start(services.run)
+                await nursery.start(self_check.run)
                 nursery.start_soon(_status_writer, cfg.cache_dir / "status.json", status)
                 nursery.start_soon(_signals)
                 if cfg.on_ready:

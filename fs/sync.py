@@ -37,6 +37,7 @@ is deleting it) is retried after the delay without calling the server offline.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -132,6 +133,8 @@ class Sync:
         self.idle = trio.Event()
         self._ops_at_idle = 0
         self._finished = trio.Event()
+        self._pauses = 0                   # paused(): no new entry starts while > 0
+        self._resumed = trio.Event()
         self.journal.on_append = lambda: self.vfs.changed.set()
         # Told of each entry's start, bytes and end (``gobi.fs.progress``: per-file
         # progress, upload log lines and metrics); set by the composition root.
@@ -173,6 +176,23 @@ class Sync:
             "held_deletes": self.held_deletes,
             "holds": sorted(self.held_ids)[-5:],
         }
+
+    @contextlib.asynccontextmanager
+    async def paused(self, wait: float = 60.0):
+        """No upload starts inside; entered once the ones in flight have finished (``gobi
+        verify`` compares the mirror with the server while no acknowledgement moves it).
+        Raises ``trio.TooSlowError`` when uploads in flight do not finish within ``wait``."""
+        self._pauses += 1
+        try:
+            with trio.fail_after(wait):
+                while self._tasks:
+                    await self._finished_event().wait()
+            yield
+        finally:
+            self._pauses -= 1
+            if not self._pauses:
+                self._resumed.set()
+                self._resumed = trio.Event()
 
     def flush(self) -> None:
         """Send everything now (no settle delay); used by ``gobi sync`` and unmount."""
@@ -283,6 +303,9 @@ class Sync:
                 if not self.link.should_try():
                     with trio.move_on_after(Link.RETRY_AFTER):
                         await first_of(self.link.changed, kick)
+                    continue
+                if self._pauses:
+                    await self._resumed.wait()
                     continue
                 # Foreground first: while the kernel keeps sending requests, uploads (which
                 # share this thread) wait, unless changes have waited BUSY_MAX_DELAY already:

@@ -56,6 +56,8 @@ STATUS = b"user.gobi.status"
 FLUSH = b"user.gobi.flush"
 SYNC = b"user.gobi.sync"
 SYNC_PREFIX = b"user.gobi.sync."
+VERIFY = b"user.gobi.verify"
+VERIFY_PREFIX = b"user.gobi.verify."
 MAX_VALUE = 65536
 
 ENOATTR = pyfuse3.ENOATTR
@@ -64,11 +66,11 @@ ENOATTR = pyfuse3.ENOATTR
 class Xattrs:
     """The xattr requests of the FUSE adapter. ``pins``, ``progress`` and ``conflicts`` are
     optional services (``gobi.fs.pins``, ``gobi.fs.progress``, the applier's open conflicts
-    as a callable returning node ids)."""
+    as a callable returning node ids, ``gobi.fs.verify``'s ``Verifier``)."""
 
     def __init__(self, tree: Tree, vfs, status: Callable[[], dict],
                  control: Callable[[bytes], None], pins=None, progress=None,
-                 conflicts: Callable[[], Collection[str]] | None = None):
+                 conflicts: Callable[[], Collection[str]] | None = None, verifier=None):
         self.tree = tree
         self.vfs = vfs
         self.status = status
@@ -76,6 +78,7 @@ class Xattrs:
         self.pins = pins
         self.progress = progress
         self.conflicts = conflicts
+        self.verifier = verifier
 
     # -- state ------------------------------------------------------------------------------
 
@@ -144,6 +147,11 @@ class Xattrs:
                 if answer is None:
                     raise FsError(ENOATTR)
                 return _json(answer)
+            if name.startswith(VERIFY_PREFIX) and self.verifier is not None:
+                report = self.verifier.result(name[len(VERIFY_PREFIX):].decode("ascii", "replace"))
+                if report is None:
+                    raise FsError(ENOATTR)
+                return _json(report)
         raise FsError(ENOATTR)
 
     async def set(self, ino: int, name: bytes, value: bytes) -> None:
@@ -174,6 +182,14 @@ class Xattrs:
                 return
             if name == SYNC and self.progress is not None:
                 self.progress.register_barrier(_text(value))
+                return
+            if name == VERIFY and self.verifier is not None and self.vfs.spawn is not None:
+                try:
+                    ask = json.loads(_text(value))
+                    token, repair = str(ask["token"]), bool(ask.get("repair"))
+                except (ValueError, KeyError, TypeError):
+                    raise FsError(errno.EINVAL) from None
+                self.verifier.start(token, repair, self.vfs.spawn)
                 return
         # State and revision are the mount's to say: never stored, never copied back in.
         raise FsError(errno.EPERM)

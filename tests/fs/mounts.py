@@ -94,6 +94,16 @@ class Mount:
         st["synced_seq"] = int(r.stdout.split()[-1])
         return st
 
+    def verify(self, repair: bool = False) -> dict:
+        """``gobi verify`` (``--repair``): the mount's report of how its mirror compares
+        with the server's tree."""
+        r = gobi("verify", str(self.path), "--json", *(["--repair"] if repair else []),
+                 env=self.user.env, check=False)
+        assert r.returncode in (0, 1), f"verify failed ({r.returncode}): {r.stdout}{r.stderr}"
+        report = json.loads(r.stdout)
+        assert (r.returncode == 0) == (report["difference_count"] == report["repaired"]), r.stdout
+        return report
+
     def umount(self, timeout: float = 60) -> subprocess.CompletedProcess:
         r = gobi("umount", str(self.path), "--timeout", str(timeout), env=self.user.env, check=False)
         self._wait_exit()
