@@ -48,11 +48,17 @@ from gobi.protocol import (
 )
 
 from .remote import ApiError, Offline, Remote, RemoteError, error_from_body
+from .vfs import Link
 
 log = logging.getLogger(__name__)
 
 BACKOFF_MIN, BACKOFF_MAX = 0.25, 30.0
-HEARTBEAT = 15.0            # seconds between pings; a pong must come within this
+# Liveness: a ping every PING_INTERVAL; a link that gives no pong and no frame for
+# PONG_TIMEOUT is dead or frozen, so `gobi status` says so within about six seconds. A busy
+# server still answers pings from its event loop within milliseconds, so this does not
+# flap; a frame received meanwhile counts as a sign of life too.
+PING_INTERVAL = 2.0
+PONG_TIMEOUT = 4.0
 RECONCILE_INTERVAL = 30.0   # cheap head-seq check
 RECONCILE_GRACE = 2.0       # events may be in flight: re-check before fetching over REST
 
@@ -90,8 +96,11 @@ class _Pending:
 
 class Live:
     def __init__(self, remote: Remote, send: trio.MemorySendChannel, start_seq: int,
-                 reconcile_interval: float = RECONCILE_INTERVAL):
+                 reconcile_interval: float = RECONCILE_INTERVAL, link: Link | None = None):
         self.remote = remote
+        # The mount's idea of whether the server is reachable: up when a socket opens,
+        # down when the socket dies of a network failure (not when the server refuses).
+        self.link = link
         self.send = send
         self.received = start_seq            # highest seq queued so far
         self.reconcile_interval = reconcile_interval
@@ -105,10 +114,12 @@ class Live:
         self.rest_fills = 0                   # events that came by REST instead of the socket
         self.head_seq = start_seq
         self.last_event_at = 0.0
+        self.last_frame_at = 0.0              # monotonic time of the last frame received
         self.stopped: str | None = None
         self.wake = trio.Event()              # poke(): reconnect now
         self._ids = itertools.count(1)
         self._pending: dict[str, _Pending] = {}
+        self._unresponsive: _Unresponsive | None = None
 
     # -- status ---------------------------------------------------------------------------
 
@@ -213,9 +224,12 @@ class Live:
                     log.warning("live stream refused by %s: %s", url, exc)
                     backoff = max(backoff, 10.0)
                 except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError, _Closed,
-                        ValueError) as exc:
+                        _Unresponsive, ValueError) as exc:
                     self.remote.servers.failed(url)
-                    self._set_state("disconnected", f"{type(exc).__name__}: {exc}")
+                    why = f"{type(exc).__name__}: {exc}"
+                    self._set_state("disconnected", why)
+                    if self.link is not None and _network_failure(exc):
+                        self.link.down(f"live stream: {why}")
                 finally:
                     self._fail_pending(Offline("the live connection closed"))
                     self.ws = None
@@ -260,29 +274,33 @@ class Live:
         self.head_seq = max(self.head_seq, int(hello.get("head_seq", 0)))
         self.ws = ws
         self.connects += 1
+        self.last_frame_at = time.monotonic()
+        if self.link is not None:
+            self.link.up()
         self._set_state("catching up" if self.head_seq > self.received else "live")
         self.last_error = ""
         log.info("live stream connected to %s after seq %s (head %s)", self.url, self.received, self.head_seq)
         failure: BaseException | None = None
         try:
             # The receive loop runs in the nursery's body and hands its exception out
-            # after the nursery closed, so it is never wrapped in an exception group.
+            # after the nursery closed, so it is never wrapped in an exception group. The
+            # heartbeat ends it by cancelling the nursery (a frozen link never closes).
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._heartbeat, ws)
+                nursery.start_soon(self._heartbeat, ws, nursery.cancel_scope)
                 try:
                     while True:
                         try:
                             msg = await ws.get_message()
                         except ConnectionClosed as exc:
                             self._closed(exc)
+                        self.last_frame_at = time.monotonic()
                         await self._frame(json.loads(msg))
                 except Exception as exc:
                     failure = exc
                 nursery.cancel_scope.cancel()
         finally:
             self.ws = None
-        assert failure is not None
-        raise failure
+        raise failure or self._unresponsive or _Closed("the stream ended")
 
     def _closed(self, exc: ConnectionClosed) -> None:
         code = exc.reason.code if exc.reason else None
@@ -318,20 +336,25 @@ class Live:
                 raise _Expired()
         # pong and unknown frames: nothing to do
 
-    async def _heartbeat(self, ws: trio_websocket.WebSocketConnection) -> None:
-        """A peer that stops answering (a killed host, a cut cable) is noticed: the socket
-        is closed, which ends the receive loop."""
+    async def _heartbeat(self, ws: trio_websocket.WebSocketConnection, session: trio.CancelScope) -> None:
+        """A peer that stops answering (a killed host, a cut cable, a frozen link) is
+        noticed within PING_INTERVAL + PONG_TIMEOUT: the session is cancelled and ends
+        with ``_Unresponsive`` (leaving it closes the socket, bounded)."""
+        self._unresponsive = None
         while True:
-            await trio.sleep(HEARTBEAT)
-            with trio.move_on_after(HEARTBEAT) as scope:
+            await trio.sleep(PING_INTERVAL)
+            with trio.move_on_after(PONG_TIMEOUT) as scope:
                 try:
                     await ws.ping()
                 except ConnectionClosed:
                     return
-            if scope.cancelled_caught:
-                self.last_error = f"no pong within {HEARTBEAT:.0f}s"
-                with trio.move_on_after(2):
-                    await ws.aclose(code=1011, reason="no pong")
+            if scope.cancelled_caught and time.monotonic() - self.last_frame_at > PONG_TIMEOUT:
+                self._unresponsive = _Unresponsive(f"no answer from the server for {PONG_TIMEOUT:.0f}s")
+                # Said at once: closing the socket may take its own timeout on a frozen link.
+                self._set_state("disconnected", str(self._unresponsive))
+                if self.link is not None:
+                    self.link.down(f"live stream: {self._unresponsive}")
+                session.cancel()
                 return
 
     async def _reconcile_loop(self) -> None:
@@ -396,6 +419,15 @@ class Live:
             p.done.set()
 
 
+def _network_failure(exc: BaseException) -> bool:
+    """Did the socket fail because the server cannot be reached (not because it refused)?"""
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        return exc.status_code >= 500
+    if isinstance(exc, trio_websocket.ConnectionTimeout):
+        return True
+    return not isinstance(exc, (HandshakeError, ValueError))
+
+
 class _GoingAway(Exception):
     pass
 
@@ -410,3 +442,7 @@ class _Rejected(Exception):
 
 class _Closed(Exception):
     pass
+
+
+class _Unresponsive(Exception):
+    """No pong and no frame within the timeout: the link is dead or frozen."""

@@ -177,7 +177,8 @@ async def _run(cfg: MountConfig) -> int:
             if not link.online:
                 raise MountError("the server cannot be reached and this cache dir has no mirror yet")
             await applier.relist()
-        live = Live(remote, send, start_seq=applier.last_seq, reconcile_interval=cfg.poll_interval)
+        live = Live(remote, send, start_seq=applier.last_seq, reconcile_interval=cfg.poll_interval,
+                    link=link)
         sync = Sync(tree, vfs, cache, remote, link, device, applier, live, settle=cfg.settle,
                     quiet=cfg.quiet)
         verifier = Verifier(tree, vfs, applier, sync, remote)

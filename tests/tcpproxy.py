@@ -6,6 +6,13 @@ for tests, between one client and one server, for every protocol (HTTP and WebSo
   peer, as behind a dead router. ``restore()`` delivers what was held.
 - ``cut()``: reset every connection (RST) and reset new ones at once, as when a host
   reboots or a firewall rejects. ``restore()`` lets new connections through again.
+- ``reset()``: a moment's cut: the connections open now are reset, new ones pass (a
+  load balancer restart, a flaky NAT).
+- ``refuse_websockets = True``: a new connection whose first bytes are a WebSocket
+  upgrade is answered ``503`` and closed, while plain HTTP passes (a proxy without
+  WebSockets; or a mount made to replay its journal over REST before its live stream is
+  back). An answer, not a bare close: a handshake whose connection just closes waits for
+  the client's connect timeout.
 
 One thread runs a ``selectors`` loop over every socket, so freezing and cutting take
 effect between two reads, and ``close()`` stops it all.
@@ -38,6 +45,7 @@ class _Pipe:
         self.ends = (client, upstream)
         self.held = {client: bytearray(), upstream: bytearray()}    # bytes waiting to go TO that socket
         self.eof = {client: False, upstream: False}                 # that socket sent EOF
+        self.first = True                                           # nothing read from the client yet
 
     def peer(self, sock: socket.socket) -> socket.socket:
         return self.ends[1] if sock is self.ends[0] else self.ends[0]
@@ -50,8 +58,13 @@ class TcpProxy:
         self.listener.setblocking(False)
         self.port = self.listener.getsockname()[1]
         self.state = OPEN
+        self.refuse_websockets = False
         self.connections = 0          # accepted in all
-        self.resets = 0               # connections reset by cut()
+        self.resets = 0               # connections reset by cut() or reset()
+        self.cuts = 0                 # reset() calls
+        self._reset_asked = 0
+        self._reset_served = 0
+        self._reset_done = threading.Condition()
         self._pipes: dict[socket.socket, _Pipe] = {}
         self._lock = threading.Lock()
         self._stop = False
@@ -75,6 +88,15 @@ class TcpProxy:
 
     def restore(self) -> None:
         self._set(OPEN)
+
+    def reset(self) -> None:
+        """Reset the connections open now; returns once they are."""
+        with self._reset_done:
+            self._reset_asked += 1
+            self.cuts += 1
+            asked = self._reset_asked
+            self._poke()
+            self._reset_done.wait_for(lambda: self._reset_served >= asked or self._stop, timeout=10)
 
     def close(self) -> None:
         self._stop = True
@@ -105,10 +127,17 @@ class TcpProxy:
             while not self._stop:
                 with self._lock:
                     state = self.state
-                if state == CUT and self._pipes:
+                with self._reset_done:
+                    asked = self._reset_asked
+                if (state == CUT or asked > self._reset_served) and self._pipes:
                     for sock in list(self._pipes):
+                        if sock in self._pipes:
+                            self.resets += 1
                         self._drop(sock, reset=True)
-                        self.resets += 1
+                if asked > self._reset_served:
+                    with self._reset_done:
+                        self._reset_served = asked
+                        self._reset_done.notify_all()
                 self._register(state)
                 for key, events in self._selector.select(timeout=0.5):
                     sock = key.fileobj
@@ -194,6 +223,16 @@ class TcpProxy:
                 if not pipe.held[peer]:
                     self._half_close(peer)
             elif data:
+                if pipe.first and sock is pipe.ends[0]:
+                    pipe.first = False
+                    if self.refuse_websockets and b"upgrade: websocket" in data.lower():
+                        try:
+                            sock.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                      b"Connection: close\r\n\r\n")
+                        except OSError:
+                            pass
+                        self._drop(sock, reset=False)
+                        return
                 pipe.held[peer] += data
         if events & selectors.EVENT_WRITE and pipe.held[sock]:
             try:

@@ -1,5 +1,5 @@
 """Conflicts between two real mounts (issue 5, "how it will be checked"): every conflict
-case is reproduced with mount B offline (its connections to the server refused) while
+case is reproduced with mount B offline (its connections to the server reset) while
 B and A change the same thing, then B reconnects and replays its journal with
 ``on_conflict: "strategy"``.
 
@@ -26,10 +26,8 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,9 +36,9 @@ from pathlib import Path
 import pytest
 
 from tests.servers import ServerProcess
+from tests.tcpproxy import TcpProxy
 
 from .mounts import Mount, User, caught_up, eventually, gobi, listing, server_tree
-from .test_failover import CuttableProxy
 
 BASE = b"base: written before anyone went offline\n"
 ON_A = b"A's version: written on A while B was offline\n"
@@ -48,70 +46,6 @@ ON_B = b"B's version: written on B while offline\n"
 OLD = b"an old file in the directory\n"
 NEW_A = b"new on A inside the directory\n"
 NEW_B = b"new on B inside the directory\n"
-
-
-class RefusingProxy(CuttableProxy):
-    """A CuttableProxy that can also take its mount offline: ``offline()`` cuts every
-    connection and stops listening (new connections are refused at once, like a server
-    that is down); ``online()`` listens on the same port again. ``hold_ws``: WebSocket
-    upgrades are refused while REST passes, so the mount replays its journal before its
-    live stream is back (its backoff can be 30 s while uploads retry on demand)."""
-
-    hold_ws = False
-
-    def _accept(self) -> None:
-        sock = self.sock
-        while not self.closed:
-            try:
-                client, _ = sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        if self.hold_ws:
-            client.settimeout(10)
-            try:
-                head = client.recv(4096, socket.MSG_PEEK)
-            except OSError:
-                head = b""
-            client.settimeout(None)
-            if b"upgrade: websocket" in head.lower():
-                # An answer, not a bare close: a handshake whose connection just closes
-                # waits for trio-websocket's connect timeout (10 s) before it fails.
-                try:
-                    client.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                   b"Connection: close\r\n\r\n")
-                except OSError:
-                    pass
-                client.close()
-                return
-        try:
-            upstream = socket.create_connection(self.target)
-        except OSError:
-            client.close()
-            return
-        with self.lock:
-            self.conns += [client, upstream]
-        for src, dst in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def offline(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)    # wakes the accept thread (close alone does not)
-        except OSError:
-            pass
-        self.sock.close()
-        self.cut()
-
-    def online(self) -> None:
-        if self.sock.fileno() != -1 or self.closed:
-            return
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", self.port))
-        self.sock.listen(64)
-        threading.Thread(target=self._accept, daemon=True).start()
 
 
 # -- what the tree must look like ---------------------------------------------------------------
@@ -280,7 +214,7 @@ class Pair:
     vault: str
     a: Mount
     b: Mount
-    proxy: RefusingProxy
+    proxy: TcpProxy
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +227,7 @@ def pair(server, tmp_path_factory):
     vault = user.create_vault("conflicts")
     rules = [{"pattern": f"{c.key}-*/**", "strategy": c.strategy} for c in CASES if c.strategy != "keep-both"]
     set_strategy(user, vault, "keep-both", rules + [{"pattern": "manual-*/**", "strategy": "manual"}])
-    proxy = RefusingProxy(server.port)
+    proxy = TcpProxy(server.port)
     a = Mount(user, vault, root / "a", root / "a-cache")
     b = Mount(user, vault, root / "b", root / "b-cache", extra=("--server", proxy.url))
     try:
@@ -303,8 +237,8 @@ def pair(server, tmp_path_factory):
         b.start()
         yield Pair(user, vault, a, b, proxy)
     finally:
-        proxy.hold_ws = False
-        proxy.online()
+        proxy.refuse_websockets = False
+        proxy.restore()
         b.stop()
         a.stop()
         proxy.close()
@@ -335,18 +269,18 @@ def retained(p: Pair, ids: set[str]) -> set[bytes]:
 
 
 def go_offline(p: Pair) -> None:
-    p.proxy.offline()
+    p.proxy.cut()
     eventually(lambda: p.b.status()["live"] != "live", "B noticed the cut")
 
 
 def come_back(p: Pair, mode: str) -> None:
     if mode == "replay-first":
-        p.proxy.hold_ws = True
-        p.proxy.online()
+        p.proxy.refuse_websockets = True
+        p.proxy.restore()
         p.b.sync()                      # every queued write answered by the server…
         assert p.b.status()["live"] != "live"   # …before any event of the outage arrived
-        p.proxy.hold_ws = False
-    p.proxy.online()
+        p.proxy.refuse_websockets = False
+    p.proxy.restore()
     caught_up(p.a, p.b)
     caught_up(p.a, p.b)     # B's replay may have caused events A applied after its sync
 

@@ -9,7 +9,6 @@ Every wait is a hang guard, never a performance threshold.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -17,77 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.servers import Api, ServerProcess
+from tests.tcpproxy import TcpProxy
 
 from .mounts import Mount, User, caught_up, eventually, gobi, listing, read, server_tree
-
-
-class CuttableProxy:
-    """A TCP proxy on 127.0.0.1 whose connections can be cut at any moment (both
-    directions reset), like a flaky network or a load balancer restart."""
-
-    def __init__(self, target_port: int):
-        self.target = ("127.0.0.1", target_port)
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.conns: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.cuts = 0
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.conns += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        with self.lock:
-            conns, self.conns = self.conns, []
-            self.cuts += 1
-        for s in conns:
-            # shutdown wakes the pump threads blocked in recv (close alone would not, and
-            # the connection would live on); both peers see the stream end mid-way.
-            for step in (lambda: s.shutdown(socket.SHUT_RDWR), s.close):
-                try:
-                    step()
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.closed = True
-        self.sock.close()
-        self.cut()
 
 
 def no_conflict_copies(m: Mount) -> None:
@@ -96,7 +27,7 @@ def no_conflict_copies(m: Mount) -> None:
 
 
 def test_connection_cut_mid_stream_loses_nothing(mounts, server, user):
-    proxy = CuttableProxy(server.port)
+    proxy = TcpProxy(server.port)
     try:
         a = mounts("a")
         gobi("login", proxy.url, "-u", user.name, "--password-stdin", env=user.env,
@@ -108,7 +39,7 @@ def test_connection_cut_mid_stream_loses_nothing(mounts, server, user):
             (a.path / "stream" / f"f{i:03}").write_bytes(b"payload %d" % i)
             if i % 30 == 15:
                 a.sync()
-                proxy.cut()             # b's socket (and its REST connections) drop
+                proxy.reset()           # b's socket (and its REST connections) drop
         caught_up(a, b)
         assert proxy.cuts == 5
         st = b.status()
@@ -234,3 +165,35 @@ def test_sigterm_on_one_instance_fails_over(cluster, tmp_path):
         b.stop()
         a.stop()
         user.close()
+
+
+def test_status_tells_a_frozen_or_dead_link_quickly(mounts, server, user, tmp_path):
+    """A frozen link (the server silent, connections open) and a dead one (connections
+    reset, new ones refused) both show in ``gobi status`` and ``user.gobi.state`` within
+    one liveness period (ping interval + pong timeout), and the mount is back online
+    once the link is. The wait is bounded by that period (the protocol's bound), plus
+    slack for a loaded machine; the figures are printed."""
+    from gobi.fs.events import PING_INTERVAL, PONG_TIMEOUT
+
+    bound = PING_INTERVAL + PONG_TIMEOUT + 10
+    token_file = tmp_path / "token"
+    token_file.write_text(user.token)
+    token_file.chmod(0o600)
+    with TcpProxy(server.port) as proxy:
+        m = mounts("m", extra=("--server", proxy.url, "--credentials", str(token_file)))
+        eventually(lambda: m.status()["live"] == "live", "the stream is live")
+        for break_link in (proxy.freeze, proxy.cut):
+            t0 = time.monotonic()
+            break_link()
+            st = eventually(lambda: (lambda s: s if s["live"] != "live" and not s["online"] else None)(
+                m.status()), f"{break_link.__name__}: the status says offline", timeout=bound)
+            print(f"{break_link.__name__}: offline in status after {time.monotonic() - t0:.1f}s "
+                  f"({st['live']}: {st['live_error'] or st['last_error']})")
+            out = gobi("status", str(m.path), env=user.env).stdout
+            assert "OFFLINE" in out, out
+            assert os.getxattr(m.path, "user.gobi.state") == b"synced"     # nothing pending
+            proxy.restore()
+            t0 = time.monotonic()
+            eventually(lambda: (lambda s: s["live"] == "live" and s["online"])(m.status()),
+                       f"{break_link.__name__}: back online")
+            print(f"{break_link.__name__}: live again {time.monotonic() - t0:.1f}s after the link was")
