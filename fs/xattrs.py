@@ -26,14 +26,17 @@ Per file or directory (read-only):
 ``user.gobi.pin``    JSON: whether the node is pinned (and through which directory), its
                      files and bytes, how much is local, the pass in progress.
 
-Controls on the mount's root directory (used by ``gobi status|sync|pin|unpin``; the
-mountpoint is the address, no socket needed):
+Controls on the mount's root directory (used by ``gobi status|sync|verify|pin|unpin``;
+the mountpoint is the address, no socket needed):
 
 ``user.gobi.status``        read: the status JSON.
 ``user.gobi.flush``         write: upload now (``nodrain``: no drain after unmount).
 ``user.gobi.sync``          write TOKEN: a barrier on every change made so far;
 ``user.gobi.sync.TOKEN``    read: the barrier's progress, and the seq once it is done.
 ``user.gobi.pin`` / ``user.gobi.unpin``   write a path relative to the root.
+``user.gobi.verify``        write ``{"token": T, "repair": bool}``: compare the mirror with
+                            the server in the background (``gobi.fs.verify``);
+``user.gobi.verify.TOKEN``  read: ``{"state": "running"}``, then the report.
 """
 
 from __future__ import annotations

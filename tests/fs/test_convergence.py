@@ -244,7 +244,7 @@ class Chaos:
             p.restore()
 
     def _run(self, action: str, rng: random.Random) -> None:
-        while not self.stop.wait(rng.uniform(1.0, 4.0)):
+        while not self.stop.wait(rng.uniform(0.5, 3.0)):
             i = rng.randrange(len(self.proxies))
             p = self.proxies[i]
             lasting = rng.uniform(2.0, MAX_FREEZE) if action == "freeze" else rng.uniform(0.5, MAX_CUT)
