@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ BACKOFF_MIN, BACKOFF_MAX = 0.25, 30.0
 # flap; a frame received meanwhile counts as a sign of life too.
 PING_INTERVAL = 2.0
 PONG_TIMEOUT = 4.0
+CONNECT_TIMEOUT = 10.0      # from the TCP connect to the server's hello
 RECONCILE_INTERVAL = 30.0   # cheap head-seq check
 RECONCILE_GRACE = 2.0       # events may be in flight: re-check before fetching over REST
 
@@ -120,6 +122,7 @@ class Live:
         self._ids = itertools.count(1)
         self._pending: dict[str, _Pending] = {}
         self._unresponsive: _Unresponsive | None = None
+        self._scope = trio.CancelScope()          # the current session's (see _session)
 
     # -- status ---------------------------------------------------------------------------
 
@@ -251,26 +254,37 @@ class Live:
         if self.remote.device:
             headers.append((DEVICE_HEADER.encode(), self.remote.device.encode()))
         self._set_state("connecting")
-        try:
-            async with open_websocket_url(ws_url, extra_headers=headers, message_queue_size=1024,
-                                          max_message_size=64 * 1024 * 1024, connect_timeout=10,
-                                          disconnect_timeout=2) as ws:
-                await self._serve(ws)
-        except trio_websocket.ConnectionRejected as exc:
-            if exc.status_code == 410:
-                raise _Expired() from None
-            if exc.status_code in (401, 403, 404):
-                body = (exc.body or b"")[:200].decode(errors="replace")
-                raise _Rejected(f"HTTP {exc.status_code} {body}") from None
-            raise
+        self._unresponsive = None
+        # trio-websocket's connect_timeout does not bound a handshake the peer never
+        # answers (a frozen link: its reader task outlives the timeout and the library's
+        # nursery waits for it for ever), so this scope bounds everything up to the hello
+        # (``_serve`` lifts the deadline then) and is what the heartbeat cancels when a
+        # live link goes silent: no close handshake is waited for on a dead link.
+        with trio.CancelScope(deadline=trio.current_time() + CONNECT_TIMEOUT) as scope:
+            self._scope = scope
+            try:
+                async with open_websocket_url(ws_url, extra_headers=headers, message_queue_size=1024,
+                                              max_message_size=64 * 1024 * 1024,
+                                              connect_timeout=CONNECT_TIMEOUT,
+                                              disconnect_timeout=2) as ws:
+                    await self._serve(ws)
+            except trio_websocket.ConnectionRejected as exc:
+                if exc.status_code == 410:
+                    raise _Expired() from None
+                if exc.status_code in (401, 403, 404):
+                    body = (exc.body or b"")[:200].decode(errors="replace")
+                    raise _Rejected(f"HTTP {exc.status_code} {body}") from None
+                raise
+        if scope.cancelled_caught:
+            raise self._unresponsive or trio_websocket.ConnectionTimeout()
 
     async def _serve(self, ws: trio_websocket.WebSocketConnection) -> None:
         """Read frames until the socket closes; always ends with an exception that says
         how (``_GoingAway``, ``_Expired``, ``StreamStopped``, ``ConnectionClosed``…)."""
-        with trio.fail_after(15):
-            hello = json.loads(await ws.get_message())
+        hello = json.loads(await ws.get_message())
         if hello.get("type") != "hello":
             raise ValueError(f"expected hello, got {str(hello)[:100]}")
+        self._scope.deadline = math.inf          # connected: the heartbeat watches from now on
         self.head_seq = max(self.head_seq, int(hello.get("head_seq", 0)))
         self.ws = ws
         self.connects += 1
@@ -286,7 +300,7 @@ class Live:
             # after the nursery closed, so it is never wrapped in an exception group. The
             # heartbeat ends it by cancelling the nursery (a frozen link never closes).
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._heartbeat, ws, nursery.cancel_scope)
+                nursery.start_soon(self._heartbeat, ws)
                 try:
                     while True:
                         try:
@@ -336,11 +350,10 @@ class Live:
                 raise _Expired()
         # pong and unknown frames: nothing to do
 
-    async def _heartbeat(self, ws: trio_websocket.WebSocketConnection, session: trio.CancelScope) -> None:
+    async def _heartbeat(self, ws: trio_websocket.WebSocketConnection) -> None:
         """A peer that stops answering (a killed host, a cut cable, a frozen link) is
         noticed within PING_INTERVAL + PONG_TIMEOUT: the session is cancelled and ends
         with ``_Unresponsive`` (leaving it closes the socket, bounded)."""
-        self._unresponsive = None
         while True:
             await trio.sleep(PING_INTERVAL)
             with trio.move_on_after(PONG_TIMEOUT) as scope:
@@ -354,7 +367,7 @@ class Live:
                 self._set_state("disconnected", str(self._unresponsive))
                 if self.link is not None:
                     self.link.down(f"live stream: {self._unresponsive}")
-                session.cancel()
+                self._scope.cancel()
                 return
 
     async def _reconcile_loop(self) -> None:

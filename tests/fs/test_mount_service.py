@@ -73,7 +73,7 @@ def test_credentials_file_and_bare_token(user, vault, tmp_path):
     finally:
         m.stop()
     r = gobi("mount", vault, str(tmp_path / "m2"), "--credentials", str(token_file), env=env, check=False)
-    assert r.returncode == 1 and "needs --server" in r.stderr
+    assert r.returncode == 1 and "holds only a token: say which server with --server URL" in r.stderr
     r = gobi("mount", vault, str(tmp_path / "m2"), "--credentials", str(tmp_path / "missing"),
              env=env, check=False)
     assert r.returncode == 1 and "does not exist" in r.stderr
