@@ -40,7 +40,8 @@ async def create(spec: Spec) -> None:
             except TransientStorageError as exc:
                 if time.monotonic() > deadline:
                     raise
-                print(f"s3-init: {driver.describe()} not ready yet ({exc}); retrying", file=sys.stderr)
+                print(f"s3-init: {driver.describe()} not ready yet ({exc}); retrying",
+                      file=sys.stderr)
                 await asyncio.sleep(2)
     finally:
         await driver.close()

@@ -28,7 +28,8 @@ from gobi.drivers.s3 import MiB, S3Driver
 
 from tests import needs
 
-from .services import ACCESS_KEY, SECRET_KEY, CephRgw, Moto, S3Endpoint, SeaweedFS, ceph_missing, weed_binary
+from .services import (ACCESS_KEY, SECRET_KEY, CephRgw, Moto, S3Endpoint, SeaweedFS, ceph_missing,
+                       weed_binary)
 
 BUCKET = "gobi-tests"
 
@@ -123,7 +124,7 @@ CASES: dict[str, Callable[[Env], StorageDriver]] = {
     "encrypted(nfs)": lambda e: e.encrypted(e.nfs()),
     "encrypted(s3-moto)": lambda e: e.encrypted(e.s3("moto")),
     "encrypted(s3-ceph)": lambda e: e.encrypted(e.s3("ceph")),
-    "encrypted(s3-seaweedfs)": lambda e: e.encrypted(e.s3("seaweedfs")),  # docker-compose.yml's storage
+    "encrypted(s3-seaweedfs)": lambda e: e.encrypted(e.s3("seaweedfs")),  # as docker-compose.yml
     "replicated(local,nfs)": lambda e: ReplicatedDriver([e.local(), e.nfs()]),
     "replicated(encrypted(local),encrypted(s3-moto))":
         lambda e: ReplicatedDriver([e.encrypted(e.local()), e.encrypted(e.s3("moto"))]),

