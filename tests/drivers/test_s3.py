@@ -1,5 +1,6 @@
-"""S3-specific behaviour on moto and on a real Ceph RGW: multipart uploads, retries on
-throttling and 5xx (injected on the wire by a proxy), credentials and bucket errors."""
+"""S3-specific behaviour on moto and on real servers (Ceph RGW, SeaweedFS): multipart
+uploads, retries on throttling and 5xx (injected on the wire by a proxy), credentials and
+bucket errors."""
 
 from __future__ import annotations
 
@@ -17,8 +18,14 @@ from .services import ACCESS_KEY, SECRET_KEY
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["moto", "ceph"])
+@pytest.fixture(params=["moto", "ceph", "seaweedfs"])
 def endpoint(request):
+    return request.getfixturevalue(f"{request.param}_endpoint")
+
+
+@pytest.fixture(params=["ceph", "seaweedfs"])
+def signing_endpoint(request):
+    """Servers that check request signatures (moto does not)."""
     return request.getfixturevalue(f"{request.param}_endpoint")
 
 
@@ -73,8 +80,8 @@ async def test_refusals_are_permission_errors_without_retries(endpoint, env):
             await driver.close()
 
 
-async def test_wrong_secret_is_refused_by_a_signature_checking_server(ceph_endpoint, env):
-    driver = make(ceph_endpoint.url, env.uid, secret_key="not-the-secret")
+async def test_wrong_secret_is_refused_by_a_signature_checking_server(signing_endpoint, env):
+    driver = make(signing_endpoint.url, env.uid, secret_key="not-the-secret")
     try:
         with pytest.raises(StoragePermissionError):
             await driver.put("v1/k", b"x")
