@@ -169,7 +169,9 @@ async def _run(cfg: MountConfig) -> int:
         cache = BlockCache(cfg.cache_dir, cfg.cache_size)
         remote = Remote(servers, cfg.token, vault=vault_id, device=device)
         vfs = Vfs(tree, cache, remote, link, os.getuid(), os.getgid())
-        kernel = Kernel(tree, cfg.mountpoint, materialise=cfg.materialise)
+        # GOBI_TEST_NOTICE_DELAY: tests hold kernel notices back to show what a late one does.
+        kernel = Kernel(tree, cfg.mountpoint, materialise=cfg.materialise,
+                        delay=float(os.environ.get("GOBI_TEST_NOTICE_DELAY", "0")))
         applier = Applier(tree, vfs, remote, link, device, kernel)
         send, receive = trio.open_memory_channel(math.inf)
         recover(tree, cache, vfs)

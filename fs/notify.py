@@ -123,7 +123,7 @@ class _Expect:
 
 class Kernel:
     def __init__(self, tree: Tree, mountpoint: Path | None = None, materialise: bool = True,
-                 busy: Callable[[int], bool] | None = None):
+                 busy: Callable[[int], bool] | None = None, delay: float = 0.0):
         self.tree = tree
         self.mountpoint = Path(mountpoint) if mountpoint else None
         self.materialising = materialise and mountpoint is not None
@@ -143,14 +143,30 @@ class Kernel:
         # writing here: eviction cannot drop an open inode, so the kernel keeps its own
         # size until told again once the writers closed (``retry_refused``).
         self.refused: set[int] = set()
+        # Inodes whose content or attributes changed in the mirror and whose notice has not
+        # been carried out yet: until it is, the kernel still has the old size (with the
+        # writeback cache it trusts its own), so an open of such a file waits for it
+        # (``settled``), or an append would land at the old end of file.
+        self._unsettled: dict[int, trio.Event] = {}
+        self.delay = delay            # tests: hold notices this long, to widen that window
 
     # -- what changed (called by the applier, on the trio thread) --------------------------------
 
     def _add(self, item: _Item) -> None:
         if self.quiet_entries and item.kind in ("entry", "delete"):
             return      # a change made through the mount: the kernel knows it already
+        if item.kind in ("inode", "attrs") and self.enabled:
+            self._unsettled.setdefault(item.ino, trio.Event())
         self._items.append(item)
         self._wake.set()
+
+    async def settled(self, ino: int, limit: float = 2.0) -> None:
+        """Wait until the kernel has been told of every change of ``ino`` made so far
+        (bounded: a notice that hangs must not hang the caller)."""
+        event = self._unsettled.get(ino)
+        if event is not None:
+            with trio.move_on_after(limit):
+                await event.wait()
 
     def created(self, parent: int, name: str) -> None:
         self._add(_Item("entry", parent, name))
@@ -188,14 +204,22 @@ class Kernel:
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
+            if self.delay:
+                await trio.sleep(self.delay)
             items, self._items = self._items, []
-            if not self.enabled:
-                continue            # not mounted (yet, or any more): nothing is cached
-            log.debug("kernel notices: %s", items)
-            steps = self._plan(items)
-            if steps:
-                await trio.to_thread.run_sync(self._execute, steps)
-            self.done += len(items)
+            if self.enabled:
+                log.debug("kernel notices: %s", items)
+                steps = self._plan(items)
+                if steps:
+                    await trio.to_thread.run_sync(self._execute, steps)
+                self.done += len(items)
+            # (Not mounted, yet or any more: nothing is cached, nothing to wait for.)
+            for it in items:
+                event = self._unsettled.get(it.ino)
+                if event is not None and it.kind in ("inode", "attrs") and \
+                        not any(later.ino == it.ino for later in self._items):
+                    del self._unsettled[it.ino]
+                    event.set()
 
     def _plan(self, items: list[_Item]) -> list[_Step]:
         steps: list[_Step] = []
@@ -439,6 +463,9 @@ class LiveOperations(Operations):
     async def open(self, inode, flags, ctx):
         exp = self._ours(ctx)
         if exp is None:
+            # Close-to-open consistency: a file whose content changed remotely opens once
+            # the kernel knows its new size (see Kernel.settled).
+            await self.kernel.settled(inode)
             return await super().open(inode, flags, ctx)
         self._check_inode(exp, inode)
         return pyfuse3.FileInfo(fh=self.kernel.new_fh(exp), keep_cache=False)

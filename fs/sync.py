@@ -133,6 +133,7 @@ class Sync:
         self.idle = trio.Event()
         self._ops_at_idle = 0
         self._finished = trio.Event()
+        self._lost_open: dict[int, tuple[int, Node]] = {}   # ino -> losing switch waiting for close
         self._pauses = 0                   # paused(): no new entry starts while > 0
         self._resumed = trio.Event()
         self.journal.on_append = lambda: self.vfs.changed.set()
@@ -291,6 +292,8 @@ class Sync:
                 changed = self.vfs.changed = trio.Event()
                 kick = self.kick
                 finished = self._finished_event()
+                if self._lost_open:
+                    self._switch_lost()               # files closed: show the server's version
                 if self.applier.deferred:
                     self.applier.retry_deferred()     # files closed, holds ended
                 if self.applier.kernel.refused:
@@ -453,6 +456,17 @@ class Sync:
                 except RemoteError as exc:
                     log.warning("could not re-read %s: %s", dir_id, exc)
         row = self.tree.by_id(entry.node)
+        if row is not None and not self.journal.has_entries(row.id):
+            # Nothing of this file waits for upload any more: the next write must queue one
+            # (a stale mark made writes skip that, and kept a clean file's staging copy).
+            self.vfs.queued.discard(row.ino)
+            if row.dirty and row.parent is not None and self.vfs.staged(row.ino) \
+                    and row.ino not in self._lost_open:
+                # Local content no entry will send (an answer that settled the node without
+                # saying the content was taken): queue it, never leave it stranded.
+                log.warning("%s: local content without a queued upload; queuing it", row.id)
+                with self.tree.tx():
+                    self.journal.append("content", row.id)
         if row is not None and row.parent is None:
             self.vfs.maybe_purge(row.ino)
         if retry and self.applier.deferred:
@@ -828,8 +842,22 @@ class Sync:
     def _lost(self, ino: int, gen: int, node: Node) -> None:
         """Our upload of this file lost: show the server's state (kept dirty only if the
         file changed again meanwhile: that newer local change is sent later, and meets the
-        strategy again)."""
+        strategy again).
+
+        Not while the file is open for writing: the kernel may hold pages written but not
+        yet sent to us (writeback cache) and it trusts its own size, so switching the
+        content under a writer mixes the two versions (appends landed past the server's end
+        of file, after a hole of NULs). The switch waits for the last writer's close
+        (``_switch_lost``); a write meanwhile makes it a newer local change instead (the
+        file is held by its writer either way, so no remote state is applied under it)."""
         changed = self.vfs.gen.get(ino, 0) != gen or ino in self.vfs.queued
+        if not changed and ino in self.vfs.writers:
+            # Nothing of ours is left to upload (our version is on the server, as the
+            # conflicted copy or a version): clean, but the writer keeps seeing it.
+            self._lost_open[ino] = (gen, node)
+            with self.tree.tx():
+                self.tree.update(ino, dirty=0)
+            return
         with self.tree.tx():
             if changed:
                 return
@@ -851,6 +879,16 @@ class Sync:
             if h.ino == ino:
                 h.manifest = None
         self.applier.kernel.content(ino)
+
+    def _switch_lost(self) -> None:
+        """Carry out the switches ``_lost`` left for files open for writing, once closed."""
+        for ino, (gen, node) in list(self._lost_open.items()):
+            if self.vfs.gen.get(ino, 0) != gen or ino in self.vfs.queued:
+                del self._lost_open[ino]        # written since: a newer local change to upload
+            elif ino not in self.vfs.writers:
+                del self._lost_open[ino]
+                if self.tree.get_opt(ino) is not None:
+                    self._lost(ino, gen, node)
 
     def _add_copy(self, copy: Node, refs: list[ChunkRef]) -> None:
         """keep-both: our version under its conflicted-copy name, readable from the cache

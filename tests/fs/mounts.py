@@ -63,20 +63,21 @@ class User:
 
 class Mount:
     def __init__(self, user: User, vault: str, path: Path, cache_dir: Path,
-                 cache_size: str = "1G", extra: tuple[str, ...] = ()):
+                 cache_size: str = "1G", extra: tuple[str, ...] = (), env: dict | None = None):
         self.user = user
         self.vault = vault
         self.path = path
         self.cache_dir = cache_dir
         self.cache_size = cache_size
         self.extra = extra
+        self.env = {**user.env, **(env or {})}      # the daemon's environment
         self.pid: int | None = None
         path.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> "Mount":
         r = gobi("mount", self.vault, str(self.path), "--cache-dir", str(self.cache_dir),
                  "--cache-size", self.cache_size, "--settle", "0.2", *self.extra,
-                 env=self.user.env, check=False)
+                 env=self.env, check=False)
         if r.returncode != 0:
             raise AssertionError(f"mount failed:\n{r.stdout}\n{r.stderr}\n{self.log()}")
         self.pid = self.status()["pid"]

@@ -45,7 +45,7 @@ import pytest
 
 from tests.tcpproxy import TcpProxy
 
-from .mounts import Mount, caught_up, listing, server_file, server_tree
+from .mounts import Mount, caught_up, eventually, listing, server_file, server_tree
 
 MOUNTS = 3
 OPS = int(os.environ.get("GOBI_CONVERGENCE_OPS", "40"))
@@ -410,3 +410,56 @@ def test_own_chmod_ack_does_not_hide_a_remote_commit(mounts):
     # The chmod went with our version (it rode on the losing commit): the copy has it.
     assert tree["doc"][2] == 0o644, tree
     assert [v[2] for k, v in tree.items() if k.startswith("doc (conflicted copy ")] == [0o600], tree
+
+
+def test_append_after_a_remote_shrink_waits_for_the_kernel(mounts):
+    """A remote change that shrinks a file reaches the kernel through a notice carried
+    out in the background; with the writeback cache the kernel trusts its own size until
+    then. An append opened in that window used to land at the old end of file, after a
+    hole of NULs (found by the long partition run: an appended token 'lost' behind NULs).
+    Opening now waits for the pending notice. The notices of B are held 1.5 s here to make
+    the window wide."""
+    a = mounts("a")
+    b = mounts("b", env={"GOBI_TEST_NOTICE_DELAY": "1.5"})
+    (a.path / "f").write_bytes(b"a long first version of the file\n" * 3)
+    caught_up(a, b)
+    assert (b.path / "f").read_bytes() == b"a long first version of the file\n" * 3  # kernel caches size
+    (a.path / "f").write_bytes(b"short\n")
+    seq = a.sync()["synced_seq"]
+    eventually(lambda: b.status()["last_seq"] >= seq, "b applied the change")
+    with open(b.path / "f", "ab") as f:          # the notice is still pending
+        f.write(b"appended on b\n")
+    caught_up(a, b)
+    assert (b.path / "f").read_bytes() == b"short\nappended on b\n"
+    assert (a.path / "f").read_bytes() == b"short\nappended on b\n"
+
+
+def test_a_losing_commit_waits_for_the_writer_to_close(mounts):
+    """B's commit of a file loses (A committed first; keep-both) while B still has the
+    file open for writing. The switch to A's content waits for B's close: switching under
+    the writer mixed the versions (B's next write landed at B's old offset inside A's
+    content, or after NULs). B's later write is a newer local change: it meets the
+    strategy again, so every byte B wrote ends in a conflicted copy, none in A's file."""
+    a, b = mounts("a"), mounts("b")
+    (a.path / "doc").write_bytes(b"base\n")
+    caught_up(a, b)
+    fd = os.open(b.path / "doc", os.O_RDWR)
+    try:
+        os.pwrite(fd, b"mine\n", 0)
+        os.fsync(fd)                             # B's bytes reach the mount
+        (a.path / "doc").write_bytes(b"theirs, written on A, longer than B's\n")
+        a.sync()
+        eventually(lambda: any(c["path"] == "doc" for c in b.status()["conflicts"]),
+                   "B's commit met A's", timeout=60)
+        os.pwrite(fd, b"more\n", 5)              # B goes on writing its version
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    caught_up(a, b)
+    caught_up(a, b)
+    tree = listing(a)
+    assert tree == listing(b)
+    assert tree["doc"][1] == b"theirs, written on A, longer than B's\n", tree
+    copies = sorted(v[1] for k, v in tree.items() if k.startswith("doc (conflicted copy "))
+    assert b"mine\nmore\n" in copies, tree
+    assert not any(b"\0" in v[1] for v in tree.values() if v[0] == "file"), tree
