@@ -190,6 +190,8 @@ class Model(BaseModel):
 class RegisterRequest(Model):
     username: Username
     password: Password
+    #: Needed when the server requires invites (``gobi user invite NAME`` prints one).
+    invite: str | None = Field(default=None, max_length=128)
 
 
 class LoginRequest(Model):

@@ -41,6 +41,12 @@ def device_of(request: Request) -> str | None:
     return device
 
 
+def client_address(request: Request) -> str:
+    """The client's address: the TCP peer, or X-Forwarded-For behind ``proxies_count``
+    trusted proxies (Sanic's ``remote_addr`` honours it only then)."""
+    return request.remote_addr or request.ip or "?"
+
+
 def authed(handler: Callable[..., Awaitable[HTTPResponse]]) -> Callable[..., Awaitable[HTTPResponse]]:
     """Require a valid bearer token; puts ``request.ctx.actor`` in place.
 

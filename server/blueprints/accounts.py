@@ -6,11 +6,10 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, empty
 from sanic_ext import openapi
 
-from gobi.protocol import API_PREFIX, ErrorCode, LoginRequest, RegisterRequest, SessionCreated, User
+from gobi.protocol import API_PREFIX, LoginRequest, RegisterRequest, SessionCreated, User
 
 from ..accounts import user_view
-from ..errors import ServiceError
-from ..http import authed, body_doc, model_response, parse_body, services
+from ..http import authed, body_doc, client_address, model_response, parse_body, services
 
 bp = Blueprint("accounts", url_prefix=API_PREFIX)
 
@@ -21,12 +20,8 @@ bp = Blueprint("accounts", url_prefix=API_PREFIX)
 @body_doc(RegisterRequest)
 async def register(request: Request) -> HTTPResponse:
     req = parse_body(request, RegisterRequest)
-    if not request.app.ctx.config.open_registration:
-        raise ServiceError(
-            ErrorCode.REGISTRATION_CLOSED,
-            "registration is closed; an administrator adds users with 'gobi user add'",
-        )
-    user = await services(request).accounts.register(req.username, req.password)
+    user = await services(request).accounts.sign_up(req.username, req.password, req.invite,
+                                                    client_address(request))
     return model_response(user_view(user), status=201)
 
 
@@ -44,8 +39,8 @@ async def me(request: Request) -> HTTPResponse:
 @body_doc(LoginRequest)
 async def login(request: Request) -> HTTPResponse:
     req = parse_body(request, LoginRequest)
-    address = request.remote_addr or request.ip or "?"
-    token, user = await services(request).accounts.login(req.username, req.password, address)
+    token, user = await services(request).accounts.login(req.username, req.password,
+                                                         client_address(request))
     return model_response(SessionCreated(token=token, user=user_view(user)), status=201)
 
 

@@ -45,7 +45,7 @@ from gobi.protocol import (
 from ..conflicts import CONFLICT
 from ..errors import ServiceError
 from ..holds import HOLD
-from ..http import int_arg, services, str_arg
+from ..http import client_address, int_arg, services, str_arg
 from ..store.base import StoreUnavailable
 from ..writes import MAX_DEPTH
 from . import present
@@ -315,7 +315,7 @@ async def login(request: Request) -> HTTPResponse:
         return await _login_page(request, 400, "Enter your username and password.", username)
     svc = services(request)
     try:
-        token, _user = await svc.accounts.login(username, password, request.remote_addr or request.ip or "?")
+        token, _user = await svc.accounts.login(username, password, client_address(request))
     except ServiceError as exc:
         request.app.ctx.metrics.login_failures.inc()
         if exc.code is ErrorCode.RATE_LIMITED:
@@ -323,6 +323,9 @@ async def login(request: Request) -> HTTPResponse:
             return await _login_page(
                 request, 429, f"Too many failed sign-ins. Try again in {present.duration(retry)}.",
                 username, headers={"Retry-After": str(retry)})
+        if exc.code is ErrorCode.UNAVAILABLE:
+            return await _login_page(request, 503, "The server is busy; try again in a moment.",
+                                     username, headers=exc.headers or None)
         # 200 like any form shown again with a message (401 would need WWW-Authenticate).
         return await _login_page(request, 200, "Wrong username or password.", username)
     response = redirect(_safe_next(form.get("next")), status=303)
