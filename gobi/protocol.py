@@ -494,7 +494,8 @@ class HoldInfo(Model):
 
 
 class GcRequest(Model):
-    dry_run: bool = False
+    #: Required: a collection deletes data, so it is never what an empty request means.
+    dry_run: bool
 
 
 class GcReport(Model):

@@ -21,11 +21,14 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, json
 from sanic_ext import Extend
 
-from gobi.protocol import MAX_CHUNK_SIZE, MAX_JSON_BODY, WS_CLOSE_GOING_AWAY, ErrorCode
+from gobi.protocol import MAX_JSON_BODY, WS_CLOSE_GOING_AWAY, ErrorCode
 
-from . import blueprints, request_log, web
+from . import blueprints, gate, request_log, web
 from .config import ServerConfig
+from .connections import ConnectionGuard
+from .gate import Refused
 from .errors import ServiceError
+from .blueprints.content import MAX_BATCH_BODY
 from .metrics import Metrics
 from .service import Services
 from .store.base import StoreUnavailable
@@ -53,6 +56,8 @@ def _version() -> str:
 
 
 def _error_response(request: Request, exc: Exception) -> HTTPResponse:
+    if isinstance(exc, Refused):
+        return exc.response
     if isinstance(exc, ServiceError):
         if exc.status in (409, 410, 429) or exc.code in (ErrorCode.MISSING_CHUNKS, ErrorCode.HASH_MISMATCH):
             request.app.ctx.metrics.conflicts.labels(exc.code.value).inc()
@@ -97,7 +102,9 @@ async def _prune_forever(app: Sanic) -> None:
 
 def create_app(config: ServerConfig, name: str = "gobi") -> Sanic:
     app = Sanic(name)
-    app.config.REQUEST_MAX_SIZE = max(MAX_CHUNK_SIZE, MAX_JSON_BODY) + 64 * 1024
+    # The largest body of any route (a chunk batch); the gate lowers it per route.
+    app.config.REQUEST_MAX_SIZE = max(MAX_BATCH_BODY, MAX_JSON_BODY)
+    app.config.REQUEST_TIMEOUT = config.header_timeout
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = config.graceful_shutdown_timeout
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.PROXIES_COUNT = config.proxies_count
@@ -114,6 +121,10 @@ def create_app(config: ServerConfig, name: str = "gobi") -> Sanic:
     app.ctx.draining = False
     app.ctx.sockets = set()  # open WebSockets, closed with 1001 when draining
     app.ctx.metrics = Metrics()
+    app.ctx.guard = ConnectionGuard(
+        max_unauthenticated=config.max_unauthenticated_connections,
+        header_timeout=config.header_timeout, body_timeout=config.body_timeout,
+        body_min_rate=config.body_min_rate)
     app.ctx.version = _version()
     web.configure(app)  # the web page's templates, for sanic-ext's Jinja2 (before Extend)
     Extend(app)
@@ -126,6 +137,7 @@ def create_app(config: ServerConfig, name: str = "gobi") -> Sanic:
         app.blueprint(bp)
     app.blueprint(web.bp)
     app.error_handler.add(Exception, _error_response)
+    gate.install(app)
 
     @app.on_request
     async def _start_clock(request: Request) -> None:

@@ -118,6 +118,14 @@ class ServerConfig(BaseSettings):
     graceful_shutdown_timeout: Duration = parse_duration("30s")
     #: How often a WebSocket re-reads the store even without a doorbell (lost messages).
     poll_interval: Duration = parse_duration("5s")
+    #: Connections that have not authenticated yet (no request with a valid token or
+    #: session): past this many, new ones get 503 and are closed (docs/security.md).
+    max_unauthenticated_connections: int = Field(default=256, ge=1)
+    #: The request line and headers must arrive within this.
+    header_timeout: Duration = parse_duration("10s")
+    #: A body must arrive within ``body_timeout + size / body_min_rate`` (bytes/s).
+    body_timeout: Duration = parse_duration("10s")
+    body_min_rate: int = Field(default=16 * 1024, ge=1)
     #: Reverse proxies in front of this server whose X-Forwarded-For is trusted for the
     #: client's address (login rate limits, logs). 0: use the TCP peer address.
     proxies_count: int = Field(default=0, ge=0, le=10)

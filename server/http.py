@@ -21,6 +21,7 @@ from gobi.protocol import DEVICE_HEADER, MAX_JSON_BODY, ErrorCode
 
 from .access import Actor, require_role
 from .errors import ServiceError
+from .gate import set_policy
 
 M = TypeVar("M", bound=BaseModel)
 _DEVICE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -47,21 +48,33 @@ def client_address(request: Request) -> str:
     return request.remote_addr or request.ip or "?"
 
 
-def authed(handler: Callable[..., Awaitable[HTTPResponse]]) -> Callable[..., Awaitable[HTTPResponse]]:
+def authed(handler: Callable[..., Awaitable[HTTPResponse]] | None = None, *, role: str = "read",
+           max_body: int = MAX_JSON_BODY) -> Any:
     """Require a valid bearer token; puts ``request.ctx.actor`` in place.
 
-    On routes under a vault, membership is checked before anything else is looked at,
-    so a non-member gets the same 404 whatever the rest of the request says.
+    The check runs in the request gate (``gate.py``) on the headers, before any of the
+    body is read. On routes under a vault, membership (and ``role``, for routes whose
+    body is only worth reading from a writer) is checked before anything else is looked
+    at, so a non-member gets the same 404 whatever the rest of the request says.
+    ``max_body``: the largest body the route takes.
     """
 
-    @functools.wraps(handler)
-    async def wrapper(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
-        actor = await authenticate(request)
-        if "vault_id" in kwargs:
-            await require_role(services(request).store, actor, kwargs["vault_id"], "read")
-        return await handler(request, *args, **kwargs)
+    def decorate(handler: Callable[..., Awaitable[HTTPResponse]]) -> Callable[..., Awaitable[HTTPResponse]]:
+        async def check(request: Request, kwargs: dict[str, Any]) -> None:
+            actor = await authenticate(request)
+            if "vault_id" in kwargs:
+                await require_role(services(request).store, actor, kwargs["vault_id"], role)
 
-    return openapi.secured("token")(wrapper)
+        @functools.wraps(handler)
+        async def wrapper(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
+            if not getattr(request.ctx, "gated", False):   # the gate did not run (no app)
+                await check(request, kwargs)
+            return await handler(request, *args, **kwargs)
+
+        set_policy(wrapper, check, max_body)
+        return openapi.secured("token")(wrapper)
+
+    return decorate(handler) if handler is not None else decorate
 
 
 async def authenticate(request: Request) -> Actor:
@@ -93,10 +106,14 @@ def parse_body(request: Request, model: type[M]) -> M:
     body = request.body or b""
     if len(body) > MAX_JSON_BODY:
         raise ServiceError(ErrorCode.PAYLOAD_TOO_LARGE, f"JSON bodies are limited to {MAX_JSON_BODY} bytes")
+    if not body.strip():
+        # A missing body is a client bug, not "all defaults": PUT /settings would reset the
+        # vault's rules and POST /gc would run a real collection.
+        raise ServiceError(ErrorCode.BAD_REQUEST, "this request needs a JSON body")
     # The Content-Type is not checked: `curl -d '{…}'` sends form-urlencoded, and a body
     # that parses as the expected JSON is what matters.
     try:
-        return model.model_validate_json(body or b"{}")
+        return model.model_validate_json(body)
     except ValidationError as exc:
         errors = _describe(exc)
         message = "; ".join(f"{e['loc'] or 'body'}: {e['msg']}" for e in errors[:3])

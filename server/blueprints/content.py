@@ -29,6 +29,8 @@ bp = Blueprint("content", url_prefix=API_PREFIX)
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 CACHE_CONTROL = "private, max-age=31536000, immutable"
 MAX_BATCH_CHUNKS = 4096
+#: A batch holds at most MAX_CHUNK_SIZE bytes of chunks plus 36 bytes of framing each.
+MAX_BATCH_BODY = MAX_CHUNK_SIZE + 36 * MAX_BATCH_CHUNKS
 
 
 def _hash(raw_hash: str) -> str:
@@ -71,7 +73,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 @openapi.summary("Which of these chunks does the server lack?")
 @openapi.response(200, {"application/json": MissingChunksResponse})
 @body_doc(MissingChunksRequest)
-@authed
+@authed(role="write")
 async def missing(request: Request, vault_id: str) -> HTTPResponse:
     req = parse_body(request, MissingChunksRequest)
     hashes = await services(request).chunks.missing(request.ctx.actor, vault_id, req.hashes)
@@ -100,7 +102,7 @@ def parse_chunk_batch(body: bytes) -> list[tuple[str, bytes]]:
 @bp.post(f"/vaults/{VID}/chunks")
 @openapi.summary("Upload several chunks at once: frames of sha256(32 bytes) | size (u32 BE) | bytes")
 @openapi.body({"application/octet-stream": bytes})
-@authed
+@authed(role="write", max_body=MAX_BATCH_BODY)
 async def put_batch(request: Request, vault_id: str) -> HTTPResponse:
     items = parse_chunk_batch(request.body or b"")
     created = await services(request).chunks.put_many(request.ctx.actor, vault_id, items)
@@ -113,7 +115,7 @@ async def put_batch(request: Request, vault_id: str) -> HTTPResponse:
 @bp.put(f"/vaults/{VID}/chunks/<chunk_hash:str>")
 @openapi.summary("Upload a chunk; the body must hash to the SHA-256 in the URL")
 @openapi.body({"application/octet-stream": bytes})
-@authed
+@authed(role="write", max_body=MAX_CHUNK_SIZE)
 async def put(request: Request, vault_id: str, chunk_hash: str) -> HTTPResponse:
     chunk_hash = _hash(chunk_hash)
     data = request.body or b""

@@ -31,6 +31,7 @@ from gobi.protocol import (
 
 from ..access import require_role
 from ..errors import ServiceError
+from ..gate import mark_authenticated
 from ..http import authed, authenticate, int_arg, model_response, services
 from ..ws_ops import handle_op
 from .vaults import VID
@@ -87,6 +88,7 @@ async def seq_at(request: Request, vault_id: str) -> HTTPResponse:
 async def ws_handshake(request: Request) -> None:
     """Authenticate, authorise and check the cursor before the upgrade happens."""
     actor = await authenticate(request)
+    mark_authenticated(request)
     svc = services(request)
     vault_id = request.match_info.get("vault_id", "")
     vault, _ = await require_role(svc.store, actor, vault_id, "read")
