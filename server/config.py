@@ -132,9 +132,13 @@ class ServerConfig(BaseSettings):
     #: One log line per request (route, status, duration, user; never tokens).
     access_log: bool = True
     log_format: Literal["text", "json"] = "text"
-    #: Serve Prometheus metrics at /metrics; with a token, scrapers must send it as a bearer.
+    #: Serve Prometheus metrics at /metrics, behind a bearer token: ``metrics_token``, or
+    #: else the one in ``data_dir/metrics.token`` (made on first start, mode 0600; point
+    #: Prometheus' ``credentials_file`` at it). ``metrics_public = true`` serves them to
+    #: anyone (only behind a proxy that keeps /metrics off the internet).
     metrics: bool = True
     metrics_token: str | None = Field(default=None, repr=False)
+    metrics_public: bool = False
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> "ServerConfig":
@@ -169,6 +173,10 @@ class ServerConfig(BaseSettings):
     @property
     def storage_url(self) -> str:
         return self.storage or f"local://{(self.data_dir / 'blobs').resolve()}"
+
+    @property
+    def metrics_token_path(self) -> Path:
+        return self.data_dir / "metrics.token"
 
     @property
     def key_path(self) -> Path:

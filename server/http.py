@@ -120,6 +120,21 @@ def parse_body(request: Request, model: type[M]) -> M:
         raise ServiceError(_error_code(exc), f"invalid request body: {message}", errors=errors) from None
 
 
+Q = TypeVar("Q", bound=BaseModel)
+
+
+def parse_query(request: Request, model: type[Q]) -> Q:
+    """The query string validated with ``model`` (first value of each parameter; an empty
+    value counts as absent). The API description lists the model's fields."""
+    raw = {k: v[0] for k, v in request.args.items() if v and v[0] != ""}
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        errors = _describe(exc)
+        message = "; ".join(f"query parameter {e['loc']!r}: {e['msg']}" for e in errors[:3])
+        raise ServiceError(ErrorCode.BAD_REQUEST, message, errors=errors) from None
+
+
 def int_arg(request: Request, name: str, default: int | None, lo: int = 0, hi: int = 2**62) -> int | None:
     raw = request.args.get(name)
     if raw is None or raw == "":
