@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from sanic import Request
 from sanic.response import HTTPResponse, json as json_response
-from sanic_ext import openapi
 
 from gobi.protocol import DEVICE_HEADER, MAX_JSON_BODY, ErrorCode
 
@@ -72,7 +71,7 @@ def authed(handler: Callable[..., Awaitable[HTTPResponse]] | None = None, *, rol
             return await handler(request, *args, **kwargs)
 
         set_policy(wrapper, check, max_body)
-        return openapi.secured("token")(wrapper)
+        return wrapper
 
     return decorate(handler) if handler is not None else decorate
 
@@ -148,15 +147,6 @@ def int_arg(request: Request, name: str, default: int | None, lo: int = 0, hi: i
     return value
 
 
-def bool_arg(request: Request, name: str) -> bool:
-    raw = (request.args.get(name) or "").lower()
-    if raw in ("", "0", "false", "no"):
-        return False
-    if raw in ("1", "true", "yes"):
-        return True
-    raise ServiceError(ErrorCode.BAD_REQUEST, f"query parameter {name!r} must be true or false")
-
-
 def str_arg(request: Request, name: str, max_len: int = 4096) -> str | None:
     raw = request.args.get(name)
     if raw is not None and len(raw) > max_len:
@@ -167,8 +157,3 @@ def str_arg(request: Request, name: str, max_len: int = 4096) -> str | None:
 def model_response(model: BaseModel | dict[str, Any], status: int = 200, **headers: str) -> HTTPResponse:
     body = model.model_dump(mode="json") if isinstance(model, BaseModel) else model
     return json_response(body, status=status, headers=headers or None)
-
-
-def body_doc(model: type[BaseModel]) -> Callable[[Any], Any]:
-    """Document a JSON request body in the OpenAPI spec (validation is ``parse_body``)."""
-    return openapi.body({"application/json": model}, required=True)
