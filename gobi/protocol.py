@@ -47,6 +47,7 @@ class ErrorCode(str, enum.Enum):
     """
 
     BAD_REQUEST = "bad_request"              # malformed body, schema violation
+    METHOD_NOT_ALLOWED = "method_not_allowed"  # the route has no such method (see Allow)
     INVALID_NAME = "invalid_name"            # a path component breaks the name rules
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNAUTHENTICATED = "unauthenticated"      # missing, malformed, expired or revoked token
@@ -90,24 +91,53 @@ class EventType(str, enum.Enum):
     SETTINGS = "settings"  # the vault's settings changed (conflict strategy): GET /settings
 
 
-def validate_name(name: str) -> str:
-    """A single path component: what POSIX and every common filesystem accept.
+#: Control characters: C0 (U+0000-U+001F), DEL (U+007F) and C1 (U+0080-U+009F). They
+#: are refused in every name: a name with ESC or CR in it can rewrite a terminal or a log
+#: line, and no person types them into a file name.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+NAME_RULE = ("a name is 1-255 bytes of UTF-8, not '.' or '..', without '/' and without "
+             "control characters (U+0000-U+001F, U+007F-U+009F)")
 
-    Rejects ``/``, NUL, ``.``, ``..``, the empty name, names over 255 bytes of UTF-8 and
-    strings that are not valid Unicode (lone surrogates cannot be encoded as UTF-8).
+
+def has_control(text: str) -> bool:
+    return _CONTROL_RE.search(text) is not None
+
+
+def validate_name(name: str) -> str:
+    """A single path component: what POSIX and every common filesystem accept, minus
+    control characters.
+
+    Rejects ``/``, control characters (C0, DEL, C1; NUL among them), ``.``, ``..``, the
+    empty name, names over 255 bytes of UTF-8 and strings that are not valid Unicode
+    (lone surrogates cannot be encoded as UTF-8). Each message states ``NAME_RULE``.
     """
     if not isinstance(name, str):
         raise ValueError("name must be a string")
     if name in ("", ".", ".."):
-        raise ValueError(f"name {name!r} is reserved")
-    if "/" in name or "\x00" in name:
-        raise ValueError("name must not contain '/' or NUL")
+        raise ValueError(f"name {name!r} is reserved: {NAME_RULE}")
+    if "/" in name:
+        raise ValueError(f"name contains '/': {NAME_RULE}")
+    if (m := _CONTROL_RE.search(name)) is not None:
+        raise ValueError(f"name contains the control character U+{ord(m.group()):04X}: {NAME_RULE}")
     try:
         encoded = name.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("name is not valid UTF-8") from None
+        raise ValueError(f"name is not valid UTF-8: {NAME_RULE}") from None
     if len(encoded) > MAX_NAME_BYTES:
-        raise ValueError(f"name is longer than {MAX_NAME_BYTES} bytes")
+        raise ValueError(f"name is longer than {MAX_NAME_BYTES} bytes: {NAME_RULE}")
+    return name
+
+
+VAULT_NAME_RULE = "a vault name is 1-255 characters without control characters (U+0000-U+001F, U+007F-U+009F)"
+
+
+def validate_vault_name(name: str) -> str:
+    if (m := _CONTROL_RE.search(name)) is not None:
+        raise ValueError(f"vault name contains the control character U+{ord(m.group()):04X}: {VAULT_NAME_RULE}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"vault name is not valid UTF-8: {VAULT_NAME_RULE}") from None
     return name
 
 
@@ -155,15 +185,31 @@ def _validate_target(value: str) -> str:
     return value
 
 
-Name = Annotated[str, AfterValidator(validate_name)]
-Sha256 = Annotated[str, AfterValidator(validate_sha256)]
-Username = Annotated[str, AfterValidator(validate_username)]
-Id = Annotated[str, AfterValidator(validate_id)]
+# The schema repeats the rules a JSON Schema can say (clients generated from the API
+# description see them); the validators check them all and their messages state them.
+_NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
+Name = Annotated[str, AfterValidator(validate_name),
+                 Field(json_schema_extra={"minLength": 1, "maxLength": MAX_NAME_BYTES,
+                                          "pattern": r"^[^/\x00-\x1f\x7f-\x9f]+$",
+                                          "description": NAME_RULE})]
+VaultName = Annotated[str, AfterValidator(validate_vault_name),
+                      Field(min_length=1, max_length=255,
+                            json_schema_extra={"pattern": _NO_CONTROL, "description": VAULT_NAME_RULE})]
+Sha256 = Annotated[str, AfterValidator(validate_sha256), Field(json_schema_extra={"pattern": _SHA256_RE.pattern})]
+Username = Annotated[str, AfterValidator(validate_username),
+                     Field(json_schema_extra={"pattern": _USERNAME_RE.pattern})]
+Id = Annotated[str, AfterValidator(validate_id), Field(json_schema_extra={"pattern": _ID_RE.pattern})]
 SymlinkTarget = Annotated[str, AfterValidator(_validate_target)]
-Mode = Annotated[int, Field(ge=0, le=0o7777)]
-NonNegInt = Annotated[int, Field(ge=0)]
+# Request bodies are JSON: numbers must be JSON integers and flags JSON booleans (strict),
+# so `"replace_rev": false` or `"dry_run": 0` is refused rather than read as 0 / False.
+Mode = Annotated[int, Field(ge=0, le=0o7777, strict=True)]
+NonNegInt = Annotated[int, Field(ge=0, strict=True)]
+Flag = Annotated[bool, Field(strict=True)]
 # Signed 64-bit nanoseconds: a few centuries either side of 1970.
-TimeNs = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+TimeNs = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, strict=True)]
+# Query strings are text: their numbers and flags are parsed from it (lax).
+QueryInt = Annotated[int, Field(ge=0, le=2**62)]
+QueryTimeNs = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 # The length rule is checked by validate_password, whose message states it; the schema
 # keeps minLength/maxLength for clients generated from the API description.
 Password = Annotated[str, AfterValidator(validate_password),
@@ -190,6 +236,8 @@ class Model(BaseModel):
 class RegisterRequest(Model):
     username: Username
     password: Password
+    #: Needed when the server requires invites (``gobi user invite NAME`` prints one).
+    invite: str | None = Field(default=None, max_length=128)
 
 
 class LoginRequest(Model):
@@ -216,7 +264,7 @@ ROLE_RANK = {"read": 1, "write": 2, "owner": 3}
 
 
 class CreateVaultRequest(Model):
-    name: str = Field(min_length=1, max_length=255)
+    name: VaultName
 
 
 class Vault(Model):
@@ -242,7 +290,7 @@ class SetMemberRequest(Model):
 
 class ChunkRef(Model):
     hash: Sha256
-    size: int = Field(ge=1, le=MAX_CHUNK_SIZE)
+    size: int = Field(ge=1, le=MAX_CHUNK_SIZE, strict=True)
 
 
 class Manifest(Model):
@@ -320,7 +368,7 @@ class UpdateNodeRequest(Model):
     name: Name | None = None
     mode: Mode | None = None
     mtime_ns: TimeNs | None = None
-    replace: bool = False
+    replace: Flag = False
     replace_rev: NonNegInt | None = None
     on_conflict: OnConflict = "fail"
 
@@ -332,7 +380,7 @@ class DeleteNodeRequest(Model):
     on the client (last-writer-wins compares it; default: now)."""
 
     base_rev: NonNegInt
-    recursive: bool = False
+    recursive: Flag = False
     on_conflict: OnConflict = "fail"
     seen_seq: NonNegInt | None = None
     at_ns: TimeNs | None = None
@@ -492,7 +540,8 @@ class HoldInfo(Model):
 
 
 class GcRequest(Model):
-    dry_run: bool = False
+    #: Required: a collection deletes data, so it is never what an empty request means.
+    dry_run: Flag
 
 
 class GcReport(Model):
@@ -537,6 +586,147 @@ class ErrorDetail(Model):
 
 class ErrorBody(Model):
     error: ErrorDetail
+
+
+# --------------------------------------------------------------------------- listings
+# The JSON envelopes of list answers and other small answers, so the API description
+# states them exactly.
+
+
+class VaultList(Model):
+    vaults: list[Vault]
+
+
+class MemberList(Model):
+    members: list[Member]
+
+
+class ChunkStored(Model):
+    hash: str
+    size: int
+    created: bool      # False: the vault already had it
+
+
+class ChunkBatchResult(Model):
+    chunks: list[ChunkStored]
+
+
+class OpsBatchResult(Model):
+    """One ``ack``, ``nack`` or ``skipped`` frame per operation, in order."""
+
+    results: list[dict]
+
+
+class VersionList(Model):
+    versions: list[VersionInfo]
+
+
+class TrashList(Model):
+    entries: list[TrashEntry]
+
+
+class TrashPurged(Model):
+    versions_dropped: int
+
+
+class HoldList(Model):
+    holds: list[HoldInfo]
+
+
+class HoldDetail(Model):
+    hold: HoldInfo
+    items: list[dict]      # the held delete requests, in order
+
+
+class ConflictList(Model):
+    conflicts: list[ConflictInfo]
+
+
+class SeqAt(Model):
+    seq: int
+    ts: float | None
+    head_seq: int
+    history_floor: int
+
+
+class Health(Model):
+    status: str
+    version: str | None = None
+
+
+# --------------------------------------------------------------------------- query parameters
+# Each route's query string is validated with one of these (empty values count as
+# absent), and the API description lists their fields as the route's parameters.
+
+
+class Query(BaseModel):
+    """Base of query models: unknown parameters are ignored (caches and proxies add some)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+Limit = Annotated[int, Field(ge=1, le=MAX_PAGE)]
+# 4096: PATH_MAX; it also keeps the request line within the header limit (16 KiB).
+PathText = Annotated[str, Field(max_length=4096)]
+
+
+class ChildrenQuery(Query):
+    after: str | None = Field(default=None, max_length=1024)   # the last name of the previous page
+    limit: Limit = 1000
+
+
+class RevQuery(Query):
+    rev: QueryInt | None = None      # a version; default: the head
+
+
+class LookupQuery(Query):
+    path: PathText = ""                   # a/b/c from the root; empty: the root
+
+
+class TreeQuery(Query):
+    at: QueryInt | None = None       # the seq to list at; default: the head
+    cursor: Id | None = None          # next_cursor of the previous page
+    limit: Limit = 1000
+
+
+class DeleteQuery(Query):
+    base_rev: QueryInt
+    recursive: bool = False
+    on_conflict: OnConflict = "fail"
+    seen_seq: QueryInt | None = None
+    at_ns: QueryTimeNs | None = None
+
+
+class TrashQuery(Query):
+    path: PathText | None = None          # entries at or under this path
+    limit: Limit = 1000
+
+
+class HoldsQuery(Query):
+    state: Literal["pending", "confirmed", "rejected", "expired", "all"] = "pending"
+
+
+class LimitQuery(Query):
+    limit: Limit = 1000
+
+
+class ConflictsQuery(Query):
+    state: Literal["open", "resolved", "all"] = "open"
+    limit: Limit = 1000
+
+
+class EventsQuery(Query):
+    after: QueryInt = 0
+    limit: Limit = 1000
+
+
+class SeqQuery(Query):
+    # ISO-8601 (no offset: UTC) or Unix seconds
+    at: str = Field(min_length=1, max_length=64, pattern=r"^[0-9][0-9T:.+\-Z ]*$")
+
+
+class StreamQuery(Query):
+    after: QueryInt | None = None    # default: the head (only live events)
 
 
 # --------------------------------------------------------------------------- websocket
@@ -608,7 +798,7 @@ class OpsBatchRequest(Model):
     """
 
     ops: list[dict] = Field(min_length=1, max_length=MAX_BATCH_OPS)
-    stop_on_error: bool = False
+    stop_on_error: Flag = False
 
 WS_CLOSE_GOING_AWAY = 1001
 WS_CLOSE_UNAUTHENTICATED = 4401

@@ -17,16 +17,20 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from sanic import Request, Sanic
-from sanic.exceptions import SanicException
+from sanic.exceptions import MethodNotAllowed, PayloadTooLarge, SanicException
 from sanic.response import HTTPResponse, json
 from sanic_ext import Extend
 
-from gobi.protocol import MAX_CHUNK_SIZE, MAX_JSON_BODY, WS_CLOSE_GOING_AWAY, ErrorCode
+from gobi.protocol import MAX_JSON_BODY, WS_CLOSE_GOING_AWAY, ErrorCode
 
-from . import blueprints, request_log, web
+from . import blueprints, gate, openapi, request_log, web
 from .config import ServerConfig
+from .connections import ConnectionGuard
+from .gate import Refused
+from .web.session import PAGE_HEADERS
 from .errors import ServiceError
-from .metrics import Metrics
+from .blueprints.content import MAX_BATCH_BODY
+from .metrics import Metrics, metrics_token
 from .service import Services
 from .store.base import StoreUnavailable
 
@@ -45,6 +49,24 @@ _SANIC_CODES = {
 }
 
 
+# Every answer outside the web page (which sets its own, web/session.py) and /docs (whose
+# page allows the pinned Swagger UI): JSON and bytes are never rendered, framed or sniffed.
+API_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+def add_security_headers(request: Request, response: HTTPResponse) -> None:
+    page = request.path == "/web" or request.path.startswith("/web/")
+    for key, value in (PAGE_HEADERS if page else API_HEADERS).items():
+        if key not in response.headers:
+            response.headers[key] = value
+
+
 def _version() -> str:
     try:
         return version("gobi")
@@ -52,7 +74,20 @@ def _version() -> str:
         return "dev"
 
 
+def _allowed(request: Request) -> list[str]:
+    found = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        try:
+            request.app.router.get(request.path, method, request.headers.getone("host", None))
+        except SanicException:
+            continue
+        found.append(method)
+    return found
+
+
 def _error_response(request: Request, exc: Exception) -> HTTPResponse:
+    if isinstance(exc, Refused):
+        return exc.response
     if isinstance(exc, ServiceError):
         if exc.status in (409, 410, 429) or exc.code in (ErrorCode.MISSING_CHUNKS, ErrorCode.HASH_MISMATCH):
             request.app.ctx.metrics.conflicts.labels(exc.code.value).inc()
@@ -67,11 +102,23 @@ def _error_response(request: Request, exc: Exception) -> HTTPResponse:
                        "message": "metadata store unavailable; retry later", "details": {}}},
             status=503, headers={"Retry-After": "1"},
         )
+    if isinstance(exc, PayloadTooLarge) and "header" in str(exc):
+        # The request line and headers, not a body: a malformed request (as nginx answers).
+        return json({"error": {"code": ErrorCode.BAD_REQUEST.value,
+                               "message": "the request line and headers are limited to 16 KiB",
+                               "details": {}}}, status=400)
     if isinstance(exc, SanicException):
         status = getattr(exc, "status_code", 500) or 500
         code = _SANIC_CODES.get(status, ErrorCode.INTERNAL if status >= 500 else ErrorCode.BAD_REQUEST)
         message = str(exc) if status < 500 else "internal error"
-        return json({"error": {"code": code.value, "message": message, "details": {}}}, status=status)
+        headers = {}
+        if isinstance(exc, MethodNotAllowed):
+            # RFC 9110: a 405 says which methods the resource has (the router knows them only
+            # for static paths, so ask it for each method otherwise).
+            headers["Allow"] = ", ".join(sorted(exc.allowed_methods or _allowed(request)))
+            code = ErrorCode.METHOD_NOT_ALLOWED
+        return json({"error": {"code": code.value, "message": message, "details": {}}}, status=status,
+                    headers=headers or None)
     log.exception("unhandled error on %s %s", request.method, request.path)
     return json(
         {"error": {"code": ErrorCode.INTERNAL.value, "message": "internal error", "details": {}}},
@@ -97,39 +144,45 @@ async def _prune_forever(app: Sanic) -> None:
 
 def create_app(config: ServerConfig, name: str = "gobi") -> Sanic:
     app = Sanic(name)
-    app.config.REQUEST_MAX_SIZE = max(MAX_CHUNK_SIZE, MAX_JSON_BODY) + 64 * 1024
+    # The largest body of any route (a chunk batch); the gate lowers it per route.
+    app.config.REQUEST_MAX_SIZE = max(MAX_BATCH_BODY, MAX_JSON_BODY)
+    app.config.REQUEST_TIMEOUT = config.header_timeout
+    # Sanic's largest: a lookup of a 4096-byte path, percent-encoded, fits in the request line.
+    app.config.REQUEST_MAX_HEADER_SIZE = 16384
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = config.graceful_shutdown_timeout
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.PROXIES_COUNT = config.proxies_count
     app.config.WEBSOCKET_PING_INTERVAL = 20
     app.config.WEBSOCKET_PING_TIMEOUT = 20
     app.config.WEBSOCKET_MAX_SIZE = 1024 * 1024
-    app.config.OAS_UI_DEFAULT = "swagger"
-    app.config.OAS_UI_REDOC = False
-    app.config.API_TITLE = "gobi"
-    app.config.API_VERSION = _version()
-    app.config.API_DESCRIPTION = "Self-hosted file sync: vaults, chunks, revisions, events."
-    app.config.OAS_URL_PREFIX = "/docs"
+    # The API description is ours (openapi.py): sanic-ext's generator stays off.
+    app.config.OAS = False
     app.ctx.config = config
     app.ctx.draining = False
     app.ctx.sockets = set()  # open WebSockets, closed with 1001 when draining
     app.ctx.metrics = Metrics()
+    app.ctx.guard = ConnectionGuard(
+        max_unauthenticated=config.max_unauthenticated_connections,
+        header_timeout=config.header_timeout, body_timeout=config.body_timeout,
+        body_min_rate=config.body_min_rate)
     app.ctx.version = _version()
     web.configure(app)  # the web page's templates, for sanic-ext's Jinja2 (before Extend)
     Extend(app)
-    from sanic_ext import openapi
-
-    openapi.component  # noqa: B018 - imported for its side effect of registering helpers
-    app.ext.openapi.add_security_scheme("token", "http", scheme="bearer")
 
     for bp in blueprints.ALL:
         app.blueprint(bp)
     app.blueprint(web.bp)
+    app.blueprint(openapi.bp)
     app.error_handler.add(Exception, _error_response)
+    gate.install(app)
 
     @app.on_request
     async def _start_clock(request: Request) -> None:
         request_log.on_request(request)
+
+    @app.on_response
+    async def _security_headers(request: Request, response: HTTPResponse) -> None:
+        add_security_headers(request, response)
 
     @app.on_response
     async def _log(request: Request, response: HTTPResponse) -> None:
@@ -138,6 +191,7 @@ def create_app(config: ServerConfig, name: str = "gobi") -> Sanic:
     @app.before_server_start
     async def _open(app: Sanic) -> None:
         app.ctx.services = await Services.open(config, app.ctx.metrics)
+        app.ctx.metrics_token = metrics_token(config) if config.metrics else None
         app.ctx.services.start_jobs()
         app.add_task(_prune_forever(app), name="gobi-prune")
 

@@ -1,23 +1,31 @@
-"""Accounts: password hashing, bearer tokens and the failed-login limiter.
+"""Accounts: password hashing, bearer tokens and sign-up invites.
 
 - Passwords are hashed with Argon2id (argon2-cffi's defaults follow RFC 9106's second
-  recommendation). Hashing is deliberately slow, so it runs in a worker thread and never
-  blocks the event loop; a login for an unknown user still pays for one verification so
-  response times do not reveal which usernames exist.
+  recommendation: 64 MiB and a few CPU-milliseconds per hash). That cost is the point,
+  and also what a crowd of sign-ups or logins would multiply: hashing runs on a
+  ``PasswordHashing`` pool with a fixed number of worker threads and a bounded queue, so
+  the server's memory for it is bounded (workers x 64 MiB) and a request that finds the
+  queue full gets 503 with ``Retry-After`` instead of a thread. A login for an unknown
+  user still pays for one verification so response times do not reveal which usernames
+  exist.
 - Tokens are 32 random bytes; the store keeps only their SHA-256, so a leaked database
   does not hand out sessions.
-- Failed logins are limited per username and per client address within a sliding
-  window; past the limit a login is refused with 429 and ``Retry-After`` before the
-  password is even checked.
+- Invites (``require_invite``): ``gobi user invite NAME`` prints a code that lets exactly
+  that username sign up until it expires. It is an HMAC under a key derived from the key
+  file's naming secret, so no table is needed, and it is single-use by construction (a
+  username can be taken once).
+- Throttling of failed logins and sign-ups is ``throttle.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import hmac
 import secrets
 import time
-from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -27,24 +35,83 @@ from gobi.protocol import ErrorCode
 from .errors import ServiceError
 
 TOKEN_PREFIX = "gobi_"
+INVITE_PREFIX = "gobi-invite-"
 
 _hasher = PasswordHasher()
 # Verified against when the username does not exist, to keep timing uniform.
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
 
 
-async def hash_password(password: str) -> str:
-    return await asyncio.to_thread(_hasher.hash, password)
+def _verify(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
 
 
-async def verify_password(password_hash: str | None, password: str) -> bool:
-    def check() -> bool:
+class PasswordHashing:
+    """Argon2 on ``workers`` threads with at most ``queue`` requests waiting for one."""
+
+    def __init__(self, workers: int, queue: int):
+        self.workers = workers
+        self.limit = workers + queue
+        self._pending = 0
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gobi-argon2")
+
+    async def _run(self, fn, *args):
+        if self._pending >= self.limit:
+            err = ServiceError(ErrorCode.UNAVAILABLE, "the server is busy checking passwords; retry shortly")
+            err.headers["Retry-After"] = "2"
+            raise err
+        self._pending += 1
         try:
-            return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return False
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._pending -= 1
 
-    return await asyncio.to_thread(check)
+    async def hash(self, password: str) -> str:
+        return await self._run(_hasher.hash, password)
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        return await self._run(_verify, password_hash, password)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _invite_key(naming_secret: bytes) -> bytes:
+    return hmac.new(naming_secret, b"gobi-invite-v1", hashlib.sha256).digest()
+
+
+def make_invite(naming_secret: bytes, username: str, valid_for: float, now: float | None = None) -> str:
+    """A code that lets ``username`` sign up until ``now + valid_for``."""
+    expires = int((now if now is not None else time.time()) + valid_for)
+    stamp = expires.to_bytes(8, "big")
+    mac = hmac.new(_invite_key(naming_secret), b"%s\0%s" % (username.encode(), stamp), hashlib.sha256)
+    return INVITE_PREFIX + base64.urlsafe_b64encode(stamp + mac.digest()[:18]).decode().rstrip("=")
+
+
+def check_invite(naming_secret: bytes, username: str, code: str | None, now: float | None = None) -> None:
+    """Raise 403 ``registration_closed`` unless ``code`` is a valid invite for ``username``."""
+    refused = ServiceError(ErrorCode.REGISTRATION_CLOSED,
+                           "sign-up needs an invite for this username (an administrator runs "
+                           "'gobi user invite NAME')")
+    if not code or not code.startswith(INVITE_PREFIX):
+        raise refused
+    raw = code[len(INVITE_PREFIX):]
+    try:
+        blob = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+    except ValueError:
+        raise refused from None
+    if len(blob) != 26:
+        raise refused
+    stamp, mac = blob[:8], blob[8:]
+    expected = hmac.new(_invite_key(naming_secret), b"%s\0%s" % (username.encode(), stamp),
+                        hashlib.sha256).digest()[:18]
+    if not hmac.compare_digest(mac, expected):
+        raise refused
+    if int.from_bytes(stamp, "big") < (now if now is not None else time.time()):
+        raise ServiceError(ErrorCode.REGISTRATION_CLOSED, "this invite has expired; ask for a new one")
 
 
 def new_token() -> str:
@@ -64,53 +131,3 @@ def bearer_token(authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX) or len(token) > 128:
         raise ServiceError(ErrorCode.UNAUTHENTICATED, "malformed bearer token")
     return token
-
-
-class LoginLimiter:
-    """Counts failed logins per key (username, address) in a sliding window.
-
-    In-memory and per instance: a scale-out deployment multiplies the per-address budget by
-    the number of instances, which still bounds guessing to a handful per minute.
-    """
-
-    def __init__(self, max_per_user: int, max_per_address: int, window: float):
-        self.max_per_user = max_per_user
-        self.max_per_address = max_per_address
-        self.window = window
-        self._failures: dict[str, deque[float]] = {}
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._failures.get(key)
-        if q is None:
-            return deque()
-        while q and q[0] <= now - self.window:
-            q.popleft()
-        if not q:
-            del self._failures[key]
-        return q
-
-    def check(self, username: str, address: str) -> None:
-        """Raise 429 when either key has used up its failures."""
-        now = time.monotonic()
-        for key, limit in ((f"u:{username}", self.max_per_user), (f"a:{address}", self.max_per_address)):
-            q = self._recent(key, now)
-            if len(q) >= limit:
-                retry = max(1, int(q[0] + self.window - now) + 1)
-                err = ServiceError(
-                    ErrorCode.RATE_LIMITED,
-                    "too many failed logins; try again later",
-                    retry_after=retry,
-                )
-                err.headers["Retry-After"] = str(retry)
-                raise err
-
-    def failed(self, username: str, address: str) -> None:
-        now = time.monotonic()
-        for key in (f"u:{username}", f"a:{address}"):
-            self._failures.setdefault(key, deque()).append(now)
-        if len(self._failures) > 100_000:  # bound memory under a spray of usernames
-            for key in list(self._failures)[:50_000]:
-                self._recent(key, now)
-
-    def succeeded(self, username: str) -> None:
-        self._failures.pop(f"u:{username}", None)

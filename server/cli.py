@@ -1,4 +1,5 @@
-"""Server-side commands of the ``gobi`` CLI: ``gobi server``, ``gobi user add``.
+"""Server-side commands of the ``gobi`` CLI: ``gobi server``, ``gobi user add``,
+``gobi user invite``.
 
 Imports of the server stack happen inside the command functions so that building the
 parser (and every client command) stays free of Sanic.
@@ -53,6 +54,32 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_invite(args: argparse.Namespace) -> int:
+    from gobi.drivers.keys import KeyFile, KeyFileError
+    from gobi.protocol import validate_username
+
+    from .auth import make_invite
+    from .config import parse_duration
+
+    try:
+        name = validate_username(args.name)
+        valid = parse_duration(args.valid)
+    except ValueError as exc:
+        print(f"gobi: {exc}", file=sys.stderr)
+        return 2
+    cfg = load_config(args)
+    try:
+        keys = KeyFile.load(cfg.key_path)
+    except (FileNotFoundError, KeyFileError) as exc:
+        print(f"gobi: cannot read the key file {cfg.key_path}: {exc}", file=sys.stderr)
+        return 1
+    code = make_invite(keys.naming_secret, name, valid)
+    print(code)
+    if not cfg.require_invite:
+        print("gobi: note: require_invite is off, so sign-ups do not need this code", file=sys.stderr)
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     cli_storage.add_commands(sub)
     p = sub.add_parser("server", help="run the API server (embedded defaults: no other service needed)")
@@ -69,3 +96,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pa.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     server_options(pa)
     pa.set_defaults(func=cmd_user_add)
+    pi = usub.add_parser("invite", help="print an invite code that lets NAME sign up (require_invite)")
+    pi.add_argument("name")
+    pi.add_argument("--valid", default="7d", help="how long the code works (default 7d)")
+    server_options(pi)
+    pi.set_defaults(func=cmd_user_invite)

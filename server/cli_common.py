@@ -27,6 +27,9 @@ def load_config(args: argparse.Namespace, **extra: object):
 
     from .config import ServerConfig
 
+    # Everything the server side creates (metadata.db and its WAL, blobs, key and token
+    # files, their directories) is for the server's user only: 0600 files, 0700 dirs.
+    os.umask(0o077)
     source = args.config or os.environ.get("GOBI_CONFIG")
     try:
         return ServerConfig.load(source, data_dir=args.data_dir, **extra)

@@ -68,7 +68,18 @@ class ServerConfig(BaseSettings):
     fanout: str = "memory"
     #: Master key file (created with mode 0600 on first start). Empty: ``data_dir/master.key``.
     key_file: Path | None = None
+    #: ``POST /users/``: open to anyone (``true``) or closed (``false``: admins add users
+    #: with ``gobi user add``). With ``require_invite``, open only to holders of an invite
+    #: (``gobi user invite NAME``) for the username they sign up with.
     open_registration: bool = True
+    require_invite: bool = False
+    #: Sign-ups per client address (IPv6: per /64) within ``register_window``.
+    register_max_per_address: int = Field(default=5, ge=1)
+    register_window: Duration = parse_duration("1h")
+    #: Argon2 runs on this many threads (64 MiB each while hashing); at most
+    #: ``password_hash_queue`` logins/sign-ups wait for one, more get 503 + Retry-After.
+    password_hash_workers: int = Field(default=2, ge=1, le=64)
+    password_hash_queue: int = Field(default=32, ge=0, le=10_000)
     event_retention: Duration = parse_duration("365d")
     #: How long superseded node rows are kept, i.e. how long a paged tree listing may take.
     listing_window: Duration = parse_duration("1d")
@@ -96,6 +107,10 @@ class ServerConfig(BaseSettings):
     #: How often version retention, trash purging and hold expiry run (0: never).
     history_interval: Duration = parse_duration("1h")
     session_ttl: Duration = parse_duration("90d")
+    #: Failed logins (docs/security.md): after ``login_max_failures`` for one username from
+    #: one address, or ``login_max_failures_per_address`` from one address (IPv6: /64), each
+    #: further failure doubles the wait (1 s, 2 s, …, at most ``login_window``); a key is
+    #: forgotten after ``login_window`` without failures. Never per username alone.
     login_max_failures: int = Field(default=10, ge=1)
     login_max_failures_per_address: int = Field(default=50, ge=1)
     login_window: Duration = parse_duration("15m")
@@ -103,15 +118,27 @@ class ServerConfig(BaseSettings):
     graceful_shutdown_timeout: Duration = parse_duration("30s")
     #: How often a WebSocket re-reads the store even without a doorbell (lost messages).
     poll_interval: Duration = parse_duration("5s")
+    #: Connections that have not authenticated yet (no request with a valid token or
+    #: session): past this many, new ones get 503 and are closed (docs/security.md).
+    max_unauthenticated_connections: int = Field(default=256, ge=1)
+    #: The request line and headers must arrive within this.
+    header_timeout: Duration = parse_duration("10s")
+    #: A body must arrive within ``body_timeout + size / body_min_rate`` (bytes/s).
+    body_timeout: Duration = parse_duration("10s")
+    body_min_rate: int = Field(default=16 * 1024, ge=1)
     #: Reverse proxies in front of this server whose X-Forwarded-For is trusted for the
     #: client's address (login rate limits, logs). 0: use the TCP peer address.
     proxies_count: int = Field(default=0, ge=0, le=10)
     #: One log line per request (route, status, duration, user; never tokens).
     access_log: bool = True
     log_format: Literal["text", "json"] = "text"
-    #: Serve Prometheus metrics at /metrics; with a token, scrapers must send it as a bearer.
+    #: Serve Prometheus metrics at /metrics, behind a bearer token: ``metrics_token``, or
+    #: else the one in ``data_dir/metrics.token`` (made on first start, mode 0600; point
+    #: Prometheus' ``credentials_file`` at it). ``metrics_public = true`` serves them to
+    #: anyone (only behind a proxy that keeps /metrics off the internet).
     metrics: bool = True
     metrics_token: str | None = Field(default=None, repr=False)
+    metrics_public: bool = False
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> "ServerConfig":
@@ -146,6 +173,10 @@ class ServerConfig(BaseSettings):
     @property
     def storage_url(self) -> str:
         return self.storage or f"local://{(self.data_dir / 'blobs').resolve()}"
+
+    @property
+    def metrics_token_path(self) -> Path:
+        return self.data_dir / "metrics.token"
 
     @property
     def key_path(self) -> Path:

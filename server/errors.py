@@ -18,6 +18,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.HASH_MISMATCH: 400,
     ErrorCode.MISSING_CHUNKS: 400,
     ErrorCode.INVALID_MOVE: 400,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.INVALID_CREDENTIALS: 401,
     ErrorCode.FORBIDDEN: 403,

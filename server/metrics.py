@@ -8,6 +8,8 @@ the driver interface, so every driver and wrapper below it is covered alike.
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
 from collections.abc import AsyncIterator
 
@@ -113,3 +115,22 @@ class MeteredDriver(StorageDriver):
 
     def describe(self) -> str:
         return self.inner.describe()
+
+
+def metrics_token(config) -> str | None:
+    """The bearer token /metrics needs: the configured one, else the token file in the
+    data directory (created on first start, 0600). None when metrics are public."""
+    if config.metrics_public:
+        return None
+    if config.metrics_token:
+        return config.metrics_token
+    path = config.metrics_token_path
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token

@@ -16,6 +16,7 @@ from sanic import Sanic
 
 from .app import create_app
 from .config import ServerConfig
+from .connections import GuardedProtocol
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -48,5 +49,5 @@ def run_server(config: ServerConfig) -> int:
         print(f"gobi server listening on http://{host}:{port}", flush=True)
 
     # Sanic's own access log stays off: request_log writes one line per request instead.
-    app.run(sock=sock, single_process=True, access_log=False, motd=False)
+    app.run(sock=sock, single_process=True, access_log=False, motd=False, protocol=GuardedProtocol)
     return 0

@@ -13,7 +13,7 @@ from gobi.drivers import StorageDriver, open_driver
 from gobi.drivers.keys import KeyFile
 
 from .accounts import Accounts
-from .auth import LoginLimiter
+from .auth import PasswordHashing
 from .chunks import Chunks
 from .config import ServerConfig
 from .conflicts import Conflicts
@@ -27,6 +27,7 @@ from .metrics import MeteredDriver, Metrics
 from .nodes import Nodes
 from .store import open_store
 from .store.base import MetadataStore
+from .throttle import LoginThrottle, SignupLimiter
 from .trash import Trash
 from .vaults import Vaults
 
@@ -74,8 +75,16 @@ class Services:
             open_driver(config.storage_url, keys=keys, encrypt=config.storage_encryption), metrics)
         fanout = open_fanout(config.fanout)
         await fanout.start()
-        limiter = LoginLimiter(
-            config.login_max_failures, config.login_max_failures_per_address, config.login_window
+        accounts = Accounts(
+            store,
+            PasswordHashing(config.password_hash_workers, config.password_hash_queue),
+            LoginThrottle(config.login_max_failures, config.login_max_failures_per_address,
+                          config.login_window),
+            SignupLimiter(config.register_max_per_address, config.register_window),
+            config.session_ttl,
+            open_registration=config.open_registration,
+            require_invite=config.require_invite,
+            naming_secret=keys.naming_secret,
         )
         holds = Holds(store, HoldPolicy(
             files=config.mass_delete_files, fraction=config.mass_delete_fraction,
@@ -89,7 +98,7 @@ class Services:
             driver=driver,
             fanout=fanout,
             keys=keys,
-            accounts=Accounts(store, limiter, config.session_ttl),
+            accounts=accounts,
             vaults=Vaults(store, fanout),
             nodes=Nodes(store, fanout, metrics, holds=holds, conflicts=conflicts),
             chunks=chunks,
@@ -124,3 +133,4 @@ class Services:
         await self.fanout.close()
         await self.driver.close()
         await self.store.close()
+        self.accounts.hashing.close()

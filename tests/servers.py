@@ -27,7 +27,10 @@ class ServerProcess:
         self.data_dir = Path(data_dir)
         # The mass-delete guard holds bulk deletes for the vault owner; tests that delete a
         # lot through a mount or a benchmark would be held. Tests of the guard set it.
-        self.env = {**os.environ, "GOBI_MASS_DELETE_FILES": "0", **(env or {})}
+        # Sign-ups are limited per address (5 an hour by default); every test user comes
+        # from 127.0.0.1, so the limit is lifted here and tests of it set it.
+        self.env = {**os.environ, "GOBI_MASS_DELETE_FILES": "0",
+                    "GOBI_REGISTER_MAX_PER_ADDRESS": "1000000", **(env or {})}
         self.port = port
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""

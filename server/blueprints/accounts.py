@@ -4,53 +4,45 @@ from __future__ import annotations
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, empty
-from sanic_ext import openapi
 
-from gobi.protocol import API_PREFIX, ErrorCode, LoginRequest, RegisterRequest, SessionCreated, User
+from gobi.protocol import API_PREFIX, LoginRequest, RegisterRequest, SessionCreated, User
 
 from ..accounts import user_view
-from ..errors import ServiceError
-from ..http import authed, body_doc, model_response, parse_body, services
+from ..http import authed, client_address, model_response, parse_body, services
+from ..openapi import doc
 
 bp = Blueprint("accounts", url_prefix=API_PREFIX)
 
 
 @bp.post("/users/", strict_slashes=False)
-@openapi.summary("Register a user")
-@openapi.response(201, {"application/json": User})
-@body_doc(RegisterRequest)
+@doc("Register a user (open registration, or with an invite)", body=RegisterRequest, ok={201: User},
+     errors=(403, 409, 429))
 async def register(request: Request) -> HTTPResponse:
     req = parse_body(request, RegisterRequest)
-    if not request.app.ctx.config.open_registration:
-        raise ServiceError(
-            ErrorCode.REGISTRATION_CLOSED,
-            "registration is closed; an administrator adds users with 'gobi user add'",
-        )
-    user = await services(request).accounts.register(req.username, req.password)
+    user = await services(request).accounts.sign_up(req.username, req.password, req.invite,
+                                                    client_address(request))
     return model_response(user_view(user), status=201)
 
 
 @bp.get("/users/me")
-@openapi.summary("The authenticated user")
-@openapi.response(200, {"application/json": User})
+@doc("The authenticated user", ok={200: User})
 @authed
 async def me(request: Request) -> HTTPResponse:
     return model_response(user_view(request.ctx.actor.user))
 
 
 @bp.post("/sessions")
-@openapi.summary("Log in: exchange username and password for a bearer token")
-@openapi.response(201, {"application/json": SessionCreated})
-@body_doc(LoginRequest)
+@doc("Log in: exchange username and password for a bearer token", body=LoginRequest,
+     ok={201: SessionCreated}, errors=(401, 429))
 async def login(request: Request) -> HTTPResponse:
     req = parse_body(request, LoginRequest)
-    address = request.remote_addr or request.ip or "?"
-    token, user = await services(request).accounts.login(req.username, req.password, address)
+    token, user = await services(request).accounts.login(req.username, req.password,
+                                                         client_address(request))
     return model_response(SessionCreated(token=token, user=user_view(user)), status=201)
 
 
 @bp.delete("/sessions/current")
-@openapi.summary("Log out: revoke the token used for this request")
+@doc("Log out: revoke the token used for this request", ok={204: None})
 @authed
 async def logout(request: Request) -> HTTPResponse:
     await services(request).accounts.logout(request.ctx.token_hash)

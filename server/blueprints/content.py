@@ -10,11 +10,12 @@ import re
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, empty, raw
-from sanic_ext import openapi
 
 from gobi.protocol import (
     API_PREFIX,
     MAX_CHUNK_SIZE,
+    ChunkBatchResult,
+    ChunkStored,
     ErrorCode,
     MissingChunksRequest,
     MissingChunksResponse,
@@ -22,13 +23,20 @@ from gobi.protocol import (
 )
 
 from ..errors import ServiceError
-from ..http import authed, body_doc, model_response, parse_body, services
+from ..http import authed, model_response, parse_body, services
+from ..openapi import BINARY, doc
 from .vaults import VID
 
 bp = Blueprint("content", url_prefix=API_PREFIX)
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+SHA256_PATTERN = "[0-9a-f]{64}"
+#: Positions past any chunk (it is at most MAX_CHUNK_SIZE) need not be parsed: Python
+#: refuses int() of more than 4300 digits, and a range that long means "past the end".
+_MAX_DIGITS = 18
 CACHE_CONTROL = "private, max-age=31536000, immutable"
 MAX_BATCH_CHUNKS = 4096
+#: A batch holds at most MAX_CHUNK_SIZE bytes of chunks plus 36 bytes of framing each.
+MAX_BATCH_BODY = MAX_CHUNK_SIZE + 36 * MAX_BATCH_CHUNKS
 
 
 def _hash(raw_hash: str) -> str:
@@ -46,17 +54,22 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """
     if not header:
         return None
-    m = _RANGE_RE.match(header.strip())
+    m = _RANGE_RE.match(header.strip()) if len(header) < 256 else None
     if not m or (not m.group(1) and not m.group(2)):
         raise ServiceError(ErrorCode.BAD_REQUEST, "unsupported Range (use one 'bytes=a-b' range)")
+
+    def number(digits: str) -> int:
+        digits = digits.lstrip("0") or "0"
+        return int(digits) if len(digits) <= _MAX_DIGITS else 10 ** _MAX_DIGITS
+
     first, last = m.group(1), m.group(2)
     if first:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-        if last and int(last) < start:
+        start = number(first)
+        end = min(number(last), size - 1) if last else size - 1
+        if last and number(last) < start:
             raise ServiceError(ErrorCode.BAD_REQUEST, "Range end is before its start")
     else:
-        suffix = int(last)
+        suffix = number(last)
         if suffix == 0:
             raise ServiceError(ErrorCode.RANGE_NOT_SATISFIABLE, "empty suffix range", size=size)
         start, end = max(0, size - suffix), size - 1
@@ -68,10 +81,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 @bp.post(f"/vaults/{VID}/chunks/missing")
-@openapi.summary("Which of these chunks does the server lack?")
-@openapi.response(200, {"application/json": MissingChunksResponse})
-@body_doc(MissingChunksRequest)
-@authed
+@doc("Which of these chunks does the server lack?", body=MissingChunksRequest,
+     ok={200: MissingChunksResponse})
+@authed(role="write")
 async def missing(request: Request, vault_id: str) -> HTTPResponse:
     req = parse_body(request, MissingChunksRequest)
     hashes = await services(request).chunks.missing(request.ctx.actor, vault_id, req.hashes)
@@ -98,22 +110,22 @@ def parse_chunk_batch(body: bytes) -> list[tuple[str, bytes]]:
 
 
 @bp.post(f"/vaults/{VID}/chunks")
-@openapi.summary("Upload several chunks at once: frames of sha256(32 bytes) | size (u32 BE) | bytes")
-@openapi.body({"application/octet-stream": bytes})
-@authed
+@doc("Upload several chunks at once: frames of sha256(32 bytes) | size (u32 BE) | bytes", body=BINARY,
+     ok={200: ChunkBatchResult}, errors=(503,))
+@authed(role="write", max_body=MAX_BATCH_BODY)
 async def put_batch(request: Request, vault_id: str) -> HTTPResponse:
     items = parse_chunk_batch(request.body or b"")
     created = await services(request).chunks.put_many(request.ctx.actor, vault_id, items)
     new_bytes = sum(len(d) for (_, d), c in zip(items, created) if c)
     request.app.ctx.metrics.chunk_bytes.labels("in").inc(new_bytes)
-    return model_response({"chunks": [{"hash": h, "size": len(d), "created": c}
-                                      for (h, d), c in zip(items, created)]})
+    return model_response(ChunkBatchResult(chunks=[ChunkStored(hash=h, size=len(d), created=c)
+                                                    for (h, d), c in zip(items, created)]))
 
 
 @bp.put(f"/vaults/{VID}/chunks/<chunk_hash:str>")
-@openapi.summary("Upload a chunk; the body must hash to the SHA-256 in the URL")
-@openapi.body({"application/octet-stream": bytes})
-@authed
+@doc("Upload a chunk; the body must hash to the SHA-256 in the URL", body=BINARY,
+     ok={201: ChunkStored, 200: ChunkStored}, path={"chunk_hash": SHA256_PATTERN})
+@authed(role="write", max_body=MAX_CHUNK_SIZE)
 async def put(request: Request, vault_id: str, chunk_hash: str) -> HTTPResponse:
     chunk_hash = _hash(chunk_hash)
     data = request.body or b""
@@ -122,12 +134,15 @@ async def put(request: Request, vault_id: str, chunk_hash: str) -> HTTPResponse:
     created = await services(request).chunks.put(request.ctx.actor, vault_id, chunk_hash, data)
     if created:
         request.app.ctx.metrics.chunk_bytes.labels("in").inc(len(data))
-    return model_response({"hash": chunk_hash, "size": len(data), "created": created},
+    return model_response(ChunkStored(hash=chunk_hash, size=len(data), created=created),
                           status=201 if created else 200)
 
 
 @bp.route(f"/vaults/{VID}/chunks/<chunk_hash:str>", methods=["GET", "HEAD"])
-@openapi.summary("Download a chunk (supports Range and If-None-Match)")
+@doc("Download a chunk (supports Range and If-None-Match)", ok={200: BINARY, 206: BINARY, 304: None},
+     errors=(416,), path={"chunk_hash": SHA256_PATTERN},
+     headers={"Range": "one range: bytes=FIRST-[LAST] or bytes=-SUFFIX",
+              "If-None-Match": "the chunk's ETag: 304 when it matches"})
 @authed
 async def get(request: Request, vault_id: str, chunk_hash: str) -> HTTPResponse:
     chunk_hash = _hash(chunk_hash)

@@ -18,20 +18,24 @@ from datetime import datetime, timezone
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 from sanic.server.websockets.impl import WebsocketImplProtocol
-from sanic_ext import openapi
 
 from gobi.protocol import (
     API_PREFIX,
-    MAX_PAGE,
     WS_CLOSE_CURSOR_EXPIRED,
     ErrorCode,
     Event,
     EventPage,
+    EventsQuery,
+    SeqAt,
+    SeqQuery,
+    StreamQuery,
 )
 
 from ..access import require_role
 from ..errors import ServiceError
-from ..http import authed, authenticate, int_arg, model_response, services
+from ..gate import mark_authenticated
+from ..http import authed, authenticate, model_response, parse_query, services
+from ..openapi import doc
 from ..ws_ops import handle_op
 from .vaults import VID
 
@@ -40,13 +44,11 @@ ws_bp = Blueprint("events_ws", url_prefix=API_PREFIX)
 
 
 @bp.get(f"/vaults/{VID}/events")
-@openapi.summary("Events after a seq: ?after=SEQ&limit=N (410 when past retention)")
-@openapi.response(200, {"application/json": EventPage})
+@doc("Events after a seq (410 when past retention)", query=EventsQuery, ok={200: EventPage}, errors=(410,))
 @authed
 async def page(request: Request, vault_id: str) -> HTTPResponse:
-    events, head, more = await services(request).events.page(
-        request.ctx.actor, vault_id, int_arg(request, "after", 0), int_arg(request, "limit", 1000, 1, MAX_PAGE)
-    )
+    q = parse_query(request, EventsQuery)
+    events, head, more = await services(request).events.page(request.ctx.actor, vault_id, q.after, q.limit)
     return model_response(EventPage(events=events, head_seq=head, has_more=more))
 
 
@@ -75,22 +77,25 @@ def time_arg(request: Request, name: str) -> float:
 
 
 @bp.get(f"/vaults/{VID}/seq")
-@openapi.summary("The seq of the tree as it was at a time: ?at=ISO-8601|UNIX-SECONDS (404 before the vault, 410 past history)")
-@openapi.parameter("at", str, "query", required=True)
+@doc("The seq of the tree as it was at a time: ?at=ISO-8601|UNIX-SECONDS (404 before the vault, 410 past history)",
+     query=SeqQuery, ok={200: SeqAt}, errors=(410,))
 @authed
 async def seq_at(request: Request, vault_id: str) -> HTTPResponse:
-    return model_response(await services(request).events.seq_at(
-        request.ctx.actor, vault_id, time_arg(request, "at")))
+    parse_query(request, SeqQuery)
+    return model_response(SeqAt(**await services(request).events.seq_at(
+        request.ctx.actor, vault_id, time_arg(request, "at"))))
 
 
 @ws_bp.on_request
 async def ws_handshake(request: Request) -> None:
     """Authenticate, authorise and check the cursor before the upgrade happens."""
     actor = await authenticate(request)
+    mark_authenticated(request)
     svc = services(request)
     vault_id = request.match_info.get("vault_id", "")
     vault, _ = await require_role(svc.store, actor, vault_id, "read")
-    after = int_arg(request, "after", vault.head_seq)
+    after = parse_query(request, StreamQuery).after
+    after = vault.head_seq if after is None else after
     await svc.events.check_cursor(vault, after)
     request.ctx.vault = vault
     request.ctx.after = after

@@ -6,7 +6,9 @@ import hmac
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json, raw
-from sanic_ext import openapi
+from gobi.protocol import Health
+
+from ..openapi import doc
 
 from ..store.base import StoreError
 
@@ -14,7 +16,7 @@ bp = Blueprint("health")
 
 
 @bp.get("/health")
-@openapi.summary("Health: 200 when serving, 503 when draining or the store is down")
+@doc("Health: 200 when serving, 503 when draining or the store is down", ok={200: Health, 503: Health})
 async def health(request: Request) -> HTTPResponse:
     if request.app.ctx.draining:
         return json({"status": "draining"}, status=503)
@@ -26,7 +28,7 @@ async def health(request: Request) -> HTTPResponse:
 
 
 @bp.get("/metrics")
-@openapi.summary("Prometheus metrics of this instance")
+@doc("Prometheus metrics of this instance (bearer: the metrics token)", ok={200: "text"}, errors=(401, 404))
 async def metrics(request: Request) -> HTTPResponse:
     from ..metrics import CONTENT_TYPE_LATEST
 
@@ -34,9 +36,10 @@ async def metrics(request: Request) -> HTTPResponse:
     if not cfg.metrics:
         return json({"error": {"code": "not_found", "message": "metrics are disabled", "details": {}}},
                     status=404)
-    if cfg.metrics_token:
+    token = request.app.ctx.metrics_token
+    if token:
         sent = request.headers.get("authorization", "")
-        if not hmac.compare_digest(sent.encode(), f"Bearer {cfg.metrics_token}".encode()):
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
             return json({"error": {"code": "unauthenticated", "message": "metrics need the metrics token",
                                    "details": {}}}, status=401)
     return raw(request.app.ctx.metrics.render(), content_type=CONTENT_TYPE_LATEST)

@@ -5,26 +5,32 @@ from __future__ import annotations
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
-from sanic_ext import openapi
 
 from gobi.protocol import (
     API_PREFIX,
-    MAX_PAGE,
     ConflictInfo,
-    ErrorCode,
+    ConflictList,
+    ConflictsQuery,
     GcReport,
     GcRequest,
+    HoldDetail,
     HoldInfo,
+    HoldList,
+    HoldsQuery,
+    LimitQuery,
     Node,
     ResolveConflictRequest,
     RestoreTrashRequest,
     RestoreVersionRequest,
+    TrashList,
+    TrashPurged,
+    TrashQuery,
     TrashRestored,
     VaultSettings,
 )
 
-from ..errors import ServiceError
-from ..http import authed, body_doc, int_arg, model_response, parse_body, services, str_arg
+from ..http import authed, model_response, parse_body, parse_query, services
+from ..openapi import doc
 from .nodes import NID
 from .vaults import VID
 
@@ -32,21 +38,15 @@ bp = Blueprint("history", url_prefix=API_PREFIX)
 RID = "<record_id:[A-Za-z0-9_-]{1,64}>"
 
 
-def _state(request: Request, allowed: tuple[str, ...], default: str | None) -> str | None:
-    state = str_arg(request, "state", 32) or default
-    if state == "all":
-        return None
-    if state is not None and state not in allowed:
-        raise ServiceError(ErrorCode.BAD_REQUEST, f"state must be one of {', '.join(allowed + ('all',))}")
-    return state
+def _state(state: str) -> str | None:
+    return None if state == "all" else state
 
 
 # -- versions ---------------------------------------------------------------------------------
 
 @bp.post(f"/vaults/{VID}/nodes/{NID}/restore")
-@openapi.summary("Make an old version the file's content again (as a new version)")
-@openapi.response(200, {"application/json": Node})
-@body_doc(RestoreVersionRequest)
+@doc("Make an old version the file's content again (as a new version)", body=RestoreVersionRequest,
+     ok={200: Node}, errors=(409,))
 @authed
 async def restore_version(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
     req = parse_body(request, RestoreVersionRequest)
@@ -58,19 +58,17 @@ async def restore_version(request: Request, vault_id: str, node_id: str) -> HTTP
 # -- trash --------------------------------------------------------------------------------------
 
 @bp.get(f"/vaults/{VID}/trash")
-@openapi.summary("Deleted files and directories, newest first (?path=a/b to find one, ?limit=N)")
+@doc("Deleted files and directories, newest first", query=TrashQuery, ok={200: TrashList})
 @authed
 async def trash(request: Request, vault_id: str) -> HTTPResponse:
-    entries = await services(request).trash.list(
-        request.ctx.actor, vault_id, str_arg(request, "path", 64 * 1024),
-        int_arg(request, "limit", 1000, 1, MAX_PAGE))
-    return model_response({"entries": [e.model_dump(mode="json") for e in entries]})
+    q = parse_query(request, TrashQuery)
+    entries = await services(request).trash.list(request.ctx.actor, vault_id, q.path, q.limit)
+    return model_response(TrashList(entries=entries))
 
 
 @bp.post(f"/vaults/{VID}/trash/{RID}/restore")
-@openapi.summary("Restore a trash entry to its old place (or into parent / under name)")
-@openapi.response(200, {"application/json": TrashRestored})
-@body_doc(RestoreTrashRequest)
+@doc("Restore a trash entry to its old place (or into parent / under name)", body=RestoreTrashRequest,
+     ok={200: TrashRestored}, errors=(409,))
 @authed
 async def restore_trash(request: Request, vault_id: str, record_id: str) -> HTTPResponse:
     req = parse_body(request, RestoreTrashRequest)
@@ -80,37 +78,36 @@ async def restore_trash(request: Request, vault_id: str, record_id: str) -> HTTP
 
 
 @bp.delete(f"/vaults/{VID}/trash/{RID}")
-@openapi.summary("Empty one trash entry now (owner): its versions are dropped")
+@doc("Empty one trash entry now (owner): its versions are dropped", ok={200: TrashPurged}, errors=(409,))
 @authed
 async def purge_trash(request: Request, vault_id: str, record_id: str) -> HTTPResponse:
     svc = services(request)
     dropped = await svc.trash.purge(request.ctx.actor, vault_id, record_id, svc.nodes.write)
-    return model_response({"versions_dropped": dropped})
+    return model_response(TrashPurged(versions_dropped=dropped))
 
 
 # -- mass-delete holds ----------------------------------------------------------------------------
 
 @bp.get(f"/vaults/{VID}/holds")
-@openapi.summary("Mass deletes held for the owner (?state=pending|confirmed|rejected|expired|all)")
+@doc("Mass deletes held for the owner", query=HoldsQuery, ok={200: HoldList})
 @authed
 async def holds(request: Request, vault_id: str) -> HTTPResponse:
-    state = _state(request, ("pending", "confirmed", "rejected", "expired"), "pending")
+    state = _state(parse_query(request, HoldsQuery).state)
     found = await services(request).holds.list(request.ctx.actor, vault_id, state)
-    return model_response({"holds": [h.model_dump(mode="json") for h in found]})
+    return model_response(HoldList(holds=found))
 
 
 @bp.get(f"/vaults/{VID}/holds/{RID}")
-@openapi.summary("One hold and the deletes it holds (first ?limit=N)")
+@doc("One hold and the deletes it holds (the first ?limit=N)", query=LimitQuery, ok={200: HoldDetail})
 @authed
 async def hold(request: Request, vault_id: str, record_id: str) -> HTTPResponse:
     info, items = await services(request).holds.get(
-        request.ctx.actor, vault_id, record_id, int_arg(request, "limit", 1000, 1, MAX_PAGE))
-    return model_response({"hold": info.model_dump(mode="json"), "items": items})
+        request.ctx.actor, vault_id, record_id, parse_query(request, LimitQuery).limit)
+    return model_response(HoldDetail(hold=info, items=items))
 
 
 @bp.post(f"/vaults/{VID}/holds/{RID}/confirm")
-@openapi.summary("Apply the held deletes (owner)")
-@openapi.response(200, {"application/json": HoldInfo})
+@doc("Apply the held deletes (owner)", ok={200: HoldInfo}, errors=(409,))
 @authed
 async def confirm_hold(request: Request, vault_id: str, record_id: str) -> HTTPResponse:
     svc = services(request)
@@ -118,8 +115,7 @@ async def confirm_hold(request: Request, vault_id: str, record_id: str) -> HTTPR
 
 
 @bp.post(f"/vaults/{VID}/holds/{RID}/reject")
-@openapi.summary("Drop the held deletes (owner, or the user who asked for them)")
-@openapi.response(200, {"application/json": HoldInfo})
+@doc("Drop the held deletes (owner, or the user who asked for them)", ok={200: HoldInfo}, errors=(409,))
 @authed
 async def reject_hold(request: Request, vault_id: str, record_id: str) -> HTTPResponse:
     svc = services(request)
@@ -129,19 +125,17 @@ async def reject_hold(request: Request, vault_id: str, record_id: str) -> HTTPRe
 # -- conflicts --------------------------------------------------------------------------------------
 
 @bp.get(f"/vaults/{VID}/conflicts")
-@openapi.summary("Conflicts (?state=open (default)|resolved|all), newest first")
+@doc("Conflicts, newest first", query=ConflictsQuery, ok={200: ConflictList})
 @authed
 async def conflicts(request: Request, vault_id: str) -> HTTPResponse:
-    state = _state(request, ("open", "resolved"), "open")
-    found = await services(request).conflicts.list(
-        request.ctx.actor, vault_id, state, int_arg(request, "limit", 1000, 1, MAX_PAGE))
-    return model_response({"conflicts": [c.model_dump(mode="json") for c in found]})
+    q = parse_query(request, ConflictsQuery)
+    found = await services(request).conflicts.list(request.ctx.actor, vault_id, _state(q.state), q.limit)
+    return model_response(ConflictList(conflicts=found))
 
 
 @bp.post(f"/vaults/{VID}/conflicts/{RID}/resolve")
-@openapi.summary("Decide an open conflict: keep mine, theirs or both")
-@openapi.response(200, {"application/json": ConflictInfo})
-@body_doc(ResolveConflictRequest)
+@doc("Decide an open conflict: keep mine, theirs or both", body=ResolveConflictRequest,
+     ok={200: ConflictInfo}, errors=(409,))
 @authed
 async def resolve(request: Request, vault_id: str, record_id: str) -> HTTPResponse:
     req = parse_body(request, ResolveConflictRequest)
@@ -153,17 +147,14 @@ async def resolve(request: Request, vault_id: str, record_id: str) -> HTTPRespon
 # -- settings and garbage collection ---------------------------------------------------------------
 
 @bp.get(f"/vaults/{VID}/settings")
-@openapi.summary("The vault's settings (conflict strategy and per-path rules)")
-@openapi.response(200, {"application/json": VaultSettings})
+@doc("The vault's settings (conflict strategy and per-path rules)", ok={200: VaultSettings})
 @authed
 async def get_settings(request: Request, vault_id: str) -> HTTPResponse:
     return model_response(await services(request).conflicts.get_settings(request.ctx.actor, vault_id))
 
 
 @bp.put(f"/vaults/{VID}/settings")
-@openapi.summary("Replace the vault's settings (owner)")
-@openapi.response(200, {"application/json": VaultSettings})
-@body_doc(VaultSettings)
+@doc("Replace the vault's settings (owner)", body=VaultSettings, ok={200: VaultSettings})
 @authed
 async def put_settings(request: Request, vault_id: str) -> HTTPResponse:
     req = parse_body(request, VaultSettings)
@@ -172,9 +163,8 @@ async def put_settings(request: Request, vault_id: str) -> HTTPResponse:
 
 
 @bp.post(f"/vaults/{VID}/gc")
-@openapi.summary("Free chunks no kept version references (owner); dry_run reports only")
-@openapi.response(200, {"application/json": GcReport})
-@body_doc(GcRequest)
+@doc("Free chunks no kept version references (owner); dry_run reports only", body=GcRequest,
+     ok={200: GcReport}, errors=(409,))
 @authed
 async def gc(request: Request, vault_id: str) -> HTTPResponse:
     req = parse_body(request, GcRequest)

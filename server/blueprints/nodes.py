@@ -5,27 +5,31 @@ from __future__ import annotations
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
-from sanic_ext import openapi
 
 from gobi.protocol import (
     API_PREFIX,
-    MAX_PAGE,
+    ChildrenQuery,
     ChunkRef,
     CommitContentRequest,
     CreateNodeRequest,
     DeleteNodeRequest,
-    ErrorCode,
+    DeleteQuery,
+    LookupQuery,
     Node,
     NodeList,
     OpsBatchRequest,
+    OpsBatchResult,
+    RevQuery,
     TreePage,
+    TreeQuery,
     UpdateNodeRequest,
+    VersionInfo,
+    VersionList,
     WriteOutcome,
-    validate_id,
 )
 
-from ..errors import ServiceError
-from ..http import authed, body_doc, bool_arg, int_arg, model_response, parse_body, services, str_arg
+from ..http import authed, model_response, parse_body, parse_query, services
+from ..openapi import BINARY, doc
 from ..store.base import VersionRecord
 from ..writes import Outcome
 from ..ws_ops import handle_op
@@ -53,9 +57,8 @@ def _version_json(v: VersionRecord, with_chunks: bool) -> dict:
 
 
 @bp.post(f"/vaults/{VID}/nodes")
-@openapi.summary("Create a file, directory or symlink")
-@openapi.response(201, {"application/json": Node})
-@body_doc(CreateNodeRequest)
+@doc("Create a file, directory or symlink (with on_conflict=strategy: a WriteOutcome)",
+     body=CreateNodeRequest, ok={201: Node | WriteOutcome, 200: Node | WriteOutcome}, errors=(409,))
 @authed
 async def create(request: Request, vault_id: str) -> HTTPResponse:
     req = parse_body(request, CreateNodeRequest)
@@ -64,8 +67,8 @@ async def create(request: Request, vault_id: str) -> HTTPResponse:
 
 
 @bp.post(f"/vaults/{VID}/ops")
-@openapi.summary("Run many node operations (the WebSocket op frames) in order, one answer each")
-@body_doc(OpsBatchRequest)
+@doc("Run many node operations (the WebSocket op frames) in order, one answer each",
+     body=OpsBatchRequest, ok={200: OpsBatchResult})
 @authed
 async def ops_batch(request: Request, vault_id: str) -> HTTPResponse:
     req = parse_body(request, OpsBatchRequest)
@@ -79,21 +82,19 @@ async def ops_batch(request: Request, vault_id: str) -> HTTPResponse:
         reply = await handle_op(svc, request.ctx.actor, vault_id, {"type": "op", **frame}, recheck=False)
         failed = failed or reply["type"] == "nack"
         results.append(reply)
-    return model_response({"results": results})
+    return model_response(OpsBatchResult(results=results))
 
 
 @bp.get(f"/vaults/{VID}/nodes/{NID}")
-@openapi.summary("A node's current state (tombstones included)")
-@openapi.response(200, {"application/json": Node})
+@doc("A node's current state (tombstones included)", ok={200: Node})
 @authed
 async def get(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
     return model_response(await services(request).nodes.get(request.ctx.actor, vault_id, node_id))
 
 
 @bp.patch(f"/vaults/{VID}/nodes/{NID}")
-@openapi.summary("Rename, move and/or set mode and mtime (checked against base_rev)")
-@openapi.response(200, {"application/json": Node})
-@body_doc(UpdateNodeRequest)
+@doc("Rename, move and/or set mode and mtime (checked against base_rev)", body=UpdateNodeRequest,
+     ok={200: Node | WriteOutcome}, errors=(409,))
 @authed
 async def update(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
     req = parse_body(request, UpdateNodeRequest)
@@ -102,46 +103,30 @@ async def update(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
 
 
 @bp.delete(f"/vaults/{VID}/nodes/{NID}")
-@openapi.summary("Delete a node into the trash: ?base_rev=N[&recursive=true][&on_conflict=strategy]"
-                 "[&seen_seq=S][&at_ns=T]")
-@openapi.parameter("base_rev", int, "query", required=True)
-@openapi.parameter("recursive", bool, "query")
-@openapi.parameter("on_conflict", str, "query")
-@openapi.parameter("seen_seq", int, "query")
-@openapi.parameter("at_ns", int, "query")
+@doc("Delete a node into the trash (checked against base_rev)", query=DeleteQuery,
+     ok={200: Node | WriteOutcome}, errors=(409,))
 @authed
 async def delete(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
-    base_rev = int_arg(request, "base_rev", None)
-    if base_rev is None:
-        raise ServiceError(ErrorCode.BAD_REQUEST, "query parameter 'base_rev' is required")
-    on_conflict = str_arg(request, "on_conflict", 16) or "fail"
-    if on_conflict not in ("fail", "strategy"):
-        raise ServiceError(ErrorCode.BAD_REQUEST, "on_conflict must be 'fail' or 'strategy'")
-    req = DeleteNodeRequest(
-        base_rev=base_rev, recursive=bool_arg(request, "recursive"), on_conflict=on_conflict,
-        seen_seq=int_arg(request, "seen_seq", None),
-        at_ns=int_arg(request, "at_ns", None, -(2**63), 2**63 - 1),
-    )
+    q = parse_query(request, DeleteQuery)
+    req = DeleteNodeRequest(base_rev=q.base_rev, recursive=q.recursive, on_conflict=q.on_conflict,
+                            seen_seq=q.seen_seq, at_ns=q.at_ns)
     outcome = await services(request).nodes.delete_outcome(request.ctx.actor, vault_id, node_id, req)
-    return _outcome(outcome, on_conflict)
+    return _outcome(outcome, q.on_conflict)
 
 
 @bp.get(f"/vaults/{VID}/nodes/{NID}/children")
-@openapi.summary("Live children of a directory, by name, paged with ?after=NAME&limit=N")
-@openapi.response(200, {"application/json": NodeList})
+@doc("Live children of a directory, by name, paged", query=ChildrenQuery, ok={200: NodeList},
+     errors=(409,))
 @authed
 async def children(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
-    limit = int_arg(request, "limit", 1000, 1, MAX_PAGE)
-    nodes, nxt = await services(request).nodes.children(
-        request.ctx.actor, vault_id, node_id, str_arg(request, "after", 1024), limit
-    )
+    q = parse_query(request, ChildrenQuery)
+    nodes, nxt = await services(request).nodes.children(request.ctx.actor, vault_id, node_id, q.after, q.limit)
     return model_response(NodeList(nodes=nodes, next_cursor=nxt))
 
 
 @bp.put(f"/vaults/{VID}/nodes/{NID}/content")
-@openapi.summary("Commit a file's content: manifest + size (+ mtime, mode) on base_rev")
-@openapi.response(200, {"application/json": Node})
-@body_doc(CommitContentRequest)
+@doc("Commit a file's content: manifest + size (+ mtime, mode) on base_rev", body=CommitContentRequest,
+     ok={200: Node | WriteOutcome}, errors=(409,))
 @authed
 async def commit(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
     req = parse_body(request, CommitContentRequest)
@@ -150,17 +135,19 @@ async def commit(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
 
 
 @bp.get(f"/vaults/{VID}/nodes/{NID}/content")
-@openapi.summary("A file's manifest: the head version, or ?rev=N")
+@doc("A file's manifest: the head version, or ?rev=N", query=RevQuery, ok={200: VersionInfo},
+     errors=(409,))
 @authed
 async def manifest(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
     version = await services(request).nodes.version(
-        request.ctx.actor, vault_id, node_id, int_arg(request, "rev", None)
+        request.ctx.actor, vault_id, node_id, parse_query(request, RevQuery).rev
     )
     return model_response(_version_json(version, with_chunks=True))
 
 
 @bp.get(f"/vaults/{VID}/nodes/{NID}/versions")
-@openapi.summary("Every kept version of a file, newest first (head: the current content)")
+@doc("Every kept version of a file, newest first (head: the current content)", ok={200: VersionList},
+     errors=(409,))
 @authed
 async def versions(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
     versions = await services(request).history.versions(request.ctx.actor, vault_id, node_id)
@@ -168,13 +155,12 @@ async def versions(request: Request, vault_id: str, node_id: str) -> HTTPRespons
 
 
 @bp.get(f"/vaults/{VID}/nodes/{NID}/data")
-@openapi.summary("Download a file's bytes (head version, or ?rev=N)")
+@doc("Download a file's bytes (head version, or ?rev=N)", query=RevQuery, ok={200: BINARY},
+     errors=(409,))
 @authed
 async def data(request: Request, vault_id: str, node_id: str) -> None:
     svc = services(request)
-    version = await svc.nodes.version(
-        request.ctx.actor, vault_id, node_id, int_arg(request, "rev", None)
-    )
+    version = await svc.nodes.version(request.ctx.actor, vault_id, node_id, parse_query(request, RevQuery).rev)
     response = await request.respond(
         content_type="application/octet-stream",
         headers={"Content-Length": str(version.size), "ETag": f'"{node_id}-{version.rev}"'},
@@ -187,27 +173,17 @@ async def data(request: Request, vault_id: str, node_id: str) -> None:
 
 
 @bp.get(f"/vaults/{VID}/lookup")
-@openapi.summary("Resolve a path (?path=a/b/c) to its node")
-@openapi.response(200, {"application/json": Node})
+@doc("Resolve a path (?path=a/b/c) to its node", query=LookupQuery, ok={200: Node}, errors=(409,))
 @authed
 async def lookup(request: Request, vault_id: str) -> HTTPResponse:
-    path = str_arg(request, "path", 64 * 1024) or ""
+    path = parse_query(request, LookupQuery).path
     return model_response(await services(request).nodes.lookup(request.ctx.actor, vault_id, path))
 
 
 @bp.get(f"/vaults/{VID}/tree")
-@openapi.summary("The whole vault at one seq, paged: ?at=SEQ&cursor=C&limit=N")
-@openapi.response(200, {"application/json": TreePage})
+@doc("The whole vault at one seq, paged", query=TreeQuery, ok={200: TreePage}, errors=(410,))
 @authed
 async def tree(request: Request, vault_id: str) -> HTTPResponse:
-    cursor = str_arg(request, "cursor", 64)
-    if cursor is not None:
-        try:
-            validate_id(cursor)
-        except ValueError:
-            raise ServiceError(ErrorCode.BAD_REQUEST, "malformed cursor") from None
-    at, nodes, nxt = await services(request).events.tree(
-        request.ctx.actor, vault_id, int_arg(request, "at", None),
-        cursor, int_arg(request, "limit", 1000, 1, MAX_PAGE),
-    )
+    q = parse_query(request, TreeQuery)
+    at, nodes, nxt = await services(request).events.tree(request.ctx.actor, vault_id, q.at, q.cursor, q.limit)
     return model_response(TreePage(at=at, nodes=nodes, next_cursor=nxt))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, empty
-from sanic_ext import openapi
 
 from gobi.protocol import (
     API_PREFIX,
@@ -13,14 +12,18 @@ from gobi.protocol import (
     Member,
     SetMemberRequest,
     Vault,
+    VaultList,
+    MemberList,
     validate_username,
 )
 
 from ..errors import ServiceError
-from ..http import authed, body_doc, model_response, parse_body, services
+from ..http import authed, model_response, parse_body, services
+from ..openapi import doc
 
 bp = Blueprint("vaults", url_prefix=API_PREFIX)
 VID = "<vault_id:[A-Za-z0-9_-]{1,64}>"
+USERNAME_PATTERN = "[a-z0-9][a-z0-9_.-]{0,63}"
 
 
 def _username(raw: str) -> str:
@@ -31,9 +34,7 @@ def _username(raw: str) -> str:
 
 
 @bp.post("/vaults", strict_slashes=False)
-@openapi.summary("Create a vault (the caller becomes its owner)")
-@openapi.response(201, {"application/json": Vault})
-@body_doc(CreateVaultRequest)
+@doc("Create a vault (the caller becomes its owner)", body=CreateVaultRequest, ok={201: Vault})
 @authed
 async def create(request: Request) -> HTTPResponse:
     req = parse_body(request, CreateVaultRequest)
@@ -42,23 +43,22 @@ async def create(request: Request) -> HTTPResponse:
 
 
 @bp.get("/vaults", strict_slashes=False)
-@openapi.summary("Vaults the caller is a member of")
+@doc("Vaults the caller is a member of", ok={200: VaultList})
 @authed
 async def list_vaults(request: Request) -> HTTPResponse:
     vaults = await services(request).vaults.list(request.ctx.actor)
-    return model_response({"vaults": [v.model_dump(mode="json") for v in vaults]})
+    return model_response(VaultList(vaults=vaults))
 
 
 @bp.get(f"/vaults/{VID}")
-@openapi.summary("One vault")
-@openapi.response(200, {"application/json": Vault})
+@doc("One vault", ok={200: Vault})
 @authed
 async def get(request: Request, vault_id: str) -> HTTPResponse:
     return model_response(await services(request).vaults.get(request.ctx.actor, vault_id))
 
 
 @bp.delete(f"/vaults/{VID}")
-@openapi.summary("Delete a vault (owner only)")
+@doc("Delete a vault (owner only)", ok={204: None})
 @authed
 async def delete(request: Request, vault_id: str) -> HTTPResponse:
     await services(request).vaults.delete(request.ctx.actor, vault_id)
@@ -66,17 +66,16 @@ async def delete(request: Request, vault_id: str) -> HTTPResponse:
 
 
 @bp.get(f"/vaults/{VID}/members")
-@openapi.summary("Members and their roles")
+@doc("Members and their roles", ok={200: MemberList})
 @authed
 async def members(request: Request, vault_id: str) -> HTTPResponse:
     members = await services(request).vaults.members(request.ctx.actor, vault_id)
-    return model_response({"members": [m.model_dump(mode="json") for m in members]})
+    return model_response(MemberList(members=members))
 
 
 @bp.put(f"/vaults/{VID}/members/<username:str>")
-@openapi.summary("Add a member or change a member's role (owner only)")
-@openapi.response(200, {"application/json": Member})
-@body_doc(SetMemberRequest)
+@doc("Add a member or change a member's role (owner only)", body=SetMemberRequest, ok={200: Member},
+     path={"username": USERNAME_PATTERN})
 @authed
 async def set_member(request: Request, vault_id: str, username: str) -> HTTPResponse:
     req = parse_body(request, SetMemberRequest)
@@ -87,7 +86,7 @@ async def set_member(request: Request, vault_id: str, username: str) -> HTTPResp
 
 
 @bp.delete(f"/vaults/{VID}/members/<username:str>")
-@openapi.summary("Remove a member (owner only)")
+@doc("Remove a member (owner only)", ok={204: None}, path={"username": USERNAME_PATTERN})
 @authed
 async def remove_member(request: Request, vault_id: str, username: str) -> HTTPResponse:
     await services(request).vaults.remove_member(request.ctx.actor, vault_id, _username(username))

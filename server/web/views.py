@@ -44,8 +44,9 @@ from gobi.protocol import (
 
 from ..conflicts import CONFLICT
 from ..errors import ServiceError
+from ..gate import Refused, set_policy
 from ..holds import HOLD
-from ..http import int_arg, services, str_arg
+from ..http import client_address, int_arg, services, str_arg
 from ..store.base import StoreUnavailable
 from ..writes import MAX_DEPTH
 from . import present
@@ -198,13 +199,23 @@ def _to_login(request: Request, had_cookie: bool) -> HTTPResponse:
 
 def page(handler: Handler) -> Handler:
     """A page for a signed-in user: session → (POST: CSRF) → vault membership → handler;
-    refusals become HTML error pages."""
+    refusals become HTML error pages. The session is checked by the request gate on the
+    headers (``gate.py``), so a form's body is read only for a signed-in user."""
+
+    async def check(request: Request, kwargs: dict[str, Any]) -> None:
+        token = await _session(request)
+        if token is None:
+            raise Refused(_to_login(request, had_cookie=bool(session_token(request))))
+        request.ctx.web_token = token
 
     @functools.wraps(handler)
     async def wrapper(request: Request, *args: Any, **kwargs: Any) -> BaseHTTPResponse:
-        token = await _session(request)
-        if token is None:
-            return _to_login(request, had_cookie=bool(session_token(request)))
+        if not getattr(request.ctx, "gated", False):
+            try:
+                await check(request, kwargs)
+            except Refused as refused:
+                return refused.response
+        token = request.ctx.web_token
         try:
             if request.method == "POST":
                 if len(request.body or b"") > MAX_FORM:
@@ -221,6 +232,7 @@ def page(handler: Handler) -> Handler:
             return await _error(request, 503, "The server's database is unavailable; try again in a moment.",
                                 headers={"Retry-After": "5"})
 
+    set_policy(wrapper, check, MAX_FORM)
     return openapi.exclude()(wrapper)
 
 
@@ -315,7 +327,7 @@ async def login(request: Request) -> HTTPResponse:
         return await _login_page(request, 400, "Enter your username and password.", username)
     svc = services(request)
     try:
-        token, _user = await svc.accounts.login(username, password, request.remote_addr or request.ip or "?")
+        token, _user = await svc.accounts.login(username, password, client_address(request))
     except ServiceError as exc:
         request.app.ctx.metrics.login_failures.inc()
         if exc.code is ErrorCode.RATE_LIMITED:
@@ -323,6 +335,9 @@ async def login(request: Request) -> HTTPResponse:
             return await _login_page(
                 request, 429, f"Too many failed sign-ins. Try again in {present.duration(retry)}.",
                 username, headers={"Retry-After": str(retry)})
+        if exc.code is ErrorCode.UNAVAILABLE:
+            return await _login_page(request, 503, "The server is busy; try again in a moment.",
+                                     username, headers=exc.headers or None)
         # 200 like any form shown again with a message (401 would need WWW-Authenticate).
         return await _login_page(request, 200, "Wrong username or password.", username)
     response = redirect(_safe_next(form.get("next")), status=303)

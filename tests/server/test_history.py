@@ -380,7 +380,12 @@ def test_gc_frees_exactly_the_unreferenced_chunks(hserver, owner, other, vault):
     report = owner.post(f"/vaults/{vault}/gc", json={"dry_run": True}).json()
     assert report["dry_run"] and report["collectable"]["chunks"] == len(garbage)
     assert report["freed"]["chunks"] == 0 and objects(hserver, vault) == total
-    report = owner.post(f"/vaults/{vault}/gc", json={}).json()
+    # A collection deletes data: never what an empty request means.
+    for empty in ({"json": {}}, {}):
+        r = owner.post(f"/vaults/{vault}/gc", **empty)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+    assert objects(hserver, vault) == total
+    report = owner.post(f"/vaults/{vault}/gc", json={"dry_run": False}).json()
     assert report["freed"]["chunks"] == len(garbage)
     assert report["collectable"]["chunks"] == 0
     assert objects(hserver, vault) == total - len(garbage) == report["referenced"]["chunks"]
@@ -392,4 +397,4 @@ def test_gc_frees_exactly_the_unreferenced_chunks(hserver, owner, other, vault):
     assert set(owner.post(f"/vaults/{vault}/chunks/missing", json={"hashes": sorted(garbage)}).json()["missing"]) == garbage
     again = create_file(owner, vault, "file1", data["file1"])
     assert read(owner, vault, again["id"]) == data["file1"]
-    assert owner.post(f"/vaults/{vault}/gc", json={}).json()["freed"]["chunks"] == 0
+    assert owner.post(f"/vaults/{vault}/gc", json={"dry_run": False}).json()["freed"]["chunks"] == 0

@@ -25,14 +25,39 @@ def _value(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def scrape(server) -> str:
+    """/metrics with the token the server made in its data directory on first start."""
+    token = (server.data_dir / "metrics.token").read_text().strip()
+    r = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    return r.text
+
+
+def test_metrics_need_the_token_by_default(server):
+    path = server.data_dir / "metrics.token"
+    assert path.stat().st_mode & 0o777 == 0o600
+    r = httpx.get(server.url + "/metrics")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
+    assert httpx.get(server.url + "/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_public_metrics_when_configured(tmp_path):
+    srv = ServerProcess(tmp_path / "s", env={"GOBI_METRICS_PUBLIC": "true"}).start()
+    try:
+        assert httpx.get(srv.url + "/metrics").status_code == 200
+        assert not (srv.data_dir / "metrics.token").exists()
+    finally:
+        srv.stop()
+
+
 def test_metrics_count_requests_commits_storage_and_sockets(server, alice, vault):
-    before = httpx.get(server.url + "/metrics").text
+    before = scrape(server)
     create_file(alice, vault, "m.txt", b"metered bytes")
     with ws_connect(server, vault, alice.token) as ws:
         ws_frames(ws, 2)
-        during = httpx.get(server.url + "/metrics").text
+        during = scrape(server)
         assert _value(during, "gobi_websocket_clients") >= 1
-    after = httpx.get(server.url + "/metrics").text
+    after = scrape(server)
     route = "/api/v1/vaults/<vault_id:[A-Za-z0-9_-]{1,64}>/nodes"
     assert (_value(after, "gobi_http_requests_total", method="POST", route=route, status="201")
             > _value(before, "gobi_http_requests_total", method="POST", route=route, status="201"))
