@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gobi.protocol import MAX_NAME_BYTES, MAX_SYMLINK_TARGET, ROOT_ID, ChunkRef
+from gobi.protocol import MAX_NAME_BYTES, MAX_SYMLINK_TARGET, ROOT_ID, ChunkRef, has_control
 
 from .journal import Journal
 
@@ -136,6 +136,10 @@ def check_name(name: bytes) -> str:
         raise FsError(errno.EILSEQ, "names must be valid UTF-8") from None
     if text in ("", ".", "..") or "/" in text:
         raise FsError(errno.EINVAL)
+    if has_control(text):
+        # The vault refuses control characters in names (gobi.protocol.NAME_RULE): refused
+        # here at once, instead of a file that could never reach the server.
+        raise FsError(errno.EINVAL, "names must not contain control characters")
     return text
 
 
@@ -237,8 +241,8 @@ class Tree:
         try:
             text = check_name(name)
         except FsError as exc:
-            if exc.errno == errno.EILSEQ:
-                raise FsError(errno.ENOENT) from None
+            if exc.errno in (errno.EILSEQ, errno.EINVAL):
+                raise FsError(errno.ENOENT) from None   # a name that cannot exist here
             raise
         e = self.child(parent, text)
         if e is None:

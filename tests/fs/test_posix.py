@@ -122,6 +122,13 @@ def test_refused_with_a_clear_errno(mnt):
     with pytest.raises(OSError) as e:
         os.mkdir(p / b"bad\xff".decode("utf-8", "surrogateescape"))
     assert e.value.errno == errno.EILSEQ
+    # Control characters are refused in vault names (gobi.protocol.NAME_RULE): at once,
+    # not as a file that never reaches the server.
+    for bad in ("esc\x1b[31m", "bell\x07", "cr\r", "lf\n"):
+        with pytest.raises(OSError) as e:
+            (p / bad).write_text("x")
+        assert e.value.errno == errno.EINVAL, bad
+        assert not os.path.lexists(p / bad)
 
 
 def test_locks_within_the_machine(mnt):
