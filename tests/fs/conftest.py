@@ -6,6 +6,7 @@ import pytest
 
 from tests.needs import require_fuse
 from tests.servers import ServerProcess
+from tests.tcpproxy import TcpProxy
 
 from .mounts import Mount, User
 
@@ -51,6 +52,26 @@ def mounts(user, vault, tmp_path):
     yield make
     for m in started:
         m.stop()
+
+
+@pytest.fixture
+def proxied(mounts, server, user, tmp_path):
+    """Factory: ``proxied(name)`` → (a started mount, the partition proxy between it and the
+    server: ``tests/tcpproxy.py``). The mount reaches the server only through the proxy
+    (``--server`` its URL, the user's token in a ``--credentials`` file)."""
+    token_file = tmp_path / "token"
+    token_file.write_text(user.token)
+    token_file.chmod(0o600)
+    proxies: list[TcpProxy] = []
+
+    def make(name: str, extra: tuple[str, ...] = (), **kw) -> tuple[Mount, TcpProxy]:
+        proxies.append(TcpProxy(server.port))
+        m = mounts(name, extra=("--server", proxies[-1].url, "--credentials", str(token_file), *extra), **kw)
+        return m, proxies[-1]
+
+    yield make
+    for p in proxies:
+        p.close()
 
 
 @pytest.fixture

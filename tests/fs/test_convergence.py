@@ -198,24 +198,15 @@ def test_random_concurrent_operations_converge(mounts, user, vault):
 
 
 @pytest.mark.parametrize("run", range(LONG_RUNS))
-def test_long_run_through_partitions_converges(run, server, user, vault, mounts, tmp_path):
+def test_long_run_through_partitions_converges(run, user, vault, proxied):
     """Hundreds of operations per mount while each mount's link to the server is frozen
     (a silent peer: bytes held, then delivered) and cut (connections reset) at random,
     through a TCP proxy per mount (``tests/tcpproxy.py``); then every mount must agree
     with the server, ``gobi verify`` must find no difference, and the mounts' own
     self-checks must not have had anything to repair."""
     verbose = ("--verbose",) if os.environ.get("GOBI_CONVERGENCE_VERBOSE") else ()
-    token_file = tmp_path / "token"
-    token_file.write_text(user.token)
-    token_file.chmod(0o600)
-    proxies = [TcpProxy(server.port) for _ in range(MOUNTS)]
-    try:
-        ms = [mounts(f"m{i}", extra=("--server", p.url, "--credentials", str(token_file), *verbose))
-              for i, p in enumerate(proxies)]
-        converge(ms, user, vault, LONG_OPS, proxies=proxies)
-    finally:
-        for p in proxies:
-            p.close()
+    ms, proxies = zip(*(proxied(f"m{i}", extra=verbose) for i in range(MOUNTS)))
+    converge(list(ms), user, vault, LONG_OPS, proxies=list(proxies))
 
 
 class Chaos:
@@ -465,7 +456,7 @@ def test_a_losing_commit_waits_for_the_writer_to_close(mounts):
     assert not any(b"\0" in v[1] for v in tree.values() if v[0] == "file"), tree
 
 
-def test_create_behind_a_frozen_link_that_meets_a_name_clash(mounts, server, user, tmp_path):
+def test_create_behind_a_frozen_link_that_meets_a_name_clash(mounts, proxied, user):
     """B creates a file while its link is frozen, A creates the same name meanwhile, and B
     writes its file again before the link comes back: the circumstances in which issue 13
     saw a mount serve bytes the server did not have (a create that waited behind a frozen
@@ -473,64 +464,56 @@ def test_create_behind_a_frozen_link_that_meets_a_name_clash(mounts, server, use
     fixes (the fault needed a long run's timing); it stays as a guard. Afterwards both
     mounts show the server's tree, B's latest bytes are on every mount and on the server,
     and verify finds nothing."""
-    token_file = tmp_path / "token"
-    token_file.write_text(user.token)
-    token_file.chmod(0o600)
-    with TcpProxy(server.port) as proxy:
-        a = mounts("a")
-        b = mounts("b", extra=("--server", proxy.url, "--credentials", str(token_file)))
-        (a.path / "d").mkdir()
-        caught_up(a, b)
-        (b.path / "d" / "n.txt").write_bytes(b"B's first version\n")
-        time.sleep(0.3)                          # past --settle: B's create is on its way
-        proxy.freeze()
-        (a.path / "d" / "n.txt").write_bytes(b"A's file\n")
-        a.sync()
-        (b.path / "d" / "n.txt").write_bytes(b"B's second version, longer than the first\n")
-        time.sleep(8)
-        proxy.restore()
-        caught_up(a, b)
-        caught_up(a, b)
-        tree = listing(a)
-        assert tree == listing(b), _diff(tree, listing(b))
-        server = {rel: server_file(user, a.vault, rel) for rel, v in tree.items() if v[0] == "file"}
-        assert {rel: v[1] for rel, v in tree.items() if v[0] == "file"} == server
-        files = {rel: v[1] for rel, v in tree.items() if v[0] == "file"}
-        assert b"A's file\n" in files.values() and \
-            b"B's second version, longer than the first\n" in files.values(), files
-        for m in (a, b):
-            assert m.verify()["difference_count"] == 0
-            assert m.status()["verify_found"] == 0, _repairs(m)
+    a = mounts("a")
+    b, proxy = proxied("b")
+    (a.path / "d").mkdir()
+    caught_up(a, b)
+    (b.path / "d" / "n.txt").write_bytes(b"B's first version\n")
+    time.sleep(0.3)                          # past --settle: B's create is on its way
+    proxy.freeze()
+    (a.path / "d" / "n.txt").write_bytes(b"A's file\n")
+    a.sync()
+    (b.path / "d" / "n.txt").write_bytes(b"B's second version, longer than the first\n")
+    time.sleep(8)
+    proxy.restore()
+    caught_up(a, b)
+    caught_up(a, b)
+    tree = listing(a)
+    assert tree == listing(b), _diff(tree, listing(b))
+    server = {rel: server_file(user, a.vault, rel) for rel, v in tree.items() if v[0] == "file"}
+    assert {rel: v[1] for rel, v in tree.items() if v[0] == "file"} == server
+    files = {rel: v[1] for rel, v in tree.items() if v[0] == "file"}
+    assert b"A's file\n" in files.values() and \
+        b"B's second version, longer than the first\n" in files.values(), files
+    for m in (a, b):
+        assert m.verify()["difference_count"] == 0
+        assert m.status()["verify_found"] == 0, _repairs(m)
 
 
-def test_rename_over_a_file_with_a_pending_upload(mounts, server, user, tmp_path):
+def test_rename_over_a_file_with_a_pending_upload(mounts, proxied, user):
     """B edits x (its upload pending behind a frozen link), then renames y over x, while A
     edits x too: the second circumstance of issue 13's first fault (a guard, like the one
     above). Every mount and the server end with the same tree and bytes, and verify finds
     nothing."""
-    token_file = tmp_path / "token"
-    token_file.write_text(user.token)
-    token_file.chmod(0o600)
-    with TcpProxy(server.port) as proxy:
-        a = mounts("a")
-        b = mounts("b", extra=("--server", proxy.url, "--credentials", str(token_file)))
-        (a.path / "x").write_bytes(b"x, first\n")
-        (a.path / "y").write_bytes(b"y, first\n")
-        caught_up(a, b)
-        proxy.freeze()
-        (b.path / "x").write_bytes(b"x, edited on B\n")
-        (a.path / "x").write_bytes(b"x, edited on A\n")
-        a.sync()
-        os.rename(b.path / "y", b.path / "x")
-        time.sleep(5)
-        proxy.restore()
-        caught_up(a, b)
-        caught_up(a, b)
-        tree = listing(a)
-        assert tree == listing(b), _diff(tree, listing(b))
-        files = {rel: v[1] for rel, v in tree.items() if v[0] == "file"}
-        assert files == {rel: server_file(user, a.vault, rel) for rel in files}
-        assert files["x"] == b"y, first\n", files
-        for m in (a, b):
-            assert m.verify()["difference_count"] == 0
-            assert m.status()["verify_found"] == 0, _repairs(m)
+    a = mounts("a")
+    b, proxy = proxied("b")
+    (a.path / "x").write_bytes(b"x, first\n")
+    (a.path / "y").write_bytes(b"y, first\n")
+    caught_up(a, b)
+    proxy.freeze()
+    (b.path / "x").write_bytes(b"x, edited on B\n")
+    (a.path / "x").write_bytes(b"x, edited on A\n")
+    a.sync()
+    os.rename(b.path / "y", b.path / "x")
+    time.sleep(5)
+    proxy.restore()
+    caught_up(a, b)
+    caught_up(a, b)
+    tree = listing(a)
+    assert tree == listing(b), _diff(tree, listing(b))
+    files = {rel: v[1] for rel, v in tree.items() if v[0] == "file"}
+    assert files == {rel: server_file(user, a.vault, rel) for rel in files}
+    assert files["x"] == b"y, first\n", files
+    for m in (a, b):
+        assert m.verify()["difference_count"] == 0
+        assert m.status()["verify_found"] == 0, _repairs(m)

@@ -167,7 +167,7 @@ def test_sigterm_on_one_instance_fails_over(cluster, tmp_path):
         user.close()
 
 
-def test_status_tells_a_frozen_or_dead_link_quickly(mounts, server, user, tmp_path):
+def test_status_tells_a_frozen_or_dead_link_quickly(proxied, user):
     """A frozen link (the server silent, connections open) and a dead one (connections
     reset, new ones refused) both show in ``gobi status`` and ``user.gobi.state`` within
     one liveness period (ping interval + pong timeout), and the mount is back online
@@ -176,24 +176,20 @@ def test_status_tells_a_frozen_or_dead_link_quickly(mounts, server, user, tmp_pa
     from gobi.fs.events import PING_INTERVAL, PONG_TIMEOUT
 
     bound = PING_INTERVAL + PONG_TIMEOUT + 10
-    token_file = tmp_path / "token"
-    token_file.write_text(user.token)
-    token_file.chmod(0o600)
-    with TcpProxy(server.port) as proxy:
-        m = mounts("m", extra=("--server", proxy.url, "--credentials", str(token_file)))
-        eventually(lambda: m.status()["live"] == "live", "the stream is live")
-        for break_link in (proxy.freeze, proxy.cut):
-            t0 = time.monotonic()
-            break_link()
-            st = eventually(lambda: (lambda s: s if s["live"] != "live" and not s["online"] else None)(
-                m.status()), f"{break_link.__name__}: the status says offline", timeout=bound)
-            print(f"{break_link.__name__}: offline in status after {time.monotonic() - t0:.1f}s "
-                  f"({st['live']}: {st['live_error'] or st['last_error']})")
-            out = gobi("status", str(m.path), env=user.env).stdout
-            assert "OFFLINE" in out, out
-            assert os.getxattr(m.path, "user.gobi.state") == b"synced"     # nothing pending
-            proxy.restore()
-            t0 = time.monotonic()
-            eventually(lambda: (lambda s: s["live"] == "live" and s["online"])(m.status()),
-                       f"{break_link.__name__}: back online")
-            print(f"{break_link.__name__}: live again {time.monotonic() - t0:.1f}s after the link was")
+    m, proxy = proxied("m")
+    eventually(lambda: m.status()["live"] == "live", "the stream is live")
+    for break_link in (proxy.freeze, proxy.cut):
+        t0 = time.monotonic()
+        break_link()
+        st = eventually(lambda: (lambda s: s if s["live"] != "live" and not s["online"] else None)(
+            m.status()), f"{break_link.__name__}: the status says offline", timeout=bound)
+        print(f"{break_link.__name__}: offline in status after {time.monotonic() - t0:.1f}s "
+              f"({st['live']}: {st['live_error'] or st['last_error']})")
+        out = gobi("status", str(m.path), env=user.env).stdout
+        assert "OFFLINE" in out, out
+        assert os.getxattr(m.path, "user.gobi.state") == b"synced"     # nothing pending
+        proxy.restore()
+        t0 = time.monotonic()
+        eventually(lambda: (lambda s: s["live"] == "live" and s["online"])(m.status()),
+                   f"{break_link.__name__}: back online")
+        print(f"{break_link.__name__}: live again {time.monotonic() - t0:.1f}s after the link was")
