@@ -661,6 +661,8 @@ class Sync:
                 refs, size, gen = pushed
                 args["content"] = {"chunks": [c.model_dump() for c in refs], "size": size}
                 args["mtime_ns"] = self.vfs.mtime_of(row)
+        if row is not None:
+            args["mode"] = row.mode     # now, not when the create was queued (a chmod since)
 
         def finish(outcome: WriteOutcome) -> None:
             node, info = outcome.node, outcome.conflict
@@ -782,8 +784,16 @@ class Sync:
 
     async def _prepare_content(self, e: Entry, batch: bool) -> _Op | None:
         row = self.tree.by_id(e.node)
-        if row is None or row.parent is None or not row.dirty or not self.vfs.staged(row.ino):
+        if row is None or row.parent is None:
             return None
+        if not row.dirty or not self.vfs.staged(row.ino):
+            # Another upload took the content (a create retried after the link was cut).
+            # The mode and mtime changes this entry was to carry (Tree._not_carried) may
+            # have come after that upload read the file: send them on their own.
+            body = {"mode": row.mode}
+            if not self.tree.journal.has_pending(e.node, "create"):
+                body["mtime_ns"] = self.vfs.mtime_of(row)
+            return self._update_op(e, body)
         pushed, chunks = await self._push(row.ino, upload=not batch)
         refs, size, gen = pushed
         maybe_sent = e.seq in self._maybe_sent or e.seq <= self._started_at_seq

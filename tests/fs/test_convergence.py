@@ -45,7 +45,7 @@ import pytest
 
 from tests.tcpproxy import TcpProxy
 
-from .mounts import Mount, caught_up, eventually, listing, server_file, server_tree
+from .mounts import Mount, caught_up, eventually, listing, server_file, server_node, server_tree
 
 MOUNTS = 3
 OPS = int(os.environ.get("GOBI_CONVERGENCE_OPS", "40"))
@@ -517,3 +517,27 @@ def test_rename_over_a_file_with_a_pending_upload(mounts, proxied, user):
     for m in (a, b):
         assert m.verify()["difference_count"] == 0
         assert m.status()["verify_found"] == 0, _repairs(m)
+
+
+def test_chmod_riding_on_a_content_upload_that_another_upload_made_moot(proxied, user):
+    """A file's create fails while the link is cut (its chunks were read for it), the file
+    is written again (a content upload is queued) and chmodded (the mode rides on that
+    content upload), then the link comes back: the create carries the content, the content
+    upload has nothing left to send, and the mode went nowhere: the server kept 0644 while
+    the mount showed 0600 (found by the long partition run; the self-check repaired it
+    back to 0644, so the chmod was lost). The mode must reach the server."""
+    b, proxy = proxied("b")
+    proxy.cut()
+    (b.path / "f").write_bytes(b"first\n")
+    eventually(lambda: "op=create path=/f" in b.log() and "result=offline" in b.log(),
+               "b tried to upload f and found the link cut")
+    with open(b.path / "f", "ab") as f:
+        f.write(b"second\n")
+    os.chmod(b.path / "f", 0o600)
+    proxy.restore()
+    b.sync()
+    node = server_node(user, b.vault, "f")
+    assert oct(node["mode"]) == oct(0o600), node
+    assert server_file(user, b.vault, "f") == b"first\nsecond\n"
+    assert (b.path / "f").stat().st_mode & 0o7777 == 0o600
+    assert b.verify()["difference_count"] == 0
