@@ -409,9 +409,10 @@ class Applier:
                 self.tree.insert(id=node.id, **fields)
                 self.kernel.created(parent.ino, node.name)
                 return "applied"
-            if ack and e.is_dir:
-                # A directory's mtime moves here with every local change inside it; the
-                # server keeps the one it was given. Our own answer does not reset it.
+            if ack and (e.is_dir or e.kind == "symlink"):
+                # A directory's mtime moves here with every local change inside it, and a
+                # symlink's is not synced at all (``lutimes`` stays local): the server keeps
+                # the one it was given. Our own answer does not reset it.
                 fields["mtime_ns"] = e.mtime_ns
             content_changed = e.is_file and e.content_rev != node.content_rev
             moved = e.parent != parent.ino or e.name != node.name
@@ -495,8 +496,7 @@ class Applier:
             for n in order:
                 self.apply_node(n, bulk=True)
             # Nodes the server no longer has (and that have nothing to upload) go away.
-            for ino, node_id in self.tree.db.execute(
-                    "SELECT ino, id FROM nodes WHERE parent IS NOT NULL").fetchall():
+            for ino, node_id in self.tree.all_ids():
                 if node_id not in seen and not self.journal.has_entries(node_id) \
                         and not self.journal.referenced(node_id):
                     row = self.tree.get_opt(ino)

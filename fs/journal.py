@@ -1,10 +1,10 @@
 """The durable outbound queue: every local change the server has not acknowledged yet.
 
-Entries live in the mirror's SQLite database (table ``journal``) and are appended in the
-same transaction as the mirror change they describe, so the mirror and the queue never
-disagree, whatever crashes. ``durable()`` forces the WAL to disk; ``fsync(2)`` on the
-mount calls it, so a kill -9 (or a power cut) after fsync loses nothing: the next mount
-replays the queue.
+Entries live with the mirror (``gobi.fs.tree``): in memory, indexed by node and by
+reference, and persisted in the same transaction as the mirror change they describe
+(one logged line, ``gobi.fs.mirror_store``), so the mirror and the queue never disagree,
+whatever crashes. A kill -9 loses nothing that was acknowledged; ``fsync(2)`` on the
+mount makes it survive a power cut too; the next mount replays the queue.
 
 Ops, each naming a node by its (client-chosen or server) id:
 
@@ -22,27 +22,13 @@ deleted before upload never reaches the server ("coalescing"). An entry being se
 
 from __future__ import annotations
 
-import json
-import sqlite3
+import bisect
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS journal(
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    op TEXT NOT NULL,
-    node TEXT NOT NULL,
-    ref TEXT,
-    args TEXT NOT NULL DEFAULT '{}',
-    ts REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS journal_node ON journal(node);
-CREATE INDEX IF NOT EXISTS journal_ref ON journal(ref);
-"""
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     seq: int
     op: str
@@ -52,46 +38,107 @@ class Entry:
     ts: float
 
 
-def _entry(row: tuple) -> Entry:
-    return Entry(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
-
-
 class Journal:
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-        db.executescript(SCHEMA)
+    """The queue, in memory and persisted through the mirror's transactions (``tree.tx``):
+    an entry is appended, rewritten or removed in the same transaction as the mirror change
+    it belongs to."""
+
+    def __init__(self, tree, rows: dict[int, tuple], max_seq: int):
+        self.tree = tree
         self.inflight: set[int] = set()
         # Called after every append (the uploader wakes: not every change passes through
         # the FUSE handlers that poke it, e.g. chmod and utime).
         self.on_append: Callable[[], None] | None = None
-        # Kept in memory: the uploader and `gobi status` ask often, and count(*) is a scan.
-        self._count = db.execute("SELECT count(*) FROM journal").fetchone()[0]
+        self._entries: dict[int, Entry] = {}
+        self._order: list[int] = []                    # seqs appended, in order (with holes)
+        self._by_node: dict[str, list[int]] = {}
+        self._by_ref: dict[str, int] = {}              # ref -> how many entries name it
+        self._ops: dict[str, int] = {}
+        for seq in sorted(rows):
+            op, node, ref, args, ts = rows[seq]
+            self._index(Entry(seq, op, node, ref, args, ts))
+        self._next = max_seq + 1
+
+    # -- the index (the only code that changes it) ------------------------------------------
+
+    def _index(self, e: Entry) -> None:
+        self._entries[e.seq] = e
+        order = self._order
+        if not order or e.seq > order[-1]:
+            order.append(e.seq)
+        else:
+            i = bisect.bisect_left(order, e.seq)
+            if i == len(order) or order[i] != e.seq:      # (a removed seq stays as a hole)
+                order.insert(i, e.seq)
+        self._by_node.setdefault(e.node, []).append(e.seq)
+        self._by_node[e.node].sort()
+        if e.ref is not None:
+            self._by_ref[e.ref] = self._by_ref.get(e.ref, 0) + 1
+        self._ops[e.op] = self._ops.get(e.op, 0) + 1
+
+    def _unindex(self, e: Entry) -> None:
+        del self._entries[e.seq]
+        seqs = self._by_node[e.node]
+        seqs.remove(e.seq)
+        if not seqs:
+            del self._by_node[e.node]
+        if e.ref is not None:
+            left = self._by_ref[e.ref] - 1
+            if left:
+                self._by_ref[e.ref] = left
+            else:
+                del self._by_ref[e.ref]
+        left = self._ops[e.op] - 1
+        if left:
+            self._ops[e.op] = left
+        else:
+            del self._ops[e.op]
+        if len(self._order) > 64 and len(self._order) > 2 * len(self._entries):
+            self._order = [s for s in self._order if s in self._entries]
+
+    def _put(self, seq: int, new: Entry | None) -> None:
+        old = self._entries.get(seq)
+        if old is not None:
+            self._unindex(old)
+        if new is not None:
+            self._index(new)
+        value = None if new is None else [new.op, new.node, new.ref, new.args, new.ts]
+        self.tree._record(["j", seq, value], self._reput, seq, old)
+
+    def _reput(self, seq: int, old: Entry | None) -> None:
+        now = self._entries.get(seq)
+        if now is not None:
+            self._unindex(now)
+        if old is not None:
+            self._index(old)
+
+    # -- the queue ----------------------------------------------------------------------------
 
     def append(self, op: str, node: str, args: dict | None = None, ref: str | None = None) -> int:
-        cur = self.db.execute(
-            "INSERT INTO journal(op, node, ref, args, ts) VALUES (?, ?, ?, ?, ?)",
-            (op, node, ref, json.dumps(args or {}), time.time()),
-        )
-        self._count += 1
+        with self.tree.tx():
+            seq = self._next
+            self._next += 1
+            self._put(seq, Entry(seq, op, node, ref, dict(args or {}), time.time()))
+            self.tree._undo.append((self._unallocate, seq))
         if self.on_append is not None:
             self.on_append()
-        return cur.lastrowid
+        return seq
+
+    def _unallocate(self, seq: int) -> None:
+        self._next = min(self._next, seq)
 
     def pending(self, node: str) -> list[Entry]:
         """Entries of a node that are not in flight, oldest first."""
-        rows = self.db.execute(
-            "SELECT seq, op, node, ref, args, ts FROM journal WHERE node = ? ORDER BY seq", (node,)
-        ).fetchall()
-        return [e for e in map(_entry, rows) if e.seq not in self.inflight]
+        return [self._entries[s] for s in self._by_node.get(node, ()) if s not in self.inflight]
 
     def has_entries(self, node: str) -> bool:
-        return self.db.execute("SELECT 1 FROM journal WHERE node = ? LIMIT 1", (node,)).fetchone() is not None
+        return node in self._by_node
 
     def has_pending(self, node: str, op: str) -> bool:
         return any(e.op == op for e in self.pending(node))
 
     def referenced(self, node: str) -> bool:
-        return self.db.execute("SELECT 1 FROM journal WHERE ref = ? LIMIT 1", (node,)).fetchone() is not None
+        return node in self._by_ref
 
     def add_attr(self, node: str, fields: list[str]) -> None:
         """Queue a setattr of ``fields`` (``mode``, ``mtime``), merged into a pending one."""
@@ -100,53 +147,63 @@ class Journal:
                 have = e.args.get("fields") or ["mode", "mtime"]
                 merged = sorted(set(have) | set(fields))
                 if merged != sorted(have):
-                    self.db.execute("UPDATE journal SET args = ? WHERE seq = ?",
-                                    (json.dumps({"fields": merged}), e.seq))
+                    with self.tree.tx():
+                        self._put(e.seq, dataclasses.replace(e, args={"fields": merged}))
                 return
         self.append("attr", node, {"fields": sorted(fields)})
 
     def remap(self, old: str, new: str) -> None:
         """A node id replaced by the server's (two directories of one name merged)."""
-        self.db.execute("UPDATE journal SET node = ? WHERE node = ?", (new, old))
-        self.db.execute("UPDATE journal SET ref = ? WHERE ref = ?", (new, old))
-        rows = self.db.execute("SELECT seq, args FROM journal WHERE args LIKE ?",
-                               (f"%{old}%",)).fetchall()
-        for seq, raw in rows:
-            args = json.loads(raw)
-            changed = False
-            for key in ("parent", "from"):
-                if args.get(key) == old:
-                    args[key] = new
-                    changed = True
-            if changed:
-                self.db.execute("UPDATE journal SET args = ? WHERE seq = ?", (json.dumps(args), seq))
+        with self.tree.tx():
+            for e in list(self._entries.values()):
+                args = dict(e.args)
+                changed = False
+                for key in ("parent", "from"):
+                    if args.get(key) == old:
+                        args[key] = new
+                        changed = True
+                if e.node == old or e.ref == old or changed:
+                    self._put(e.seq, dataclasses.replace(
+                        e, node=new if e.node == old else e.node,
+                        ref=new if e.ref == old else e.ref, args=args))
 
     def last_seq(self) -> int:
-        row = self.db.execute("SELECT max(seq) FROM journal").fetchone()
-        return row[0] or 0
+        return self._order[-1] if self._entries else 0
 
     def drop(self, entries: list[Entry]) -> None:
-        for e in entries:
-            assert e.seq not in self.inflight
-            self._count -= self.db.execute("DELETE FROM journal WHERE seq = ?", (e.seq,)).rowcount
+        with self.tree.tx():
+            for e in entries:
+                assert e.seq not in self.inflight
+                if e.seq in self._entries:
+                    self._put(e.seq, None)
 
     def done(self, seq: int) -> None:
-        self._count -= self.db.execute("DELETE FROM journal WHERE seq = ?", (seq,)).rowcount
+        with self.tree.tx():
+            if seq in self._entries:
+                self._put(seq, None)
         self.inflight.discard(seq)
 
     def entries(self, after: int = 0, limit: int = 200) -> list[Entry]:
-        rows = self.db.execute(
-            "SELECT seq, op, node, ref, args, ts FROM journal WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, limit),
-        ).fetchall()
-        return [_entry(r) for r in rows]
+        out = []
+        i = bisect.bisect_right(self._order, after)
+        order, entries = self._order, self._entries
+        while i < len(order) and len(out) < limit:
+            e = entries.get(order[i])
+            if e is not None:
+                out.append(e)
+            i += 1
+        return out
 
     def count(self) -> int:
-        return self._count
+        return len(self._entries)
+
+    def count_upto(self, seq: int) -> int:
+        """Entries at or before ``seq`` (``gobi sync`` barriers)."""
+        return sum(1 for s in self._entries if s <= seq)
 
     def counts(self) -> dict[str, int]:
-        return dict(self.db.execute("SELECT op, count(*) FROM journal GROUP BY op").fetchall())
+        return dict(self._ops)
 
     def oldest_ts(self) -> float | None:
-        row = self.db.execute("SELECT ts FROM journal ORDER BY seq LIMIT 1").fetchone()
-        return row[0] if row else None
+        first = self.entries(0, 1)
+        return first[0].ts if first else None

@@ -108,12 +108,12 @@ def recover(tree: Tree, cache: BlockCache, vfs: Vfs) -> None:
         elif e.size != cache.staged_size(ino):
             with tree.tx():
                 tree.update(ino, size=cache.staged_size(ino))
-    for e in tree.db.execute("SELECT ino FROM nodes WHERE dirty = 1").fetchall():
-        if e[0] not in cache._staged:
+    for ino in tree.dirty_inodes():
+        if ino not in cache._staged:
             # Dirty without a staging copy cannot happen unless the cache dir was tampered
             # with; the server's version is all there is.
             with tree.tx():
-                tree.update(e[0], dirty=0)
+                tree.update(ino, dirty=0)
     vfs.purge_orphans()
 
 
@@ -221,6 +221,7 @@ async def _run(cfg: MountConfig) -> int:
         try:
             async with trio.open_nursery() as nursery:
                 vfs.spawn = nursery.start_soon
+                await nursery.start(tree.run_flusher)
                 await nursery.start(kernel.run)
                 await nursery.start(applier.run, receive)
                 await nursery.start(sync.run_uploader)

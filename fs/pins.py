@@ -35,17 +35,10 @@ from .vfs import first_of
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "CREATE TABLE IF NOT EXISTS pins(ino INTEGER PRIMARY KEY, since REAL NOT NULL)"
 CHECK_INTERVAL = 10.0       # seconds between checks for remote changes under pins
 MIN_GAP = 5.0               # uploads finishing trigger a pass at most this often
 FILE_CONCURRENCY = 4        # files of one pass made local at once (shares the FUSE thread)
 CHUNK_CONCURRENCY = 2       # … and chunks of each
-
-_SUBTREE = """
-WITH RECURSIVE sub(ino) AS (SELECT value FROM json_each(?)
-                            UNION SELECT n.ino FROM nodes n JOIN sub ON n.parent = sub.ino)
-"""
-
 
 class Pins:
     def __init__(self, tree: Tree, vfs, cache, link):
@@ -53,8 +46,7 @@ class Pins:
         self.vfs = vfs
         self.cache = cache
         self.link = link
-        tree.db.execute(SCHEMA)
-        self.roots: set[int] = {r[0] for r in tree.db.execute("SELECT ino FROM pins")}
+        self.roots: set[int] = set(tree.pins)
         self.progress: dict[int, dict] = {}      # root ino -> state of its latest pass
         self.pinned_bytes = 0                    # file bytes under all pins (sizing)
         self.pinned_files = 0
@@ -82,11 +74,8 @@ class Pins:
         """(files, bytes) under ``roots``, each file counted once."""
         if not roots:
             return 0, 0
-        import json
-        row = self.tree.db.execute(
-            _SUBTREE + "SELECT count(*), coalesce(sum(n.size), 0) FROM nodes n JOIN sub USING(ino) "
-            "WHERE n.kind = 'file'", (json.dumps(roots),)).fetchone()
-        return row[0], row[1]
+        files = [e for e in self.tree.subtree(roots) if e.is_file]
+        return len(files), sum(e.size for e in files)
 
     def _refresh_totals(self) -> None:
         self.pinned_files, self.pinned_bytes = self._sizing(sorted(self.roots))
@@ -132,8 +121,7 @@ class Pins:
             oplog("pin", path=self.tree.path_of(e), result="refused", need=size,
                   staged=self.cache.staged_bytes, cap=self.cache.cap)
             raise FsError(errno.ENOSPC)
-        with self.tree.tx():
-            self.tree.db.execute("INSERT OR REPLACE INTO pins VALUES (?, ?)", (e.ino, time.time()))
+        self.tree.set_pin(e.ino, time.time())
         self.roots.add(e.ino)
         self.pinned_files, self.pinned_bytes = files, size
         self.progress[e.ino] = {"state": "queued", "queued_at": time.time()}
@@ -150,22 +138,18 @@ class Pins:
         self._release_unwanted()
 
     def _drop(self, ino: int) -> None:
-        with self.tree.tx():
-            self.tree.db.execute("DELETE FROM pins WHERE ino = ?", (ino,))
+        self.tree.set_pin(ino, None)
         self.roots.discard(ino)
         self.progress.pop(ino, None)
         self._refresh_totals()
 
     def _wanted(self) -> set[str]:
         """Chunks of every pinned file whose chunk list is known."""
-        import json
-        if not self.roots:
-            return set()
-        rows = self.tree.db.execute(
-            _SUBTREE + "SELECT DISTINCT c.hash FROM chunks c JOIN sub USING(ino) "
-            "JOIN nodes n USING(ino) WHERE n.manifest_rev = n.content_rev",
-            (json.dumps(sorted(self.roots)),)).fetchall()
-        return {r[0] for r in rows}
+        wanted: set[str] = set()
+        for e in self.tree.subtree(sorted(self.roots)):
+            if e.is_file and e.manifest_rev is not None and e.manifest_rev == e.content_rev:
+                wanted.update(h for _, _, h in self.tree.manifest(e.ino))
+        return wanted
 
     def _release_unwanted(self) -> None:
         self.cache.unpin_except(self._wanted())
@@ -213,7 +197,6 @@ class Pins:
         return False
 
     async def _pass(self) -> None:
-        import json
         self._seen_seq = self.tree.meta("last_seq")
         for root in sorted(self.roots):
             e = self.tree.get_opt(root)
@@ -223,9 +206,7 @@ class Pins:
         complete = True
         missing_total = 0
         for root in sorted(self.roots):
-            rows = self.tree.db.execute(
-                _SUBTREE + "SELECT n.ino, n.size FROM nodes n JOIN sub USING(ino) "
-                "WHERE n.kind = 'file' ORDER BY n.ino", (json.dumps([root]),)).fetchall()
+            rows = sorted((e.ino, e.size) for e in self.tree.subtree([root]) if e.is_file)
             state = {"state": "fetching", "root": self._path(root), "files": len(rows),
                      "bytes": sum(r[1] for r in rows), "files_done": 0, "bytes_done": 0,
                      "started": time.time(), "error": ""}

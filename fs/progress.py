@@ -150,11 +150,11 @@ class UploadProgress:
         if not TOKEN_RE.match(token):
             raise FsError(errno.EINVAL)
         self._expire()
-        db = self.tree.db
-        head = db.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
-        entries = db.execute("SELECT count(*) FROM journal WHERE seq <= ?", (head,)).fetchone()[0]
-        dirty = {r[0]: self.vfs.gen.get(r[0], 0) for r in db.execute(
-            "SELECT ino FROM nodes WHERE dirty = 1 AND parent IS NOT NULL")}
+        journal = self.tree.journal
+        head = journal.last_seq()
+        entries = journal.count()
+        dirty = {ino: self.vfs.gen.get(ino, 0) for ino in self.tree.dirty_inodes()
+                 if (e := self.tree.get_opt(ino)) is not None and e.parent is not None}
         nbytes = sum(self.cache.staged_size(ino) for ino in dirty)
         self.barriers[token] = Barrier(token, head, dirty, entries, nbytes)
 
@@ -181,8 +181,7 @@ class UploadProgress:
         b = self.barriers.get(token)
         if b is None:
             return None
-        entries = self.tree.db.execute("SELECT count(*) FROM journal WHERE seq <= ?",
-                                       (b.head,)).fetchone()[0]
+        entries = self.tree.journal.count_upto(b.head)
         files = self._files_left(b) if b.finished is None else []
         bytes_left = sum(self.cache.staged_size(ino) for ino in files)
         if b.finished is None and entries == 0 and not files:

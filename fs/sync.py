@@ -148,8 +148,7 @@ class Sync:
         return self.applier.last_seq
 
     def queued_bytes(self) -> int:
-        rows = self.tree.db.execute("SELECT ino FROM nodes WHERE dirty = 1").fetchall()
-        return sum(self.cache.staged_size(r[0]) for r in rows)
+        return sum(self.cache.staged_size(ino) for ino in self.tree.dirty_inodes())
 
     def status(self) -> dict:
         return {

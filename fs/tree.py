@@ -1,13 +1,21 @@
-"""The local metadata mirror: the vault's tree in SQLite, changed locally first.
+"""The local metadata mirror: the vault's tree in memory, changed locally first, durable.
 
-Every node the mount knows has a row with a stable inode number (the row id; the root is
-inode 1), its server node id, its attributes and what the server last acknowledged
-(``rev``, ``content_rev``). ``lookup``/``getattr``/``readdir`` read only this database, so
-they never wait for the network, and the mirror survives restarts (no cold ``ls``).
+Every node the mount knows has a row with a stable inode number (the root is inode 1),
+its server node id, its attributes and what the server last acknowledged (``rev``,
+``content_rev``). The rows live in memory with the indexes the kernel's requests need
+(by inode, by node id, by parent and name, children in inode order), so ``lookup``,
+``getattr``, ``readdir`` and ``open`` never touch a database or leave the trio thread,
+and never wait for the network.
+
+Durability is ``gobi.fs.mirror_store``'s: each transaction (``tx()``) is applied in
+memory as it goes (undone if the block raises) and logged once, as one appended line,
+when the outermost block ends (survives a kill -9); ``durable()`` (fsync on the mount)
+makes the log survive a power cut; a flusher task group-commits the log into a SQLite
+snapshot off the request path. The mirror survives restarts (no cold ``ls``).
 
 Local changes are applied here and appended to the journal (``gobi.fs.journal``) in the
-same SQLite transaction. New nodes get a client-chosen id, so they exist locally before
-the server ever hears of them (offline creates, idempotent retries).
+same transaction. New nodes get a client-chosen id, so they exist locally before the
+server ever hears of them (offline creates, idempotent retries).
 
 Rules that make ordinary tools behave:
 
@@ -24,58 +32,24 @@ Errors are ``FsError(errno)``; only the FUSE adapter turns them into ``FUSEError
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import secrets
-import sqlite3
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+import trio
 
 from gobi.protocol import MAX_NAME_BYTES, MAX_SYMLINK_TARGET, ROOT_ID, ChunkRef, has_control
 
 from .journal import Journal
+from .mirror_store import MirrorStore
 
 ROOT_INO = 1
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS nodes(
-    ino INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    parent INTEGER,                 -- parent inode; NULL for the root and for orphans
-    name TEXT NOT NULL,
-    kind TEXT NOT NULL,             -- file | dir | symlink
-    mode INTEGER NOT NULL,          -- permission bits
-    size INTEGER NOT NULL DEFAULT 0,
-    mtime_ns INTEGER NOT NULL,
-    ctime_ns INTEGER NOT NULL,
-    target TEXT,
-    uid INTEGER,                    -- local only (NULL: the mounting user)
-    gid INTEGER,
-    rev INTEGER NOT NULL DEFAULT 0,          -- last rev the server acknowledged (0: not yet)
-    content_rev INTEGER,                     -- server content version of files
-    manifest_rev INTEGER,                    -- content version whose chunk list is stored
-    dirty INTEGER NOT NULL DEFAULT 0         -- staged content not yet committed
-);
-CREATE UNIQUE INDEX IF NOT EXISTS nodes_name ON nodes(parent, name) WHERE parent IS NOT NULL;
--- readdir pages through a directory by inode (stable offsets while it changes)
-CREATE INDEX IF NOT EXISTS nodes_children ON nodes(parent, ino);
-CREATE INDEX IF NOT EXISTS nodes_dirty ON nodes(dirty) WHERE dirty = 1;
-CREATE TABLE IF NOT EXISTS chunks(
-    ino INTEGER NOT NULL, idx INTEGER NOT NULL, off INTEGER NOT NULL,
-    size INTEGER NOT NULL, hash TEXT NOT NULL, PRIMARY KEY(ino, idx)
-);
-CREATE TABLE IF NOT EXISTS xattrs(
-    ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL, PRIMARY KEY(ino, name)
-);
-"""
-
-COLUMNS = ("ino, id, parent, name, kind, mode, size, mtime_ns, ctime_ns, target, uid, gid, "
-           "rev, content_rev, manifest_rev, dirty")
-
 
 class FsError(Exception):
     """A filesystem error with the errno a local filesystem would give."""
@@ -85,8 +59,10 @@ class FsError(Exception):
         self.errno = errno_
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
+    """One node's row (immutable: a change makes a new one). A tuple, so it is cheap to
+    make, compare and log."""
+
     ino: int
     id: str
     parent: int | None
@@ -143,85 +119,167 @@ def check_name(name: bytes) -> str:
     return text
 
 
+class NameTaken(Exception):
+    """A live node of that name exists in that directory already (a bug if it escapes)."""
+
+
 class Tree:
+    """The mirror: every node in memory, each transaction logged once (``MirrorStore``)."""
+
     def __init__(self, path: Path):
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: a commit survives a crash of this process (kill -9); ``durable()`` makes
-        # everything committed so far survive a power cut too (what fsync(2) promises).
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        self.journal = Journal(self.db)
+        self.store = MirrorStore(path)
+        snap = self.store.load()
+        self._rows: dict[int, Entry] = {}
+        self._ids: dict[str, int] = {}
+        self._kids: dict[int, dict[str, int]] = {}        # live children: dir ino -> name -> ino
+        self._order: dict[int, list[int] | None] = {}      # readdir order (by ino), built lazily
+        self._dirty: set[int] = set()
+        self._orphans: set[int] = set()
+        for values in snap.nodes.values():
+            self._index(Entry(*values))
+        self._manifests = snap.chunks
+        self._xattrs = snap.xattrs
+        self._meta = snap.meta
+        self.pins = snap.pins                   # pinned inodes -> time (``gobi.fs.pins``)
+        self._next_ino = max(snap.max_ino, ROOT_INO) + 1
         self._depth = 0
-        if self.get_opt(ROOT_INO) is None:
+        self._undo: list[tuple] = []
+        self._redo: list[list] = []
+        self.journal = Journal(self, snap.journal, snap.max_seq)
+        if ROOT_INO not in self._rows:
             now = time.time_ns()
-            self.db.execute(
-                "INSERT INTO nodes(ino, id, parent, name, kind, mode, mtime_ns, ctime_ns) "
-                "VALUES (?, ?, NULL, '', 'dir', 493, ?, ?)", (ROOT_INO, ROOT_ID, now, now))
+            with self.tx():
+                self._put(Entry(ROOT_INO, ROOT_ID, None, "", "dir", 0o755, 0, now, now, None, None,
+                                None, 0, None, None, 0))
 
     def close(self) -> None:
-        self.db.close()
+        self.store.close()
 
-    # -- transactions and meta --------------------------------------------------------------
+    # -- transactions and durability --------------------------------------------------------
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[None]:
-        """One atomic change of mirror + journal (nested calls join the outer one)."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
+        """One atomic change of mirror + journal (nested calls join the outer one): applied in
+        memory as it goes, undone if the block raises, logged once when the outermost ends."""
+        self._depth += 1
         try:
             yield
         except BaseException:
-            self._depth = 0
-            self.db.execute("ROLLBACK")
-            self.journal._count = self.db.execute("SELECT count(*) FROM journal").fetchone()[0]
+            self._depth -= 1
+            if not self._depth:
+                for undo in reversed(self._undo):
+                    undo[0](*undo[1:])
+                self._undo.clear()
+                self._redo.clear()
             raise
-        self._depth = 0
-        self.db.execute("COMMIT")
+        self._depth -= 1
+        if not self._depth:
+            redo, self._redo = self._redo, []
+            self._undo.clear()
+            if redo:
+                self.store.append(redo)
+
+    def _record(self, redo: list, *undo) -> None:
+        if not self._depth:
+            raise RuntimeError("mirror change outside a transaction")
+        self._redo.append(redo)
+        self._undo.append(undo)
 
     def durable(self) -> None:
-        """Make every committed change survive a power cut (fsync of the WAL)."""
-        self.db.execute("PRAGMA synchronous=FULL")
-        try:
-            with self.tx():
-                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('synced_at', ?)", (str(time.time()),))
-        finally:
-            self.db.execute("PRAGMA synchronous=NORMAL")
+        """Make every committed change survive a power cut (fsync of the change log)."""
+        self.store.durable()
+
+    async def run_flusher(self, interval: float = 0.5, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Group commits: the logged changes into the SQLite snapshot, off the request path."""
+        task_status.started()
+        while True:
+            await trio.sleep(interval)
+            segments, records = self.store.rotate()
+            if segments:
+                await trio.to_thread.run_sync(self.store.flush, segments, records)
 
     def meta(self, key: str, default: str | None = None) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else default
+        return self._meta.get(key, default)
 
     def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        with self.tx():
+            old = self._meta.get(key)
+            self._meta[key] = value
+            self._record(["m", key, value], self._restore_meta, key, old)
+
+    def _restore_meta(self, key: str, old: str | None) -> None:
+        if old is None:
+            self._meta.pop(key, None)
+        else:
+            self._meta[key] = old
+
+    # -- the node index ---------------------------------------------------------------------
+
+    def _index(self, e: Entry) -> None:
+        self._rows[e.ino] = e
+        self._ids[e.id] = e.ino
+        if e.parent is not None:
+            self._kids.setdefault(e.parent, {})[e.name] = e.ino
+            self._order.pop(e.parent, None)
+        elif e.ino != ROOT_INO:
+            self._orphans.add(e.ino)
+        if e.dirty:
+            self._dirty.add(e.ino)
+
+    def _unindex(self, e: Entry) -> None:
+        del self._rows[e.ino]
+        if self._ids.get(e.id) == e.ino:
+            del self._ids[e.id]
+        if e.parent is not None:
+            kids = self._kids.get(e.parent)
+            if kids is not None and kids.get(e.name) == e.ino:
+                del kids[e.name]
+            self._order.pop(e.parent, None)
+        self._orphans.discard(e.ino)
+        self._dirty.discard(e.ino)
+
+    def _put(self, new: Entry | None, ino: int | None = None) -> None:
+        """The one way a row changes: indexes, undo and log kept in step."""
+        ino = new.ino if new is not None else ino
+        old = self._rows.get(ino)
+        if new is not None:
+            if new.parent is not None:
+                holder = self._kids.get(new.parent, {}).get(new.name)
+                if holder is not None and holder != ino:
+                    raise NameTaken(f"{new.name!r} exists in directory {new.parent}")
+            other = self._ids.get(new.id)
+            if other is not None and other != ino:
+                raise NameTaken(f"node id {new.id} is taken by inode {other}")
+        if old is not None:
+            self._unindex(old)
+        if new is not None:
+            self._index(new)
+        self._record(["n", ino, None if new is None else list(new)], self._reput, ino, old, new)
+
+    def _reput(self, ino: int, old: Entry | None, new: Entry | None) -> None:
+        if new is not None and self._rows.get(ino) is not None:
+            self._unindex(self._rows[ino])
+        if old is not None:
+            self._index(old)
 
     # -- reads ------------------------------------------------------------------------------
 
-    def _one(self, where: str, args: tuple) -> Entry | None:
-        row = self.db.execute(f"SELECT {COLUMNS} FROM nodes WHERE {where}", args).fetchone()
-        return Entry(*row) if row else None
-
     def get_opt(self, ino: int) -> Entry | None:
-        return self._one("ino = ?", (ino,))
+        return self._rows.get(ino)
 
     def get(self, ino: int) -> Entry:
-        e = self.get_opt(ino)
+        e = self._rows.get(ino)
         if e is None:
             raise FsError(errno.ENOENT)
         return e
 
     def by_id(self, node_id: str) -> Entry | None:
-        return self._one("id = ?", (node_id,))
+        ino = self._ids.get(node_id)
+        return None if ino is None else self._rows[ino]
 
     def child(self, parent: int, name: str) -> Entry | None:
-        return self._one("parent = ? AND name = ?", (parent, name))
+        ino = self._kids.get(parent, {}).get(name)
+        return None if ino is None else self._rows[ino]
 
     def _dir(self, ino: int) -> Entry:
         e = self.get(ino)
@@ -249,29 +307,56 @@ class Tree:
             raise FsError(errno.ENOENT)
         return e
 
+    def _children_order(self, parent: int) -> list[int]:
+        order = self._order.get(parent)
+        if order is None:
+            order = self._order[parent] = sorted(self._kids.get(parent, {}).values())
+        return order
+
     def children(self, parent: int, after_ino: int, limit: int) -> list[Entry]:
-        rows = self.db.execute(
-            f"SELECT {COLUMNS} FROM nodes WHERE parent = ? AND ino > ? ORDER BY ino LIMIT ?",
-            (parent, after_ino, limit),
-        ).fetchall()
-        return [Entry(*r) for r in rows]
+        order = self._children_order(parent)
+        i = bisect.bisect_right(order, after_ino)
+        return [self._rows[ino] for ino in order[i:i + limit]]
 
     #: Columns of ``listing`` rows: what a directory entry's attributes need, nothing more.
     LISTING = "ino, name, kind, mode, size, mtime_ns, ctime_ns, uid, gid"
 
     def listing(self, parent: int, after_ino: int, limit: int) -> list[tuple]:
-        """Children as raw ``LISTING`` rows, for readdir (no Entry objects: a directory of
-        10,000 files is listed on every ``ls``, and this halves the cost per entry)."""
-        return self.db.execute(
-            f"SELECT {self.LISTING} FROM nodes WHERE parent = ? AND ino > ? ORDER BY ino LIMIT ?",
-            (parent, after_ino, limit),
-        ).fetchall()
+        """Children as ``LISTING``-shaped tuples, for readdir, in inode order (stable offsets
+        while the directory changes)."""
+        return [(e.ino, e.name, e.kind, e.mode, e.size, e.mtime_ns, e.ctime_ns, e.uid, e.gid)
+                for e in self.children(parent, after_ino, limit)]
 
     def has_children(self, ino: int) -> bool:
-        return self.db.execute("SELECT 1 FROM nodes WHERE parent = ? LIMIT 1", (ino,)).fetchone() is not None
+        return bool(self._kids.get(ino))
 
     def count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM nodes WHERE parent IS NOT NULL").fetchone()[0]
+        return len(self._rows) - 1 - len(self._orphans)
+
+    def dirty_inodes(self) -> list[int]:
+        """Files whose staged content is not on the server yet (live or not)."""
+        return list(self._dirty)
+
+    def orphans(self) -> list[int]:
+        return list(self._orphans)
+
+    def all_ids(self) -> list[tuple[int, str]]:
+        """(ino, id) of every live node (re-lists reconcile against it)."""
+        return [(e.ino, e.id) for e in self._rows.values() if e.parent is not None]
+
+    def subtree(self, roots: list[int]) -> list[Entry]:
+        """Every live node at or under ``roots``, each once (pins size and fetch them)."""
+        seen: set[int] = set()
+        out: list[Entry] = []
+        todo = [r for r in roots if r in self._rows]
+        while todo:
+            ino = todo.pop()
+            if ino in seen:
+                continue
+            seen.add(ino)
+            out.append(self._rows[ino])
+            todo.extend(self._kids.get(ino, {}).values())
+        return out
 
     def path_of(self, e: Entry) -> str:
         parts = []
@@ -285,62 +370,110 @@ class Tree:
     def update(self, ino: int, **fields: object) -> None:
         if not fields:
             return
-        cols = ", ".join(f"{k} = ?" for k in fields)
-        self.db.execute(f"UPDATE nodes SET {cols} WHERE ino = ?", (*fields.values(), ino))
+        with self.tx():
+            self._put(self.get(ino)._replace(**fields))
 
     def insert(self, *, id: str, parent: int, name: str, kind: str, mode: int, size: int = 0,
                mtime_ns: int, target: str | None = None, uid: int | None = None,
                gid: int | None = None, rev: int = 0, content_rev: int | None = None,
                dirty: int = 0) -> Entry:
-        cur = self.db.execute(
-            "INSERT INTO nodes(id, parent, name, kind, mode, size, mtime_ns, ctime_ns, target, uid, "
-            "gid, rev, content_rev, dirty) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (id, parent, name, kind, mode, size, mtime_ns, time.time_ns(), target, uid, gid, rev,
-             content_rev, dirty),
-        )
-        return self.get(cur.lastrowid)
+        with self.tx():
+            ino = self._next_ino
+            e = Entry(ino, id, parent, name, kind, mode, size, mtime_ns, time.time_ns(), target, uid,
+                      gid, rev, content_rev, None, dirty)
+            self._put(e)
+            self._next_ino += 1
+            self._undo.append((self._unallocate, ino))
+            return e
+
+    def _unallocate(self, ino: int) -> None:
+        self._next_ino = min(self._next_ino, ino)
 
     def remove_row(self, ino: int) -> None:
-        self.db.execute("DELETE FROM nodes WHERE ino = ?", (ino,))
-        self.db.execute("DELETE FROM chunks WHERE ino = ?", (ino,))
-        self.db.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
-
-    def orphans(self) -> list[int]:
-        return [r[0] for r in self.db.execute(
-            "SELECT ino FROM nodes WHERE parent IS NULL AND ino != ?", (ROOT_INO,))]
+        with self.tx():
+            if ino in self._rows:
+                self._put(None, ino)
+            if ino in self._manifests:
+                self._set_chunks(ino, None)
+            for name in list(self._xattrs.get(ino, {})):
+                self._set_xattr(ino, name, None)
+            if ino in self.pins:
+                self.set_pin(ino, None)
 
     # -- manifests --------------------------------------------------------------------------
 
+    def _set_chunks(self, ino: int, chunks: list[tuple[int, int, str]] | None) -> None:
+        old = self._manifests.get(ino)
+        if chunks is None:
+            self._manifests.pop(ino, None)
+        else:
+            self._manifests[ino] = chunks
+        self._record(["c", ino, chunks], self._restore_chunks, ino, old)
+
+    def _restore_chunks(self, ino: int, old) -> None:
+        if old is None:
+            self._manifests.pop(ino, None)
+        else:
+            self._manifests[ino] = old
+
     def set_manifest(self, ino: int, content_rev: int, chunks: list[ChunkRef]) -> None:
-        self.db.execute("DELETE FROM chunks WHERE ino = ?", (ino,))
         off = 0
         rows = []
-        for i, c in enumerate(chunks):
-            rows.append((ino, i, off, c.size, c.hash))
+        for c in chunks:
+            rows.append((off, c.size, c.hash))
             off += c.size
-        self.db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)", rows)
-        self.update(ino, manifest_rev=content_rev)
+        with self.tx():
+            self._set_chunks(ino, rows)
+            self.update(ino, manifest_rev=content_rev)
 
     def manifest(self, ino: int) -> list[tuple[int, int, str]]:
         """(offset, size, hash) of the stored chunk list, in order."""
-        return self.db.execute(
-            "SELECT off, size, hash FROM chunks WHERE ino = ? ORDER BY idx", (ino,)).fetchall()
+        return list(self._manifests.get(ino, ()))
 
-    # -- xattrs -----------------------------------------------------------------------------
+    # -- xattrs and pins --------------------------------------------------------------------
+
+    def _set_xattr(self, ino: int, name: bytes, value: bytes | None) -> None:
+        attrs = self._xattrs.setdefault(ino, {})
+        old = attrs.get(name)
+        if value is None:
+            attrs.pop(name, None)
+        else:
+            attrs[name] = value
+        self._record(["x", [ino, name.hex()], None if value is None else value.hex()],
+                     self._restore_xattr, ino, name, old)
+
+    def _restore_xattr(self, ino: int, name: bytes, old: bytes | None) -> None:
+        attrs = self._xattrs.setdefault(ino, {})
+        if old is None:
+            attrs.pop(name, None)
+        else:
+            attrs[name] = old
 
     def xattr(self, ino: int, name: bytes) -> bytes | None:
-        row = self.db.execute("SELECT value FROM xattrs WHERE ino = ? AND name = ?", (ino, name)).fetchone()
-        return bytes(row[0]) if row else None
+        return self._xattrs.get(ino, {}).get(name)
 
     def xattrs(self, ino: int) -> list[bytes]:
-        return [bytes(r[0]) for r in self.db.execute("SELECT name FROM xattrs WHERE ino = ? ORDER BY name", (ino,))]
+        return sorted(self._xattrs.get(ino, {}))
 
     def set_xattr(self, ino: int, name: bytes, value: bytes | None) -> None:
-        if value is None:
-            self.db.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name))
+        with self.tx():
+            self._set_xattr(ino, name, value)
+            self.update(ino, ctime_ns=time.time_ns())
+
+    def set_pin(self, ino: int, pinned_at: float | None) -> None:
+        with self.tx():
+            old = self.pins.get(ino)
+            if pinned_at is None:
+                self.pins.pop(ino, None)
+            else:
+                self.pins[ino] = pinned_at
+            self._record(["p", ino, pinned_at], self._restore_pin, ino, old)
+
+    def _restore_pin(self, ino: int, old: float | None) -> None:
+        if old is None:
+            self.pins.pop(ino, None)
         else:
-            self.db.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", (ino, name, value))
-        self.update(ino, ctime_ns=time.time_ns())
+            self.pins[ino] = old
 
     # -- local changes (mirror + journal) ---------------------------------------------------
 
@@ -535,7 +668,7 @@ class Tree:
                 for child in self.children(src.ino, 0, 1_000_000):
                     try:
                         self.update(child.ino, parent=dst.ino)
-                    except sqlite3.IntegrityError:
+                    except NameTaken:
                         pass        # a name both have: stays under the detached one
                 self._orphan(src)
             self.journal.remap(old, new)

@@ -1,0 +1,327 @@
+"""The mirror's durable form: an append-only change log in front of a SQLite snapshot.
+
+The mirror (``gobi.fs.tree``) lives in memory and answers every kernel request from there.
+Each of its transactions ends here as **one line appended to the change log**
+(``mirror.db.log.<n>``) with one ``write(2)``: the change is then in the kernel's page
+cache, so it survives a kill -9 of the mount (what the mount promises for every
+acknowledged change) without a SQLite transaction per operation. ``durable()`` — what
+``fsync(2)`` on the mount calls — makes every logged change survive a power cut too
+(``fdatasync`` of the log segments not yet in SQLite).
+
+A **group commit** (``flush``, run by the mirror's flusher off the request path, in a
+worker thread) writes the logged changes of closed segments into the SQLite snapshot
+(``mirror.db``, same schema as before: old caches load as they are) in one transaction
+with ``synchronous=FULL``, then deletes those segments. At start-up ``load()`` reads the
+snapshot and replays the segments left behind (a crash, a kill -9) in order; a torn last
+line (the process died in the middle of a write) is ignored: that transaction never
+reported success.
+
+Records (one JSON list per transaction, each item ``[kind, key, value]``; ``value`` None
+deletes):
+
+``n``  ino → the node's columns (``COLUMNS`` order)      ``c``  ino → manifest [[off, size, hash]…]
+``x``  [ino, name hex] → value hex                     ``m``  meta key → value
+``j``  seq → [op, node, ref, args, ts]                  ``p``  ino → pinned-at time
+
+Only the mirror calls this module, and only this module opens ``mirror.db``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS nodes(
+    ino INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    parent INTEGER,                 -- parent inode; NULL for the root and for orphans
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,             -- file | dir | symlink
+    mode INTEGER NOT NULL,          -- permission bits
+    size INTEGER NOT NULL DEFAULT 0,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    target TEXT,
+    uid INTEGER,                    -- local only (NULL: the mounting user)
+    gid INTEGER,
+    rev INTEGER NOT NULL DEFAULT 0,          -- last rev the server acknowledged (0: not yet)
+    content_rev INTEGER,                     -- server content version of files
+    manifest_rev INTEGER,                    -- content version whose chunk list is stored
+    dirty INTEGER NOT NULL DEFAULT 0         -- staged content not yet committed
+);
+CREATE TABLE IF NOT EXISTS chunks(
+    ino INTEGER NOT NULL, idx INTEGER NOT NULL, off INTEGER NOT NULL,
+    size INTEGER NOT NULL, hash TEXT NOT NULL, PRIMARY KEY(ino, idx)
+);
+CREATE TABLE IF NOT EXISTS xattrs(
+    ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL, PRIMARY KEY(ino, name)
+);
+CREATE TABLE IF NOT EXISTS journal(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    op TEXT NOT NULL,
+    node TEXT NOT NULL,
+    ref TEXT,
+    args TEXT NOT NULL DEFAULT '{}',
+    ts REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pins(ino INTEGER PRIMARY KEY, since REAL NOT NULL);
+"""
+# Older mirrors had secondary indexes the snapshot no longer needs (lookups are in memory).
+DROP_OLD = ["nodes_name", "nodes_children", "nodes_dirty", "journal_node", "journal_ref"]
+
+COLUMNS = ("ino", "id", "parent", "name", "kind", "mode", "size", "mtime_ns", "ctime_ns", "target",
+           "uid", "gid", "rev", "content_rev", "manifest_rev", "dirty")
+
+
+class Snapshot:
+    """What ``load()`` hands the mirror: every table, with the log replayed over it."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, tuple] = {}
+        self.chunks: dict[int, list[tuple[int, int, str]]] = {}
+        self.xattrs: dict[int, dict[bytes, bytes]] = {}
+        self.meta: dict[str, str] = {}
+        self.journal: dict[int, tuple] = {}         # seq -> (op, node, ref, args dict, ts)
+        self.pins: dict[int, float] = {}
+        self.max_ino = 0                            # highest inode ever used
+        self.max_seq = 0                            # highest journal seq ever used
+
+    def apply(self, record: list) -> None:
+        """One logged transaction over the tables (idempotent: replays are safe)."""
+        for kind, key, value in record:
+            if kind == "n":
+                self.max_ino = max(self.max_ino, key)
+                if value is None:
+                    self.nodes.pop(key, None)
+                    self.chunks.pop(key, None)
+                    self.xattrs.pop(key, None)
+                else:
+                    self.nodes[key] = tuple(value)
+            elif kind == "c":
+                if value is None:
+                    self.chunks.pop(key, None)
+                else:
+                    self.chunks[key] = [tuple(c) for c in value]
+            elif kind == "x":
+                ino, name = key[0], bytes.fromhex(key[1])
+                if value is None:
+                    self.xattrs.get(ino, {}).pop(name, None)
+                else:
+                    self.xattrs.setdefault(ino, {})[name] = bytes.fromhex(value)
+            elif kind == "m":
+                self.meta[key] = value
+            elif kind == "j":
+                self.max_seq = max(self.max_seq, key)
+                if value is None:
+                    self.journal.pop(key, None)
+                else:
+                    self.journal[key] = tuple(value)
+            elif kind == "p":
+                if value is None:
+                    self.pins.pop(key, None)
+                else:
+                    self.pins[key] = value
+
+
+class MirrorStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.dir = self.path.parent
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        for index in DROP_OLD:
+            self.db.execute(f"DROP INDEX IF EXISTS {index}")
+        self._fd: int | None = None                 # the segment being appended to
+        self._segment = 0
+        self._new_file = False
+        self._closed: dict[int, int] = {}           # segment number -> fd, not yet in SQLite
+        self._lock = threading.Lock()               # fds of closed segments: durable() vs flush()
+        self.pending: list[list] = []               # records of the open segment
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    def _segments(self) -> list[tuple[int, Path]]:
+        prefix = self.path.name + ".log."
+        out = []
+        for p in self.dir.iterdir():
+            if p.name.startswith(prefix) and p.name[len(prefix):].isdigit():
+                out.append((int(p.name[len(prefix):]), p))
+        return sorted(out)
+
+    def load(self) -> Snapshot:
+        s = Snapshot()
+        cols = ", ".join(COLUMNS)
+        for row in self.db.execute(f"SELECT {cols} FROM nodes"):
+            s.nodes[row[0]] = tuple(row)
+        for ino, off, size, h in self.db.execute("SELECT ino, off, size, hash FROM chunks ORDER BY ino, idx"):
+            s.chunks.setdefault(ino, []).append((off, size, h))
+        for ino, name, value in self.db.execute("SELECT ino, name, value FROM xattrs"):
+            s.xattrs.setdefault(ino, {})[bytes(name)] = bytes(value)
+        s.meta = dict(self.db.execute("SELECT key, value FROM meta"))
+        for seq, op, node, ref, args, ts in self.db.execute(
+                "SELECT seq, op, node, ref, args, ts FROM journal ORDER BY seq"):
+            s.journal[seq] = (op, node, ref, json.loads(args), ts)
+        s.pins = dict(self.db.execute("SELECT ino, since FROM pins"))
+        seqs = dict(self.db.execute("SELECT name, seq FROM sqlite_sequence"))
+        s.max_ino = max([seqs.get("nodes", 0), *s.nodes])
+        s.max_seq = max([seqs.get("journal", 0), *s.journal])
+        replayed = []
+        for number, p in self._segments():
+            self._segment = max(self._segment, number)
+            with open(p, "rb") as f:
+                lines = f.read().split(b"\n")
+            for i, line in enumerate(lines):
+                if not line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    if i < len(lines) - 1 and any(lines[i + 1:]):
+                        raise                        # damage inside the log, not a torn end
+                    log.warning("mirror log %s: ignoring a torn last line (%d bytes)", p.name, len(line))
+                    continue
+                s.apply(record)
+                replayed.append(record)
+        if replayed:
+            log.info("mirror: replayed %d logged change(s) left by the last run", len(replayed))
+            self._write(replayed)
+        for _, p in self._segments():
+            p.unlink()
+        self._fsync_dir()
+        self._open_segment()
+        return s
+
+    # -- the log --------------------------------------------------------------------------------
+
+    def _open_segment(self) -> None:
+        self._segment += 1
+        name = self.dir / f"{self.path.name}.log.{self._segment}"
+        self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._new_file = True
+
+    def append(self, record: list) -> None:
+        """Log one committed transaction (a write(2): survives the process, not a power cut)."""
+        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        assert self._fd is not None
+        view = memoryview(line)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self.pending.append(record)
+
+    def durable(self) -> None:
+        """Every logged change survives a power cut once this returns."""
+        with self._lock:
+            for fd in self._closed.values():
+                os.fdatasync(fd)
+        if self._fd is not None:
+            os.fdatasync(self._fd)
+        if self._new_file:
+            self._fsync_dir()
+            self._new_file = False
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- group commit ---------------------------------------------------------------------------
+
+    def rotate(self) -> tuple[list[int], list[list]]:
+        """Close the open segment and start another (on the mirror's thread); returns the
+        closed segments and their records, for ``flush`` (one flush at a time)."""
+        if not self.pending:
+            return [], []
+        assert self._fd is not None
+        with self._lock:
+            self._closed[self._segment] = self._fd
+        batch, self.pending = self.pending, []
+        number = self._segment
+        self._open_segment()
+        return [number], batch
+
+    def flush(self, segments: list[int], records: list[list]) -> None:
+        """Write those records into SQLite (one transaction, fsynced), then delete their
+        segments. Safe in a worker thread: after ``load`` only this touches the database."""
+        if records:
+            self._write(records)
+        with self._lock:
+            for number in segments:
+                fd = self._closed.pop(number, None)
+                if fd is not None:
+                    os.close(fd)
+                try:
+                    os.unlink(self.dir / f"{self.path.name}.log.{number}")
+                except FileNotFoundError:
+                    pass
+
+    def _write(self, records: list[list]) -> None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for record in records:
+                for kind, key, value in record:
+                    if kind == "n":
+                        if value is None:
+                            db.execute("DELETE FROM nodes WHERE ino = ?", (key,))
+                            db.execute("DELETE FROM chunks WHERE ino = ?", (key,))
+                            db.execute("DELETE FROM xattrs WHERE ino = ?", (key,))
+                            db.execute("DELETE FROM pins WHERE ino = ?", (key,))
+                        else:
+                            db.execute(f"INSERT OR REPLACE INTO nodes({', '.join(COLUMNS)}) VALUES "
+                                       f"({', '.join('?' * len(COLUMNS))})", value)
+                    elif kind == "c":
+                        db.execute("DELETE FROM chunks WHERE ino = ?", (key,))
+                        if value:
+                            db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)",
+                                           [(key, i, off, size, h) for i, (off, size, h) in enumerate(value)])
+                    elif kind == "x":
+                        ino, name = key[0], bytes.fromhex(key[1])
+                        if value is None:
+                            db.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name))
+                        else:
+                            db.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)",
+                                       (ino, name, bytes.fromhex(value)))
+                    elif kind == "m":
+                        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+                    elif kind == "j":
+                        if value is None:
+                            db.execute("DELETE FROM journal WHERE seq = ?", (key,))
+                        else:
+                            op, node, ref, args, ts = value
+                            db.execute("INSERT OR REPLACE INTO journal(seq, op, node, ref, args, ts) "
+                                       "VALUES (?, ?, ?, ?, ?, ?)", (key, op, node, ref, json.dumps(args), ts))
+                    elif kind == "p":
+                        if value is None:
+                            db.execute("DELETE FROM pins WHERE ino = ?", (key,))
+                        else:
+                            db.execute("INSERT OR REPLACE INTO pins VALUES (?, ?)", (key, value))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Everything logged into SQLite, the log removed, the database closed (after the
+        last flush has returned)."""
+        self.flush(*self.rotate())
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            try:        # the open segment is empty now; a failed flush's segments stay for replay
+                os.unlink(self.dir / f"{self.path.name}.log.{self._segment}")
+            except FileNotFoundError:
+                pass
+        self.db.close()
