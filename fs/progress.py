@@ -22,6 +22,7 @@ asked once), which another machine can wait for.
 from __future__ import annotations
 
 import errno
+import heapq
 import logging
 import re
 import time
@@ -131,7 +132,7 @@ class UploadProgress:
     def queue(self, limit: int = 20) -> list[dict]:
         """The upload queue for ``gobi status``: uploads in flight, then the next waiting
         entries in journal order, with paths."""
-        out = [u.as_dict() for u in sorted(self.active.values(), key=lambda u: u.seq)][:limit]
+        out = [u.as_dict() for u in heapq.nsmallest(limit, self.active.values(), key=lambda u: u.seq)]
         for e in self.tree.journal.entries(0, limit + len(self.active)):
             if len(out) >= limit:
                 break
@@ -192,7 +193,10 @@ class UploadProgress:
                 "entries": b.entries, "entries_left": entries, "bytes": b.bytes,
                 "bytes_left": bytes_left, "files_left": len(files), "seq": b.seq,
                 "error": b.error, "since": b.created,
-                "uploading": [u.as_dict() for u in sorted(self.active.values(), key=lambda u: u.seq)][:8]}
+                # The first few only: `gobi sync` asks ten times a second, and thousands of
+                # entries may be in flight (a tar x).
+                "uploading": [u.as_dict() for u in heapq.nsmallest(8, self.active.values(),
+                                                                   key=lambda u: u.seq)]}
 
     async def _resolve_seq(self, b: Barrier) -> None:
         """The vault seq that includes everything the barrier waited for."""
