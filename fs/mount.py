@@ -7,7 +7,7 @@ unmounted (``fusermount3 -u``/``gobi umount``) or signalled (SIGTERM/SIGINT unmo
 first). After the kernel lets go, the uploader gets a bounded time to drain the journal;
 whatever is left stays in the journal for the next mount and is written to the log.
 
-Tasks in the nursery: the FUSE session (``pyfuse3.main``), the uploader (``sync``), the
+Tasks in the nursery: the FUSE session (``operations.fuse_main``), the uploader (``sync``), the
 live stream (``events``: the WebSocket, resumed by seq, with its periodic head-seq
 reconciliation), the applier draining the catch-up queue into the mirror (``applier``),
 the kernel notifier (``notify``: invalidations and materialising remote changes from a
@@ -33,15 +33,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyfuse3
 import trio
 
 from .applier import Applier
 from .blocks import BlockCache
 from .events import Live
 from .logs import oplog
-from .notify import Kernel, LiveOperations
-from .operations import fuse_init, mount_options
+from .notify import Kernel
+from .operations import (
+    LiveOperations,
+    PyfuseKernel,
+    fuse_close,
+    fuse_init,
+    fuse_main,
+    fuse_terminate,
+    mount_options,
+)
 from .remote import ApiError, Offline, Remote, Servers
 from .services import ServiceError, Services
 from .sync import Sync
@@ -170,7 +177,7 @@ async def _run(cfg: MountConfig) -> int:
         remote = Remote(servers, cfg.token, vault=vault_id, device=device)
         vfs = Vfs(tree, cache, remote, link, os.getuid(), os.getgid())
         # GOBI_TEST_NOTICE_DELAY: tests hold kernel notices back to show what a late one does.
-        kernel = Kernel(tree, cfg.mountpoint, materialise=cfg.materialise,
+        kernel = Kernel(tree, cfg.mountpoint, materialise=cfg.materialise, port=PyfuseKernel(),
                         delay=float(os.environ.get("GOBI_TEST_NOTICE_DELAY", "0")))
         applier = Applier(tree, vfs, remote, link, device, kernel)
         send, receive = trio.open_memory_channel(math.inf)
@@ -234,10 +241,10 @@ async def _run(cfg: MountConfig) -> int:
                     cfg.on_ready()
                 oplog("mount", state="mounted", vault=vault_id, path=str(cfg.mountpoint),
                       servers=str(servers), online=link.online)
-                await pyfuse3.main()
+                await fuse_main()
                 # The kernel let go (unmounted) or a signal asked us to stop.
                 kernel.enabled = False
-                pyfuse3.close(unmount=True)
+                fuse_close(unmount=True)
                 mounted = False
                 oplog("mount", state="unmounted", path=str(cfg.mountpoint),
                       pending=sync.journal.count())
@@ -248,7 +255,7 @@ async def _run(cfg: MountConfig) -> int:
         finally:
             kernel.enabled = False
             if mounted:
-                pyfuse3.close(unmount=True)
+                fuse_close(unmount=True)
         return 0
     finally:
         if remote is not None:
@@ -293,5 +300,5 @@ async def _signals() -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for sig in signals:
             log.info("signal %s: unmounting", sig)
-            pyfuse3.terminate()
+            fuse_terminate()
             return

@@ -43,6 +43,11 @@ to do (the tree changed meanwhile), or whose ``apply()`` finds local changes, is
 with ``EAGAIN`` and nothing changes; the applier then applies the change directly with
 invalidations. Handles opened this way are private to the thread and never touch staging.
 
+The notices reach the kernel through a ``KernelPort`` (pyfuse3's calls, plugged in by the
+composition root from ``gobi.fs.operations``), and the requests the worker thread makes
+through the mount are recognised by the FUSE adapter (``LiveOperations``, there too), so
+this module imports no FUSE binding and is testable without a mount.
+
 Bulk changes (a re-list, a long replay) use invalidations and eviction only:
 materialising costs a few syscalls per change. Every call that may block runs in a worker
 thread, never inside a request handler. Nothing here raises: the kernel not knowing an
@@ -59,14 +64,22 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-import pyfuse3
 import trio
 
-from .operations import Operations
-from .tree import ROOT_INO, Tree
+from .tree import Tree
 
 log = logging.getLogger(__name__)
+
+
+class KernelPort(Protocol):
+    """What the notifier needs of the kernel (pyfuse3's notification calls). Both may
+    block; both raise ``OSError`` (ENOENT and the like) when the kernel has nothing to drop."""
+
+    def invalidate_inode(self, ino: int, attr_only: bool) -> None: ...
+
+    def invalidate_entry(self, parent: int, name: bytes, deleted: int = 0) -> None: ...
 
 
 @dataclass
@@ -115,7 +128,7 @@ class Change:
 
 
 @dataclass
-class _Expect:
+class Expected:
     ino: int = 0                      # content/attrs: the inode the thread may touch
     change: Change | None = None      # structural change
     fhs: set[int] = field(default_factory=set)
@@ -123,14 +136,18 @@ class _Expect:
 
 class Kernel:
     def __init__(self, tree: Tree, mountpoint: Path | None = None, materialise: bool = True,
-                 busy: Callable[[int], bool] | None = None, delay: float = 0.0):
+                 busy: Callable[[int], bool] | None = None, delay: float = 0.0,
+                 port: KernelPort | None = None):
         self.tree = tree
+        # How notices reach the kernel: the FUSE adapter's (``gobi.fs.operations``), plugged
+        # in by the composition root; none means not mounted (tests of the layers below).
+        self.port = port
         self.mountpoint = Path(mountpoint) if mountpoint else None
         self.materialising = materialise and mountpoint is not None
         self.busy = busy or (lambda ino: False)      # local changes: do not materialise
         self._items: list[_Item] = []
         self._wake = trio.Event()
-        self._expect: dict[int, _Expect] = {}        # thread id of a materialising call -> what
+        self._expect: dict[int, Expected] = {}        # thread id of a materialising call -> what
         self._fhs = itertools.count(1 << 60)         # handles our thread opens (never staged)
         self.own_fhs: set[int] = set()
         self.enabled = False                         # set once the FUSE session runs
@@ -207,7 +224,7 @@ class Kernel:
             if self.delay:
                 await trio.sleep(self.delay)
             items, self._items = self._items, []
-            if self.enabled:
+            if self.enabled and self.port is not None:
                 log.debug("kernel notices: %s", items)
                 steps = self._plan(items)
                 if steps:
@@ -258,28 +275,28 @@ class Kernel:
         for s in steps:
             try:
                 if s.kind == "entry":
-                    _quiet(pyfuse3.invalidate_entry, s.parent, s.name.encode())
+                    _quiet(self.port.invalidate_entry, s.parent, s.name.encode())
                 elif s.kind == "delete":
-                    if not _quiet(pyfuse3.invalidate_entry, s.parent, s.name.encode(), s.ino):
-                        _quiet(pyfuse3.invalidate_entry, s.parent, s.name.encode())
+                    if not _quiet(self.port.invalidate_entry, s.parent, s.name.encode(), s.ino):
+                        _quiet(self.port.invalidate_entry, s.parent, s.name.encode())
                 elif s.kind == "inode":
-                    _quiet(pyfuse3.invalidate_inode, s.ino, not s.content)
+                    _quiet(self.port.invalidate_inode, s.ino, not s.content)
                 elif s.kind == "materialise":
-                    _quiet(pyfuse3.invalidate_inode, s.ino, not s.content)
+                    _quiet(self.port.invalidate_inode, s.ino, not s.content)
                     if self._materialise(s):
                         self.materialised += 1
                     else:
                         self.refused.add(s.ino)
                         self._evict(s)
                 elif s.kind == "evict":
-                    _quiet(pyfuse3.invalidate_inode, s.ino, not s.content)
+                    _quiet(self.port.invalidate_inode, s.ino, not s.content)
                     self._evict(s)
             except Exception:
                 self.failures += 1
                 log.exception("kernel notification %s failed", s)
 
     def _evict(self, s: _Step) -> None:
-        if _quiet(pyfuse3.invalidate_entry, s.parent, s.name.encode()):
+        if _quiet(self.port.invalidate_entry, s.parent, s.name.encode()):
             self.evicted += 1
 
     def _materialise(self, s: _Step) -> bool:
@@ -288,7 +305,7 @@ class Kernel:
         inotify watchers (IN_MODIFY, IN_CLOSE_WRITE, IN_ATTRIB)."""
         assert self.mountpoint is not None
         path = str(self.mountpoint) + s.path
-        with self._owning(_Expect(ino=s.ino)):
+        with self._owning(Expected(ino=s.ino)):
             try:
                 if s.content:
                     fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -303,11 +320,11 @@ class Kernel:
                 log.debug("materialising %s failed: %s", path, exc)
                 return False
 
-    def _owning(self, expect: _Expect):
+    def _owning(self, expect: Expected):
         kernel = self
 
         class _Scope:
-            def __enter__(self_) -> _Expect:
+            def __enter__(self_) -> Expected:
                 self_.tid = threading.get_native_id()
                 kernel._expect[self_.tid] = expect
                 return expect
@@ -340,7 +357,7 @@ class Kernel:
     def _structural(self, c: Change) -> bool:
         assert self.mountpoint is not None
         root = str(self.mountpoint)
-        with self._owning(_Expect(change=c)):
+        with self._owning(Expected(change=c)):
             try:
                 if c.kind == "create":
                     fd = os.open(root + c.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
@@ -365,10 +382,10 @@ class Kernel:
 
     # -- recognising our own requests (called by LiveOperations, on the trio thread) -------------
 
-    def expected(self, pid: int) -> _Expect | None:
+    def expected(self, pid: int) -> Expected | None:
         return self._expect.get(pid)
 
-    def new_fh(self, expect: _Expect) -> int:
+    def new_fh(self, expect: Expected) -> int:
         fh = next(self._fhs)
         expect.fhs.add(fh)
         self.own_fhs.add(fh)
@@ -384,122 +401,3 @@ def _quiet(fn, *args) -> bool:
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ENOTEMPTY, errno.EBUSY):
             log.debug("%s%s: %s", getattr(fn, "__name__", fn), args, exc)
         return False
-
-
-class LiveOperations(Operations):
-    """The FUSE adapter, plus the requests our own materialising thread makes: those apply
-    a remote change the thread was asked to make (or only confirm what the mirror already
-    says) and never make a local change, queue an upload or touch staging."""
-
-    def __init__(self, vfs, status, control, kernel: Kernel, **kw):
-        super().__init__(vfs, status, control, **kw)
-        self.kernel = kernel
-
-    def _ours(self, ctx) -> _Expect | None:
-        return self.kernel.expected(ctx.pid) if ctx is not None else None
-
-    def _change(self, ctx, kind: str, parent: int, name: bytes, new_parent: int = 0,
-                new_name: bytes = b"") -> Change | None:
-        """The expected structural change, if this request is our thread's; refused when it
-        is ours but not what was asked (the tree changed in between)."""
-        exp = self._ours(ctx)
-        if exp is None:
-            return None
-        c = exp.change
-        if (c is None or c.kind != kind or c.parent != parent or c.name.encode() != name
-                or (kind == "rename" and (c.new_parent != new_parent or c.new_name.encode() != new_name))):
-            raise pyfuse3.FUSEError(errno.EAGAIN)
-        self.kernel.quiet_entries = True
-        try:
-            ok = c.apply()
-        finally:
-            self.kernel.quiet_entries = False
-        if not ok:
-            raise pyfuse3.FUSEError(errno.EAGAIN)
-        c.applied = True
-        return c
-
-    def _entry(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
-        e = self.tree.child(parent, name.decode())
-        if e is None:
-            raise pyfuse3.FUSEError(errno.EAGAIN)
-        self.vfs.remember(e.ino)
-        return self._attr(e)
-
-    # -- structural changes ---------------------------------------------------------------------
-
-    async def create(self, parent_inode, name, mode, flags, ctx):
-        if self._change(ctx, "create", parent_inode, name) is None:
-            return await super().create(parent_inode, name, mode, flags, ctx)
-        attrs = self._entry(parent_inode, name)
-        exp = self._ours(ctx)
-        assert exp is not None
-        return pyfuse3.FileInfo(fh=self.kernel.new_fh(exp)), attrs
-
-    async def mkdir(self, parent_inode, name, mode, ctx):
-        if self._change(ctx, "mkdir", parent_inode, name) is None:
-            return await super().mkdir(parent_inode, name, mode, ctx)
-        return self._entry(parent_inode, name)
-
-    async def symlink(self, parent_inode, name, target, ctx):
-        if self._change(ctx, "symlink", parent_inode, name) is None:
-            return await super().symlink(parent_inode, name, target, ctx)
-        return self._entry(parent_inode, name)
-
-    async def unlink(self, parent_inode, name, ctx):
-        if self._change(ctx, "unlink", parent_inode, name) is None:
-            return await super().unlink(parent_inode, name, ctx)
-
-    async def rmdir(self, parent_inode, name, ctx):
-        if self._change(ctx, "rmdir", parent_inode, name) is None:
-            return await super().rmdir(parent_inode, name, ctx)
-
-    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        if self._change(ctx, "rename", parent_inode_old, name_old, parent_inode_new, name_new) is None:
-            return await super().rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx)
-
-    # -- content and attributes -----------------------------------------------------------------
-
-    async def open(self, inode, flags, ctx):
-        exp = self._ours(ctx)
-        if exp is None:
-            # Close-to-open consistency: a file whose content changed remotely opens once
-            # the kernel knows its new size (see Kernel.settled).
-            await self.kernel.settled(inode)
-            return await super().open(inode, flags, ctx)
-        self._check_inode(exp, inode)
-        return pyfuse3.FileInfo(fh=self.kernel.new_fh(exp), keep_cache=False)
-
-    async def flush(self, fh):
-        if fh in self.kernel.own_fhs:
-            return
-        return await super().flush(fh)
-
-    async def release(self, fh):
-        if fh in self.kernel.own_fhs:
-            self.kernel.own_fhs.discard(fh)
-            return
-        return await super().release(fh)
-
-    async def setattr(self, inode, attr, fields, fh, ctx):
-        exp = self._ours(ctx)
-        if exp is None and fh not in self.kernel.own_fhs:
-            return await super().setattr(inode, attr, fields, fh, ctx)
-        if exp is not None and exp.change is None:
-            self._check_inode(exp, inode)
-        # During a structural change (a rename) the request is the kernel writing back the
-        # ctime it set on the moved inode (writeback cache): confirm the mirror's attributes.
-        # Refusing it made the kernel record a writeback error on the file, and the next
-        # close() of that file by anyone failed with EIO.
-        e = self.tree.get_opt(inode)
-        if e is None:
-            raise pyfuse3.FUSEError(errno.EAGAIN)
-        return self._attr(e)
-
-    def _check_inode(self, exp: _Expect, inode: int) -> None:
-        e = self.tree.get_opt(inode)
-        busy = (e is None or inode == ROOT_INO or exp.ino != inode or e.dirty
-                or inode in self.vfs.writers or self.kernel.busy(inode))
-        if busy:
-            # Not the file we meant, or it has local changes now: leave it alone.
-            raise pyfuse3.FUSEError(errno.EAGAIN)

@@ -3,7 +3,11 @@
 Thin on purpose: the filesystem's rules live in ``gobi.fs.tree`` (names, renames,
 coalescing) and ``gobi.fs.vfs`` (content, handles). This module converts types, keeps the
 few FUSE-only rules (what xattr namespaces mean, what is refused), and is the one place
-where ``FsError`` becomes ``FUSEError``.
+that imports pyfuse3 and where ``FsError`` becomes ``FUSEError``. It also holds what the
+layers below need of the kernel: ``LiveOperations`` (requests the notifier's worker thread
+makes through the mount to materialise remote changes, ``gobi.fs.notify``), the
+``PyfuseKernel`` port for invalidations, and the session calls of the composition root
+(``fuse_init``, ``fuse_main``, ``fuse_close``, ``fuse_terminate``).
 
 Time travel (``MOUNT/.gobi/at/<seq or time>/…``, read-only) is ``gobi.fs.timetravel``:
 requests for its inodes (above ``VIRTUAL_BASE``) and handles are passed to it, and every
@@ -34,6 +38,7 @@ from collections.abc import Callable
 import pyfuse3
 
 from .metrics import FuseStats
+from .notify import Change, Kernel, Expected
 from .timetravel import NAME as TT_NAME
 from .timetravel import TimeTravel, is_virtual
 from .tree import ROOT_INO, Entry, FsError, Tree
@@ -454,4 +459,152 @@ def fuse_init(ops: pyfuse3.Operations, mountpoint: str, options: set[str]) -> No
         log.warning("libfuse: %s", text)
 
 
-__all__ = ["FuseInitError", "Operations", "fuse_init", "mount_options"]
+# --------------------------------------------------------------------------- the mount's own requests
+
+
+class LiveOperations(Operations):
+    """The FUSE adapter, plus the requests our own materialising thread makes: those apply
+    a remote change the thread was asked to make (or only confirm what the mirror already
+    says) and never make a local change, queue an upload or touch staging."""
+
+    def __init__(self, vfs, status, control, kernel: Kernel, **kw):
+        super().__init__(vfs, status, control, **kw)
+        self.kernel = kernel
+
+    def _ours(self, ctx) -> Expected | None:
+        return self.kernel.expected(ctx.pid) if ctx is not None else None
+
+    def _change(self, ctx, kind: str, parent: int, name: bytes, new_parent: int = 0,
+                new_name: bytes = b"") -> Change | None:
+        """The expected structural change, if this request is our thread's; refused when it
+        is ours but not what was asked (the tree changed in between)."""
+        exp = self._ours(ctx)
+        if exp is None:
+            return None
+        c = exp.change
+        if (c is None or c.kind != kind or c.parent != parent or c.name.encode() != name
+                or (kind == "rename" and (c.new_parent != new_parent or c.new_name.encode() != new_name))):
+            raise pyfuse3.FUSEError(errno.EAGAIN)
+        self.kernel.quiet_entries = True
+        try:
+            ok = c.apply()
+        finally:
+            self.kernel.quiet_entries = False
+        if not ok:
+            raise pyfuse3.FUSEError(errno.EAGAIN)
+        c.applied = True
+        return c
+
+    def _entry(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
+        e = self.tree.child(parent, name.decode())
+        if e is None:
+            raise pyfuse3.FUSEError(errno.EAGAIN)
+        self.vfs.remember(e.ino)
+        return self._attr(e)
+
+    # -- structural changes ---------------------------------------------------------------------
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        if self._change(ctx, "create", parent_inode, name) is None:
+            return await super().create(parent_inode, name, mode, flags, ctx)
+        attrs = self._entry(parent_inode, name)
+        exp = self._ours(ctx)
+        assert exp is not None
+        return pyfuse3.FileInfo(fh=self.kernel.new_fh(exp)), attrs
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        if self._change(ctx, "mkdir", parent_inode, name) is None:
+            return await super().mkdir(parent_inode, name, mode, ctx)
+        return self._entry(parent_inode, name)
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        if self._change(ctx, "symlink", parent_inode, name) is None:
+            return await super().symlink(parent_inode, name, target, ctx)
+        return self._entry(parent_inode, name)
+
+    async def unlink(self, parent_inode, name, ctx):
+        if self._change(ctx, "unlink", parent_inode, name) is None:
+            return await super().unlink(parent_inode, name, ctx)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        if self._change(ctx, "rmdir", parent_inode, name) is None:
+            return await super().rmdir(parent_inode, name, ctx)
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        if self._change(ctx, "rename", parent_inode_old, name_old, parent_inode_new, name_new) is None:
+            return await super().rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx)
+
+    # -- content and attributes -----------------------------------------------------------------
+
+    async def open(self, inode, flags, ctx):
+        exp = self._ours(ctx)
+        if exp is None:
+            # Close-to-open consistency: a file whose content changed remotely opens once
+            # the kernel knows its new size (see Kernel.settled).
+            await self.kernel.settled(inode)
+            return await super().open(inode, flags, ctx)
+        self._check_inode(exp, inode)
+        return pyfuse3.FileInfo(fh=self.kernel.new_fh(exp), keep_cache=False)
+
+    async def flush(self, fh):
+        if fh in self.kernel.own_fhs:
+            return
+        return await super().flush(fh)
+
+    async def release(self, fh):
+        if fh in self.kernel.own_fhs:
+            self.kernel.own_fhs.discard(fh)
+            return
+        return await super().release(fh)
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        exp = self._ours(ctx)
+        if exp is None and fh not in self.kernel.own_fhs:
+            return await super().setattr(inode, attr, fields, fh, ctx)
+        if exp is not None and exp.change is None:
+            self._check_inode(exp, inode)
+        # During a structural change (a rename) the request is the kernel writing back the
+        # ctime it set on the moved inode (writeback cache): confirm the mirror's attributes.
+        # Refusing it made the kernel record a writeback error on the file, and the next
+        # close() of that file by anyone failed with EIO.
+        e = self.tree.get_opt(inode)
+        if e is None:
+            raise pyfuse3.FUSEError(errno.EAGAIN)
+        return self._attr(e)
+
+    def _check_inode(self, exp: Expected, inode: int) -> None:
+        e = self.tree.get_opt(inode)
+        busy = (e is None or inode == ROOT_INO or exp.ino != inode or e.dirty
+                or inode in self.vfs.writers or self.kernel.busy(inode))
+        if busy:
+            # Not the file we meant, or it has local changes now: leave it alone.
+            raise pyfuse3.FUSEError(errno.EAGAIN)
+
+
+class PyfuseKernel:
+    """``gobi.fs.notify.KernelPort`` over pyfuse3's notifications."""
+
+    @staticmethod
+    def invalidate_inode(ino: int, attr_only: bool) -> None:
+        pyfuse3.invalidate_inode(ino, attr_only)
+
+    @staticmethod
+    def invalidate_entry(parent: int, name: bytes, deleted: int = 0) -> None:
+        pyfuse3.invalidate_entry(parent, name, deleted)
+
+
+async def fuse_main() -> None:
+    """Serve the kernel's requests until unmounted or ``fuse_terminate``."""
+    await pyfuse3.main()
+
+
+def fuse_close(unmount: bool = True) -> None:
+    pyfuse3.close(unmount=unmount)
+
+
+def fuse_terminate() -> None:
+    pyfuse3.terminate()
+
+
+__all__ = ["FuseInitError", "LiveOperations", "Operations", "PyfuseKernel", "fuse_close", "fuse_init",
+           "fuse_main", "fuse_terminate", "mount_options"]

@@ -45,8 +45,6 @@ import errno
 import json
 from collections.abc import Callable, Collection
 
-import pyfuse3
-
 from .tree import ROOT_INO, Entry, FsError, Tree
 
 USER = b"user."
@@ -63,7 +61,7 @@ VERIFY = b"user.gobi.verify"
 VERIFY_PREFIX = b"user.gobi.verify."
 MAX_VALUE = 65536
 
-ENOATTR = pyfuse3.ENOATTR
+ENOATTR = errno.ENODATA       # Linux spells ENOATTR so (pyfuse3.ENOATTR is this)
 
 
 class Xattrs:
