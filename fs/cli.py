@@ -331,9 +331,7 @@ def _print_status(st: dict) -> None:
         print(f"  conflict waiting for a decision: {c['path']} ({c['case']}) — see 'gobi conflicts'")
     for c in st.get("conflicts", [])[-3:]:
         print(f"  conflict: {c['path']}: {c['message']}")
-    if st.get("held_deletes"):
-        print(f"  {st['held_deletes']} delete(s) held by the server as a mass delete, waiting for "
-              f"the vault owner: hold(s) {', '.join(st.get('holds', []))}")
+    _print_held(st)
     for f in st.get("failures", []):
         print(f"  ! {f}")
     for p in st.get("pins", []):
@@ -347,6 +345,23 @@ def _print_status(st: dict) -> None:
             what = "queued"
         print(f"  pinned {p.get('path')}: {what}")
     _print_queue(st.get("queue") or [], st.get("pending_ops", 0))
+
+
+def _print_held(st: dict, out=None) -> None:
+    """This mount's deletes the server holds as a mass delete, and holds settled lately."""
+    out = out or sys.stdout
+    if st.get("held_deletes"):
+        print(f"  {st['held_deletes']} delete(s) of this mount held by the server as a mass delete: "
+              f"gone here, kept on the other devices until the vault owner decides", file=out)
+        for h in st.get("holds", []):
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(h["expires"])) if h.get("expires") else "?"
+            paths = ", ".join(h.get("paths", [])) + (" …" if h.get("deletes", 0) > len(h.get("paths", [])) else "")
+            print(f"    hold {h['id']} ({h.get('files') or '?'} file(s): {paths}); expires {when}: "
+                  f"'gobi confirm-delete {h['id']}' deletes them everywhere, "
+                  f"'gobi confirm-delete --reject {h['id']}' brings them back here", file=out)
+    for r in st.get("returned", []):
+        print(f"  hold {r['hold']} {r['state']}: {r['nodes']} held delete(s) came back here "
+              f"({', '.join(r['paths'])})", file=out)
 
 
 def _print_queue(queue: list[dict], pending: int) -> None:
