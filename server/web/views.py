@@ -546,4 +546,5 @@ async def confirm_hold(request: Request, vault_id: str, record_id: str) -> HTTPR
 async def reject_hold(request: Request, vault_id: str, record_id: str) -> HTTPResponse:
     svc = services(request)
     await svc.holds.reject(request.ctx.actor, vault_id, record_id, svc.nodes.write)
-    return _done(request, f"{WEB}/v/{vault_id}/holds", "Rejected: nothing was deleted.")
+    return _done(request, f"{WEB}/v/{vault_id}/holds",
+                 "Rejected: nothing was deleted; the files come back on the device that deleted them.")
