@@ -431,7 +431,11 @@ def guarded(tmp_path: Path):
 def rm_bulk(user: User, vault: str, a: Mount, b: Mount) -> set[str]:
     """rm -r of BULK on A (a "buggy client"); returns the BULK paths the server kept."""
     shutil.rmtree(a.path / "bulk")
-    a.sync()
+    st = a.sync()
+    # gobi sync returns while the hold is pending: exit 4, saying what is held and how to decide
+    assert st["sync_exit"] == 4, st["sync_stderr"]
+    assert "held by the server as a mass delete" in st["sync_stderr"]
+    assert "gobi confirm-delete --reject" in st["sync_stderr"]
     eventually(lambda: a.status()["held_deletes"], "A reports the held delete")
     caught_up(a, b)
     tree = server_tree(user, vault)
