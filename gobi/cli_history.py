@@ -263,7 +263,9 @@ def cmd_restore(t: Target, args: argparse.Namespace) -> int:
     where = done["node"]["name"]
     extra = f" as {where!r} (the name was taken)" if done["renamed"] else ""
     parents = f"; {done['revived_parents']} deleted parent folder(s) came back" if done["revived_parents"] else ""
-    print(f"restored {entry['path']}{extra}: {done['restored']} item(s){parents}")
+    inside = (f" (the folder and everything deleted with it: {entry['files']} file(s))"
+              if entry["kind"] == "dir" else "")
+    print(f"restored {entry['path']}{extra}: {done['restored']} item(s){inside}{parents}")
     return 0
 
 

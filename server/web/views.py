@@ -459,7 +459,7 @@ async def restore_trash(request: Request, vault_id: str, record_id: str) -> HTTP
     node = done.node
     text = f"Restored “{node.name}”"
     if done.renamed:
-        text += " under a new name (the old one was taken)"
+        text = f"Restored as “{node.name}” (the old name was taken meanwhile)"
     if done.restored > 1:
         text += f" with {done.restored - 1} item(s) inside"
     if done.revived_parents:
