@@ -179,6 +179,9 @@ def run_tar(args: argparse.Namespace, w: Path, t: Target, tarball: Path, r: dict
     r["tar x"] = timed(lambda: subprocess.run(["tar", "xf", str(tarball), "-C", str(tdir)], check=True))
     r["  durable on server   "] = t.durable("bench/tar")
     subprocess.run(["git", "init", "-q"], cwd=tdir, env=GIT_ENV, check=True)
+    # No automatic gc: with 10k loose objects `git commit` starts `gc --auto` in the
+    # background, which would still be writing into .git when the tree is removed.
+    subprocess.run(["git", "config", "gc.auto", "0"], cwd=tdir, env=GIT_ENV, check=True)
     r["git add -A && git commit"] = timed(lambda: subprocess.run(
         "git add -A && git commit -q -m bench", shell=True, cwd=tdir, env=GIT_ENV, check=True))
     r["  durable on server    "] = t.durable("bench/tar")

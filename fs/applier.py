@@ -23,6 +23,12 @@ Applying a node's server state (``apply_node``):
   own writes never cause refetches or kernel invalidations. Events of this device with a
   newer rev than the mirror (the server's strategy renamed, revived or copied something
   on our behalf) are applied like any other.
+- **Our deletes are not undone by older states.** A node this mount deleted, whose
+  delete the server acknowledged at rev R (``gone``), is not brought back by a state older
+  than R that arrives later: the stream may still be catching up on our own creates (a big
+  ``tar x`` or ``git add``) while ``rm -rf`` of the same tree runs, and re-inserting one of
+  them under a directory ``rm`` is about to remove made it fail ("Directory not empty").
+  The entry goes once the mirror has passed R.
 - **The kernel is told** through ``Kernel`` (``gobi.fs.notify``): created / moved /
   removed entries and changed content or attributes.
 
@@ -89,6 +95,8 @@ class Applier:
         # This mount's deletes that the server holds for the owner (hidden here), and the
         # settled holds whose kept files must come back (``settle``).
         self.hidden = HeldDeletes(tree.db, device, self._visible_path)
+        # node id → rev of our own delete the server acknowledged, until the mirror passes it
+        self.gone: dict[str, int] = {}
         self.to_settle: set[str] = set()
         self._check_holds = True        # ask the server about our holds (start, re-list)
 
@@ -248,6 +256,14 @@ class Applier:
             i = j
         if events and self.initial_sync != "complete" and self.caught_up_seq and self.last_seq >= self.caught_up_seq:
             self._caught_up(self.caught_up_seq)
+        if events and self.gone:
+            last = self.last_seq
+            self.gone = {k: v for k, v in self.gone.items() if v > last}
+
+    def deleted_here(self, node_id: str, rev: int) -> None:
+        """The server acknowledged our delete of ``node_id`` at ``rev`` (see ``gone``)."""
+        if rev > self.last_seq:
+            self.gone[node_id] = max(rev, self.gone.get(node_id, 0))
 
     def _materialisable(self, ev: Event) -> Change | None:
         """The change an event makes, when it is a simple create, move or delete that can
@@ -385,6 +401,11 @@ class Applier:
         with self.tree.tx():
             if self.hidden.absorb(node):
                 return "hidden"         # deleted here, held on the server: stays hidden
+            gone = self.gone.get(node.id)
+            if gone is not None:
+                if node.rev <= gone:
+                    return "stale"      # we deleted it later than this state (module docstring)
+                del self.gone[node.id]
             e = self.tree.by_id(node.id)
             if e is not None and not force and (node.rev < e.rev or (node.rev == e.rev and not ack)):
                 return "stale"

@@ -739,7 +739,9 @@ class Sync:
             node, info = outcome.node, outcome.conflict
             self._note_conflict(info, row.name if row is not None else e.node)
             self.applier.max_acked_rev = max(self.applier.max_acked_rev, node.rev)
-            if not node.deleted:
+            if node.deleted:
+                self.applier.deleted_here(node.id, node.rev)
+            else:
                 # The server kept it (the modification survives, or things changed inside
                 # the directory since we looked): show it again.
                 put_back(node)
