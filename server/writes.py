@@ -56,8 +56,10 @@ TRASH = "trash"
 #: Children deleted this long before their directory, by the same device, are part of the
 #: directory's delete (an ``rm -r`` replayed file by file): see the module docstring.
 ABSORB_WINDOW = 3600.0
-#: Tombstoned children looked at, at most, when a directory's delete absorbs them.
+#: Tombstoned children looked at, at most, when a directory's delete absorbs them, and
+#: how many in a row without a trash entry end the search.
 ABSORB_SCAN = 100_000
+ABSORB_MISSES = 1000
 #: Fields of a trash record's body that are bookkeeping, not ``TrashEntry`` fields.
 TRASH_INTERNAL = ("seq_from", "seq_to", "counted", "absorbed", "in")
 
@@ -295,14 +297,18 @@ class Writer:
         marked ``absorbed`` into ``entry``; returned newest first."""
         cutoff = self.ts - ABSORB_WINDOW
         found: list[Record] = []
-        hi, scanned = seq_from - 1, 0
-        while hi > 0 and scanned < ABSORB_SCAN:
+        hi, scanned, misses = seq_from - 1, 0, 0
+        while hi > 0 and scanned < ABSORB_SCAN and misses < ABSORB_MISSES:
             kids = await self.tx.deleted_children(node.id, 0, hi, 500, newest_first=True)
             if not kids:
                 break
             for kid in kids:
                 scanned += 1
-                for r in await self.tx.find_records(TRASH, key=kid.id, state="trashed", limit=10):
+                records = await self.tx.find_records(TRASH, key=kid.id, state="trashed", limit=10)
+                # Old tombstones whose entries are gone (purged, restored, inside another
+                # entry): a long run of them means the recent deletes are behind us.
+                misses = 0 if records else misses + 1
+                for r in records:
                     b = r.body
                     if float(b.get("deleted_at", 0)) < cutoff:
                         # Older than the window, and so is every child deleted before it.
