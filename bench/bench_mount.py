@@ -13,13 +13,17 @@ sshd on 127.0.0.1 (when sshd and sshfs are installed). Needs root (mounts,
 
 Rows: sequential write + fsync, sequential read cold/warm, random 4 KiB reads, create /
 ``ls -l`` cold and warm / delete N small files, ``tar x`` of a real source tree,
-``git add -A && git commit``, ``git status`` cold and warm; each mutating row is followed
-by a "durable on the server" row: the time from the end of the workload until the server
-holds the result (gobi: ``gobi sync``; rclone/sshfs: the backend directory shows the same
-files and sizes as the mount; native: ``sync``). Figures are seconds, lower is better;
-the last columns are gobi/rclone and gobi/native ratios. ``--only`` runs some groups of
-rows: ``seq`` (write, reads), ``rand``, ``small`` (create, ``ls -l``, delete), ``tar``
-(``tar x``, then the git rows).
+``git add -A && git commit``, ``git status`` cold and warm, ``rm -rf`` of that tree with
+its ``.git``; ``rm -rf`` of a tree of N files (100 per folder), and for gobi the same tree
+written by another device (a second mount), which the mass-delete guard holds; each
+mutating row is followed by a "durable on the server" row: the time from the end of the
+workload until the server holds the result (gobi: ``gobi sync``, which returns while a
+hold is pending; rclone/sshfs: the backend directory shows the same files and sizes as the
+mount; native: ``sync``). gobi runs with the server's default configuration (the guard on).
+Figures are seconds, lower is better; the last columns are gobi/rclone and gobi/native
+ratios. ``--only`` runs some groups of rows: ``seq`` (write, reads), ``rand``, ``small``
+(create, ``ls -l``, delete), ``tar`` (``tar x``, the git rows, ``rm -rf`` of the tree),
+``delete`` (``rm -rf`` of N files).
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def make_tarball(dest: Path, entries: int) -> Path:
     return tar_path
 
 
-GROUPS = ("seq", "rand", "small", "tar")
+GROUPS = ("seq", "rand", "small", "tar", "delete")
 
 
 def run(args: argparse.Namespace, t: Target, tarball: Path, r: dict[str, float]) -> None:
@@ -92,6 +96,8 @@ def run(args: argparse.Namespace, t: Target, tarball: Path, r: dict[str, float])
         run_small(args, w, t, r)
     if "tar" in args.only:
         run_tar(args, w, t, tarball, r)
+    if "delete" in args.only:
+        run_delete(args, w, t, r)
 
 
 def run_seq(args: argparse.Namespace, w: Path, t: Target, block: bytes, r: dict[str, float]) -> None:
@@ -173,6 +179,9 @@ def run_tar(args: argparse.Namespace, w: Path, t: Target, tarball: Path, r: dict
     r["tar x"] = timed(lambda: subprocess.run(["tar", "xf", str(tarball), "-C", str(tdir)], check=True))
     r["  durable on server   "] = t.durable("bench/tar")
     subprocess.run(["git", "init", "-q"], cwd=tdir, env=GIT_ENV, check=True)
+    # No automatic gc: with 10k loose objects `git commit` starts `gc --auto` in the
+    # background, which would still be writing into .git when the tree is removed.
+    subprocess.run(["git", "config", "gc.auto", "0"], cwd=tdir, env=GIT_ENV, check=True)
     r["git add -A && git commit"] = timed(lambda: subprocess.run(
         "git add -A && git commit -q -m bench", shell=True, cwd=tdir, env=GIT_ENV, check=True))
     r["  durable on server    "] = t.durable("bench/tar")
@@ -181,6 +190,34 @@ def run_tar(args: argparse.Namespace, w: Path, t: Target, tarball: Path, r: dict
     drop_caches()
     r["git status cold"] = timed(status)
     r["git status warm"] = timed(status)
+    entries = sum(len(d) + len(f) for _, d, f in os.walk(tdir))
+    r[f"rm -rf source tree + .git ({entries // 1000}k entries)"] = timed(
+        lambda: subprocess.run(["rm", "-rf", str(tdir)], check=True))
+    r["  durable on server     "] = t.durable("bench/tar")
+
+
+def make_tree(root: Path, files: int) -> None:
+    """``files`` small files, 100 per folder."""
+    for i in range(files):
+        d = root / f"d{i // 100:04d}"
+        if i % 100 == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i % 100:02d}.txt").write_bytes(b"%d\n" % i)
+
+
+def run_delete(args: argparse.Namespace, w: Path, t: Target, r: dict[str, float]) -> None:
+    # -- rm -rf of a tree of small files; for gobi also one another device wrote (held)
+    (w / "del").mkdir()
+    make_tree(w / "del" / "tree", args.files)
+    t.durable("bench/del")
+    r[f"rm -rf {args.files} files"] = timed(
+        lambda: subprocess.run(["rm", "-rf", str(w / "del" / "tree")], check=True))
+    r["  durable on server      "] = t.durable("bench/del")
+    elsewhere = t.other_device("bench/del/held", lambda root: make_tree(root, args.files))
+    if elsewhere:
+        r[f"rm -rf {args.files} files, held"] = timed(
+            lambda: subprocess.run(["rm", "-rf", str(w / "del" / "held")], check=True))
+        r["  durable on server       "] = t.durable("bench/del")
 
 
 def main() -> int:
@@ -229,7 +266,7 @@ def main() -> int:
             finally:
                 target.stop()
                 for row, value in results[name].items():      # never lost to a later failure
-                    print(f"   {name:<7} {row.strip():<26} {value:10.3f}", file=sys.stderr, flush=True)
+                    print(f"   {name:<7} {row.strip():<36} {value:10.3f}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("interrupted: partial results", file=sys.stderr)
     finally:
@@ -245,8 +282,9 @@ def print_table(results: dict[str, dict[str, float]], args) -> None:
         return
     rows = list(max((results[n] for n in names), key=len))
     print(f"\nmount benchmark: seq {args.size_mib} MiB, random file {args.random_file_mib} MiB, "
-          f"{args.files} small files, tar of {args.tar_entries} entries (seconds, lower is better)\n")
-    head = f"{'workload':<28}" + "".join(f"{n:>10}" for n in names)
+          f"{args.files} small files, tar of {args.tar_entries} entries (seconds, lower is better; "
+          f"gobi with the server's default configuration)\n")
+    head = f"{'workload':<36}" + "".join(f"{n:>10}" for n in names)
     if "gobi" in results and "rclone" in results:
         head += f"{'gobi/rclone':>13}"
     if "gobi" in results and "native" in results:
@@ -254,7 +292,7 @@ def print_table(results: dict[str, dict[str, float]], args) -> None:
     print(head)
     print("-" * len(head))
     for row in rows:
-        line = f"{row.rstrip():<28}" + "".join(f"{results[n].get(row, float('nan')):>10.3f}" for n in names)
+        line = f"{row.rstrip():<36}" + "".join(f"{results[n].get(row, float('nan')):>10.3f}" for n in names)
         g = results.get("gobi", {}).get(row)
         for other in ("rclone", "native"):
             if "gobi" in results and other in results:

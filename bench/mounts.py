@@ -80,6 +80,11 @@ class Target:
         """Seconds until the server holds what the mount shows under ``subdir``."""
         return 0.0
 
+    def other_device(self, subdir: str, write) -> bool:
+        """Have another device write ``write(root)`` at ``subdir`` and wait until this mount
+        shows it. False when the target has no notion of devices (the row is skipped)."""
+        return False
+
     def stop(self) -> None:
         stop_procs(self.procs)
 
@@ -215,14 +220,41 @@ class Gobi(Target):
 
     def durable(self, subdir: str) -> float:
         t = time.perf_counter()
-        self._gobi("sync", str(self.path), "--timeout", "3600")
+        self._sync(self.path)
         return time.perf_counter() - t
 
+    def _sync(self, path: Path) -> None:
+        # Exit 4: everything is on the server, but deletes are held for the vault owner
+        # (the mass-delete guard, on as by default): gobi sync does not wait for that.
+        r = subprocess.run([PY, "-m", "gobi", "sync", str(path), "--timeout", "3600"],
+                           env=self.env, capture_output=True, text=True)
+        if r.returncode not in (0, 4):
+            raise RuntimeError(f"gobi sync failed ({r.returncode}): {r.stderr}")
+
+    @property
+    def second(self) -> Path:
+        return self.work / "gobi-mnt2"
+
+    def other_device(self, subdir: str, write) -> bool:
+        """A second mount of the vault (its own cache dir: another device) writes the tree;
+        this mount's deletes of it then count for the guard and are held."""
+        if not is_mounted(self.second):
+            self.second.mkdir(parents=True, exist_ok=True)
+            self._gobi("mount", "bench", str(self.second), "--cache-dir", str(self.work / "gobi-cache2"),
+                       "--cache-size", "20G")
+        write(self.second / subdir)
+        self._sync(self.second)
+        want = tree_state(self.second / subdir)
+        wait_for(lambda: (self.path / subdir).exists() and tree_state(self.path / subdir) == want,
+                 DURABLE_CAP, "the other device's tree on this mount")
+        return True
+
     def stop(self) -> None:
-        if is_mounted(self.path):
-            subprocess.run([PY, "-m", "gobi", "umount", str(self.path), "--timeout", "120"],
-                           env=self.env, capture_output=True)
-        unmount(self.path)
+        for mnt in (self.second, self.path):
+            if is_mounted(mnt):
+                subprocess.run([PY, "-m", "gobi", "umount", str(mnt), "--timeout", "120"],
+                               env=self.env, capture_output=True)
+            unmount(mnt)
         super().stop()
 
 

@@ -23,8 +23,21 @@ Applying a node's server state (``apply_node``):
   own writes never cause refetches or kernel invalidations. Events of this device with a
   newer rev than the mirror (the server's strategy renamed, revived or copied something
   on our behalf) are applied like any other.
+- **Our deletes are not undone by older states.** A node this mount deleted, whose
+  delete the server acknowledged at rev R (``gone``), is not brought back by a state older
+  than R that arrives later: the stream may still be catching up on our own creates (a big
+  ``tar x`` or ``git add``) while ``rm -rf`` of the same tree runs, and re-inserting one of
+  them under a directory ``rm`` is about to remove made it fail ("Directory not empty").
+  The entry goes once the mirror has passed R.
 - **The kernel is told** through ``Kernel`` (``gobi.fs.notify``): created / moved /
   removed entries and changed content or attributes.
+
+**Held deletes** (``gobi.fs.held``): what this mount deleted and the server holds for
+the vault owner stays deleted here. A server state of such a node (or of one inside a
+hidden directory) is recorded instead of shown, and so are the ``create`` events of our
+own deletes that the server pulled back into a hold (they carry the hold). When a hold is
+settled, what the server kept comes back (``settle``): after a reject or expiry all of
+it, after a confirm what was changed meanwhile; ``gobi status`` and the log say so.
 
 Errors: ``RemoteError`` from REST fills and re-lists propagate to the caller; a bug in
 applying one event is logged and that event skipped, never taking the mount down.
@@ -41,9 +54,10 @@ import trio
 from gobi.protocol import ROOT_ID, ConflictInfo, ErrorCode, Event, EventType, HoldInfo, Node
 
 from .events import CaughtUp, Relist
+from .held import HeldDeletes
 from .logs import oplog
 from .notify import Change, Kernel
-from .remote import ApiError, Remote
+from .remote import ApiError, Offline, Remote, RemoteError
 from .tree import ROOT_INO, Tree
 from .vfs import Link, Vfs
 
@@ -78,6 +92,13 @@ class Applier:
         # Held while a batch is applied; ``gobi verify`` holds it to compare the mirror with
         # the server's tree at one seq while no remote change moves the mirror.
         self.lock = trio.Lock()
+        # This mount's deletes that the server holds for the owner (hidden here), and the
+        # settled holds whose kept files must come back (``settle``).
+        self.hidden = HeldDeletes(tree, device, self._visible_path)
+        # node id → rev of our own delete the server acknowledged, until the mirror passes it
+        self.gone: dict[str, int] = {}
+        self.to_settle: set[str] = set()
+        self._check_holds = True        # ask the server about our holds (start, re-list)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -103,6 +124,7 @@ class Applier:
             "pending_holds": [{"id": h.id, "files": h.files, "device": h.device}
                               for h in self.holds.values() if h.state == "pending"],
             "vault_deleted": self.vault_deleted,
+            **self.hidden.status(),
         }
 
     def held(self, node_id: str, row=None) -> bool:
@@ -136,6 +158,7 @@ class Applier:
 
     async def run(self, receive: trio.MemoryReceiveChannel, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        await self.settle()
         async for first in receive:
             batch = [first]
             while len(batch) < APPLY_BATCH:
@@ -150,6 +173,8 @@ class Applier:
                 # Never lose the stream over a bug: log it; the reconciliation and the next
                 # re-list put things right.
                 log.exception("applying remote changes failed")
+            if self.to_settle or self._check_holds:
+                await self.settle()
             self.applied.set()
             self.applied = trio.Event()
 
@@ -231,13 +256,24 @@ class Applier:
             i = j
         if events and self.initial_sync != "complete" and self.caught_up_seq and self.last_seq >= self.caught_up_seq:
             self._caught_up(self.caught_up_seq)
+        if events and self.gone:
+            last = self.last_seq
+            self.gone = {k: v for k, v in self.gone.items() if v > last}
+
+    def deleted_here(self, node_id: str, rev: int) -> None:
+        """The server acknowledged our delete of ``node_id`` at ``rev`` (see ``gone``)."""
+        if rev > self.last_seq:
+            self.gone[node_id] = max(rev, self.gone.get(node_id, 0))
 
     def _materialisable(self, ev: Event) -> Change | None:
         """The change an event makes, when it is a simple create, move or delete that can
         be made through the mount (``Kernel.materialise``); None otherwise (applied
-        directly: echoes, held nodes, unknown parents, clashes, non-empty directories)."""
+        directly: echoes, held nodes, unknown parents, clashes, non-empty directories,
+        held deletes)."""
         node = ev.node
         if node is None or node.id == ROOT_ID or not self.kernel.can_materialise():
+            return None
+        if ev.hold is not None or self.hidden.covers(node):
             return None
         if ev.type not in (EventType.CREATE, EventType.MOVE, EventType.DELETE):
             return None
@@ -319,7 +355,17 @@ class Applier:
         try:
             if ev.type is EventType.HOLD and ev.hold is not None:
                 self.holds[ev.hold.id] = ev.hold
+                if self.hidden.note_hold(ev.hold):
+                    self.to_settle.add(ev.hold.id)
                 return
+            if ev.hold is not None and ev.node is not None and ev.hold.device == self.device \
+                    and not ev.node.deleted:
+                # One of our deletes, applied before the guard fired and pulled back into
+                # the hold: still deleted here (unless the mirror shows it: not ours then).
+                e = self.tree.by_id(ev.node.id)
+                if e is None or e.parent is None:
+                    self.hide(ev.node, ev.hold, "pulled")
+                    return
             if ev.type is EventType.SETTINGS:
                 self.settings_changed += 1
                 return
@@ -353,6 +399,13 @@ class Applier:
         if node.id == ROOT_ID:
             return "skipped"
         with self.tree.tx():
+            if self.hidden.absorb(node):
+                return "hidden"         # deleted here, held on the server: stays hidden
+            gone = self.gone.get(node.id)
+            if gone is not None:
+                if node.rev <= gone:
+                    return "stale"      # we deleted it later than this state (module docstring)
+                del self.gone[node.id]
             e = self.tree.by_id(node.id)
             if e is not None and not force and (node.rev < e.rev or (node.rev == e.rev and not ack)):
                 return "stale"
@@ -505,15 +558,17 @@ class Applier:
                         self._remove_local(ino, True)
             self.tree.set_meta("last_seq", str(at))
             self.tree.set_meta("listed", "1")
+        self._check_holds = True        # a hold's end may be among the events we skipped
         self.link.up()
         log.info("re-listed the vault at seq %s (%d nodes)", at, len(order))
         return at
 
-    async def restore_subtree(self, dir_id: str) -> None:
+    async def restore_subtree(self, dir_id: str) -> int:
         """Bring a directory's subtree back from the server (a delete the server did not
         apply, or held): events for nodes created inside it while it was gone locally were
-        deferred or skipped."""
+        deferred or skipped. Returns how many nodes it applied."""
         todo = [dir_id]
+        shown = 0
         while todo:
             cur = todo.pop()
             try:
@@ -523,9 +578,98 @@ class Applier:
                     continue
                 raise
             for child in children:
-                self.apply_node(child, ack=True)
+                if self.apply_node(child, ack=True) == "applied":
+                    shown += 1
                 if child.kind.value == "dir":
                     todo.append(child.id)
+        return shown
+
+    # -- held deletes (gobi.fs.held) ----------------------------------------------------------
+
+    def _visible_path(self, node_id: str) -> str | None:
+        row = self.tree.by_id(node_id)
+        if row is None or (row.parent is None and row.ino != ROOT_INO):
+            return None
+        return self.tree.path_of(row).lstrip("/")
+
+    def held_path(self, node: Node) -> str:
+        """Where ``node`` is in the vault, as this mount knew it (for status and the log)."""
+        parent = self.hidden.path_of(node.parent)
+        if parent is None:
+            row = self.tree.by_id(node.parent or ROOT_ID)
+            parent = self.tree.path_of(row).lstrip("/") if row is not None and \
+                (row.parent is not None or row.ino == ROOT_INO) else "?"
+        return f"{parent}/{node.name}" if parent else node.name
+
+    def hide(self, node: Node, hold: HoldInfo, origin: str) -> None:
+        """Keep one of our held deletes out of the mirror (``gobi.fs.held``)."""
+        with self.tree.tx():
+            self.hidden.hide(node, hold.id, origin, self.held_path(node))
+            known = self.holds.get(hold.id)
+            if self.hidden.note_hold(known if known is not None and known.state != "pending" else hold):
+                self.to_settle.add(hold.id)     # settled before we heard of this delete
+
+    async def settle(self) -> None:
+        """Bring back what settled holds kept (``gobi.fs.held``); first, after a start or
+        a re-list, ask the server about holds we missed the end of."""
+        if self._check_holds:
+            self._check_holds = False
+            for hold_id in self.hidden.hold_ids():
+                try:
+                    info = await self.remote.hold(hold_id)
+                except ApiError as exc:
+                    if exc.code != ErrorCode.NOT_FOUND:
+                        continue
+                    # Forgotten by the server (long settled): what it kept comes back.
+                    info = HoldInfo(id=hold_id, state="expired", created=0, expires=0, files=0, items=0)
+                except RemoteError:
+                    self._check_holds = True
+                    return
+                with self.tree.tx():
+                    if self.hidden.note_hold(info):
+                        self.to_settle.add(hold_id)
+        for hold_id in sorted(self.to_settle):
+            try:
+                async with self.lock:
+                    await self._bring_back(hold_id)
+            except (Offline, RemoteError) as exc:
+                log.warning("hold %s settled; bringing back what it kept waits for the server: %s",
+                            hold_id, exc)
+                return
+            self.to_settle.discard(hold_id)
+
+    async def _bring_back(self, hold_id: str) -> None:
+        info = self.hidden.hold(hold_id) or self.holds.get(hold_id)
+        rows = self.hidden.rows_of(hold_id)
+        if info is None or not rows:
+            return
+        ids = {r.node for r in rows}
+        tops: list[Node] = []
+        for r in rows:
+            if r.parent in ids:
+                continue            # comes back with its directory
+            try:
+                node = await self.remote.node(r.node)
+            except ApiError as exc:
+                if exc.code == ErrorCode.NOT_FOUND:
+                    continue
+                raise
+            if not node.deleted:
+                tops.append(node)
+        with self.tree.tx():
+            rows = self.hidden.take(hold_id)
+        shown = 0
+        for node in tops:
+            if self.apply_node(node, ack=True) == "applied":
+                shown += 1
+            if node.kind.value == "dir":
+                shown += await self.restore_subtree(node.id)
+        with self.tree.tx():
+            entry = self.hidden.returned_back(info, rows, shown)
+        if shown:
+            log.warning("hold %s %s: %d held delete(s) of this mount came back from the server "
+                        "(%s)", hold_id, info.state, shown, ", ".join(entry["paths"]))
+        oplog("held", hold=hold_id, state=info.state, returned=shown)
 
 
 __all__ = ["Applier", "APPLY_BATCH"]

@@ -331,9 +331,7 @@ def _print_status(st: dict) -> None:
         print(f"  conflict waiting for a decision: {c['path']} ({c['case']}) — see 'gobi conflicts'")
     for c in st.get("conflicts", [])[-3:]:
         print(f"  conflict: {c['path']}: {c['message']}")
-    if st.get("held_deletes"):
-        print(f"  {st['held_deletes']} delete(s) held by the server as a mass delete, waiting for "
-              f"the vault owner: hold(s) {', '.join(st.get('holds', []))}")
+    _print_held(st)
     for f in st.get("failures", []):
         print(f"  ! {f}")
     for p in st.get("pins", []):
@@ -347,6 +345,23 @@ def _print_status(st: dict) -> None:
             what = "queued"
         print(f"  pinned {p.get('path')}: {what}")
     _print_queue(st.get("queue") or [], st.get("pending_ops", 0))
+
+
+def _print_held(st: dict, out=None) -> None:
+    """This mount's deletes the server holds as a mass delete, and holds settled lately."""
+    out = out or sys.stdout
+    if st.get("held_deletes"):
+        print(f"  {st['held_deletes']} delete(s) of this mount held by the server as a mass delete: "
+              f"gone here, kept on the other devices until the vault owner decides", file=out)
+        for h in st.get("holds", []):
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(h["expires"])) if h.get("expires") else "?"
+            paths = ", ".join(h.get("paths", [])) + (" …" if h.get("deletes", 0) > len(h.get("paths", [])) else "")
+            print(f"    hold {h['id']} ({h.get('files') or '?'} file(s): {paths}); expires {when}: "
+                  f"'gobi confirm-delete {h['id']}' deletes them everywhere, "
+                  f"'gobi confirm-delete --reject {h['id']}' brings them back here", file=out)
+    for r in st.get("returned", []):
+        print(f"  hold {r['hold']} {r['state']}: {r['nodes']} held delete(s) came back here "
+              f"({', '.join(r['paths'])})", file=out)
 
 
 def _print_queue(queue: list[dict], pending: int) -> None:
@@ -457,12 +472,38 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return _fail(f"{mp}: the mount stopped answering ({exc.strerror})")
     if not b["done"]:
         view.close()
-        return _fail(f"{b['entries_left']} change(s) made before this command still pending after "
-                     f"{args.timeout:.0f}s" + (f" ({b['error']})" if b["error"] else ""))
+        try:
+            online = read_status(mp)["online"]
+        except OSError:
+            online = True
+        why = b["error"] or ("the server is unreachable" if not online else
+                             "; ".join(f"{u['op']} {u.get('path') or ''}".strip()
+                                       for u in b["uploading"][:3]) or "uploads still running")
+        return _fail(f"waited {args.timeout:.0f}s for the {b['entries']} change(s) made before this "
+                     f"command to reach the server: {b['entries_left']} still pending ({why}); "
+                     f"they upload in the background")
     view.close(f"{mp}: every change made before this command is on the server "
                f"(vault seq {b['seq']})")
     print(b["seq"])
-    return 0
+    return _held_exit(mp)
+
+
+#: ``gobi sync``: everything reached the server, but deletes of this mount are held by the
+#: server as a mass delete, waiting for the vault owner (documented in docs/client.md).
+EXIT_HELD = 4
+
+
+def _held_exit(mp: str) -> int:
+    """After a sync: 0, or ``EXIT_HELD`` with what is held and how to decide it (stderr).
+    ``gobi sync`` never waits for that decision: it is someone else's to make."""
+    try:
+        st = read_status(mp)
+    except OSError:
+        return 0
+    if not st.get("held_deletes"):
+        return 0
+    _print_held(st, sys.stderr)
+    return EXIT_HELD
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -517,11 +558,12 @@ def _sync_all(mp: str, timeout: float) -> int:
     """Wait until nothing at all is pending (also what changes while waiting)."""
     st = wait_synced(mp, timeout, progress=True)
     if st["pending_ops"]:
-        return _fail(f"{st['pending_ops']} change(s) still pending after {timeout:.0f}s "
+        return _fail(f"waited {timeout:.0f}s for every pending change to reach the server: "
+                     f"{st['pending_ops']} still pending "
                      f"({'online' if st['online'] else 'server unreachable'})")
     print(f"{mp}: all changes are on the server", file=sys.stderr)
     print(st.get("last_seq", ""))
-    return 0
+    return _held_exit(mp)
 
 
 # --------------------------------------------------------------------------- pin / unpin
@@ -577,8 +619,10 @@ def cmd_pin(args: argparse.Namespace) -> int:
         elif state == "error":
             code = _fail(f"{path} is pinned but not all of it is local: {info['error']}")
         else:
-            code = _fail(f"{path} is pinned; fetching goes on in the background "
-                         f"(gave up waiting after {args.timeout:.0f}s)")
+            code = _fail(f"{path} is pinned; waited {args.timeout:.0f}s for its content to be fetched "
+                         f"({_human(info.get('bytes_done', 0))} of {_human(info.get('bytes', 0))}, "
+                         f"{info.get('files_done', 0)}/{info.get('files', 0)} files); fetching goes on "
+                         f"in the background")
     return code
 
 
@@ -604,11 +648,11 @@ def cmd_unpin(args: argparse.Namespace) -> int:
 
 def cmd_umount(args: argparse.Namespace) -> int:
     mp = str(Path(args.mountpoint).resolve())
-    pending = 0
+    pending = held = 0
     pid = None
     try:
         st = wait_synced(mp, 0 if args.no_wait else args.timeout, progress=not args.no_wait)
-        pending, pid = st["pending_ops"], st["pid"]
+        pending, pid, held = st["pending_ops"], st["pid"], st.get("held_deletes", 0)
         if pending:
             # We waited already; the daemon should not keep the user waiting again.
             os.setxattr(mp, FLUSH_XATTR, b"nodrain")
@@ -629,10 +673,13 @@ def cmd_umount(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.05)
     if pending:
-        print(f"unmounted {mp}; {pending} change(s) were not uploaded yet: they are kept in the "
-              f"local journal and upload at the next mount")
+        print(f"unmounted {mp} after waiting {args.timeout:.0f}s for uploads; {pending} change(s) "
+              f"were not uploaded yet: they are kept in the local journal and upload at the next mount")
         return 3
     print(f"unmounted {mp}")
+    if held:
+        print(f"  {held} delete(s) of this mount are held by the server for the vault owner; they "
+              f"stay deleted here at the next mount ('gobi confirm-delete' decides them)")
     return 0
 
 
@@ -699,7 +746,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("sync", help="upload now; wait until every change made before is on the "
-                       "server and print the vault seq")
+                       "server and print the vault seq (exit 4: deletes of this mount are held "
+                       "for the vault owner)")
     p.add_argument("mountpoint", help="the mount (or any path inside it)")
     wait = p.add_mutually_exclusive_group()
     wait.add_argument("--wait", action="store_true", help="wait, then print the seq (the default)")

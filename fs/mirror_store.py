@@ -22,6 +22,8 @@ deletes):
 ``n``  ino → the node's columns (``COLUMNS`` order)      ``c``  ino → manifest [[off, size, hash]…]
 ``x``  [ino, name hex] → value hex                     ``m``  meta key → value
 ``j``  seq → [op, node, ref, args, ts]                  ``p``  ino → pinned-at time
+``h``  node id → held delete [hold, parent, name, kind, path, origin, state JSON, ts]
+``H``  hold id → [info JSON, ts]                        (``gobi.fs.held``)
 
 Only the mirror calls this module, and only this module opens ``mirror.db``.
 """
@@ -73,9 +75,16 @@ CREATE TABLE IF NOT EXISTS journal(
     ts REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS pins(ino INTEGER PRIMARY KEY, since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS held(
+    node TEXT PRIMARY KEY, hold TEXT NOT NULL, parent TEXT, name TEXT NOT NULL,
+    kind TEXT NOT NULL, path TEXT NOT NULL, origin TEXT NOT NULL, state TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS holds(id TEXT PRIMARY KEY, info TEXT NOT NULL, ts REAL NOT NULL);
 """
 # Older mirrors had secondary indexes the snapshot no longer needs (lookups are in memory).
-DROP_OLD = ["nodes_name", "nodes_children", "nodes_dirty", "journal_node", "journal_ref"]
+DROP_OLD = ["nodes_name", "nodes_children", "nodes_dirty", "journal_node", "journal_ref",
+            "held_parent", "held_hold"]
 
 COLUMNS = ("ino", "id", "parent", "name", "kind", "mode", "size", "mtime_ns", "ctime_ns", "target",
            "uid", "gid", "rev", "content_rev", "manifest_rev", "dirty")
@@ -91,6 +100,8 @@ class Snapshot:
         self.meta: dict[str, str] = {}
         self.journal: dict[int, tuple] = {}         # seq -> (op, node, ref, args dict, ts)
         self.pins: dict[int, float] = {}
+        self.held: dict[str, tuple] = {}
+        self.holds: dict[str, tuple] = {}
         self.max_ino = 0                            # highest inode ever used
         self.max_seq = 0                            # highest journal seq ever used
 
@@ -129,6 +140,12 @@ class Snapshot:
                     self.pins.pop(key, None)
                 else:
                     self.pins[key] = value
+            elif kind in ("h", "H"):
+                table = self.held if kind == "h" else self.holds
+                if value is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = tuple(value)
 
 
 class MirrorStore:
@@ -172,6 +189,10 @@ class MirrorStore:
                 "SELECT seq, op, node, ref, args, ts FROM journal ORDER BY seq"):
             s.journal[seq] = (op, node, ref, json.loads(args), ts)
         s.pins = dict(self.db.execute("SELECT ino, since FROM pins"))
+        for r in self.db.execute("SELECT node, hold, parent, name, kind, path, origin, state, ts FROM held"):
+            s.held[r[0]] = tuple(r[1:])
+        for r in self.db.execute("SELECT id, info, ts FROM holds"):
+            s.holds[r[0]] = tuple(r[1:])
         seqs = dict(self.db.execute("SELECT name, seq FROM sqlite_sequence"))
         s.max_ino = max([seqs.get("nodes", 0), *s.nodes])
         s.max_seq = max([seqs.get("journal", 0), *s.journal])
@@ -308,6 +329,14 @@ class MirrorStore:
                             db.execute("DELETE FROM pins WHERE ino = ?", (key,))
                         else:
                             db.execute("INSERT OR REPLACE INTO pins VALUES (?, ?)", (key, value))
+                    elif kind == "h":
+                        db.execute("DELETE FROM held WHERE node = ?", (key,))
+                        if value is not None:
+                            db.execute("INSERT INTO held VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (key, *value))
+                    elif kind == "H":
+                        db.execute("DELETE FROM holds WHERE id = ?", (key,))
+                        if value is not None:
+                            db.execute("INSERT INTO holds VALUES (?, ?, ?)", (key, *value))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

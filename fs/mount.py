@@ -211,6 +211,7 @@ async def _run(cfg: MountConfig) -> int:
             tree=tree, vfs=vfs, cache=cache, link=link, remote=remote, mountpoint=cfg.mountpoint,
             status=status, control=control,
             conflicts=lambda: {c.node for c in applier.open_conflicts.values()}, verifier=verifier,
+            held=applier.hidden,
             metrics_listen=cfg.metrics, metrics_textfile=cfg.metrics_textfile)
         sync.progress = services.progress
         status = services.mount_status      # noqa: F811 - with what the services add

@@ -37,6 +37,7 @@ from gobi.protocol import (
     ChunkRef,
     ErrorCode,
     EventPage,
+    HoldInfo,
     Node,
     TreePage,
     Vault,
@@ -270,6 +271,11 @@ class Remote:
             if not page.has_more or not page.events:
                 return
             after = page.events[-1].seq
+
+    async def hold(self, hold_id: str) -> HoldInfo:
+        """A mass-delete hold's current state (``not_found`` once the server forgot it)."""
+        r = await self._request("GET", self._v(f"/holds/{hold_id}"), params={"limit": 1})
+        return HoldInfo.model_validate(r.json()["hold"])
 
     async def node(self, node_id: str) -> Node:
         r = await self._request("GET", self._v(f"/nodes/{node_id}"))

@@ -53,7 +53,7 @@ class Services:
     def __init__(self, *, tree, vfs, cache, link, remote, mountpoint: Path,
                  status: Callable[[], dict], control: Callable[[bytes], None],
                  conflicts: Callable[[], Collection[str]] | None = None, verifier=None,
-                 metrics_listen: str | None = None, metrics_textfile: Path | None = None):
+                 held=None, metrics_listen: str | None = None, metrics_textfile: Path | None = None):
         self.tree = tree
         self.cache = cache
         self.layers_status = status
@@ -67,7 +67,8 @@ class Services:
         self.pins = Pins(tree, vfs, cache, link)
         self.fuse_stats = FuseStats()
         self.xattrs = Xattrs(tree, vfs, self.mount_status, control, pins=self.pins,
-                             progress=self.progress, conflicts=conflicts, verifier=verifier)
+                             progress=self.progress, conflicts=conflicts, verifier=verifier,
+                             held=held)
         self.metrics = MountMetrics(MountCollector(
             str(mountpoint), self.mount_status, vfs, cache, self.fuse_stats, extra=self._families,
             oldest_pending=tree.journal.oldest_ts))

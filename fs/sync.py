@@ -21,8 +21,10 @@ in ``POST /ops`` — two requests for up to ``BATCH_MAX`` files instead of two p
 server applies the vault's conflict strategy and answers what it did (a ``WriteOutcome``).
 The mount acts on it (``_finish_*``): a conflicted copy appears in the mirror with the
 chunks we just uploaded; a file whose local version lost shows the server's; a delete the
-server did not apply (the modification survives, or a held mass delete) puts the node back;
-two directories of one name merge (the local id is replaced by the server's). One
+server did not apply (the modification survives) puts the node back; a delete the server
+holds as part of a mass delete stays deleted here (``gobi.fs.held``: other devices keep
+the file until the owner decides); two directories of one name merge (the local id is
+replaced by the server's). One
 exception: a commit that may have reached the server before (replayed after a crash or a
 lost answer) is first sent without a strategy, so a replay of our own commit is
 recognised (the head's manifest equals ours) instead of becoming a conflict with
@@ -54,6 +56,7 @@ from gobi.protocol import ROOT_ID, ChunkRef, ConflictInfo, ErrorCode, Node, Writ
 from .applier import Applier
 from .blocks import BlockCache
 from .events import Live, NotConnected
+from .held import hold_of
 from .journal import Entry
 from .progress import UploadProgress
 from .remote import ApiError, Busy, Offline, Remote, RemoteError, error_from_body
@@ -128,8 +131,6 @@ class Sync:
         self.ws_ops = 0
         self.failures: list[str] = []
         self.conflicts: list[dict] = []    # conflicts our uploads met, newest last
-        self.held_deletes = 0              # deletes the server held for the owner (mass delete)
-        self.held_ids: set[str] = set()
         self.idle = trio.Event()
         self._ops_at_idle = 0
         self._finished = trio.Event()
@@ -173,8 +174,6 @@ class Sync:
             "nodes": self.tree.count(),
             "failures": self.failures[-10:],
             "conflicts": self.conflicts[-10:],
-            "held_deletes": self.held_deletes,
-            "holds": sorted(self.held_ids)[-5:],
         }
 
     @contextlib.asynccontextmanager
@@ -755,7 +754,9 @@ class Sync:
             node, info = outcome.node, outcome.conflict
             self._note_conflict(info, row.name if row is not None else e.node)
             self.applier.max_acked_rev = max(self.applier.max_acked_rev, node.rev)
-            if not node.deleted:
+            if node.deleted:
+                self.applier.deleted_here(node.id, node.rev)
+            else:
                 # The server kept it (the modification survives, or things changed inside
                 # the directory since we looked): show it again.
                 put_back(node)
@@ -764,14 +765,12 @@ class Sync:
             if exc.code == ErrorCode.NOT_FOUND:
                 return True
             if exc.code == ErrorCode.DELETE_HELD:
-                # A mass delete: the server keeps it for the vault owner to confirm or
-                # reject; the files stay on the server (and on every other mount) until
-                # then, so they come back here too. The outcome arrives as events.
-                hold = exc.details.get("hold") or {}
-                self.held_deletes += 1
-                self.held_ids.add(hold.get("id", "?"))
-                if exc.head is not None and not exc.head.deleted:
-                    put_back(exc.head)
+                # A mass delete: the server keeps the file for every other device until the
+                # vault owner confirms or rejects; here it stays deleted (the user's rm -rf
+                # must not be undone under it). Held state of this mount: gobi.fs.held.
+                hold = hold_of(exc.details)
+                if hold is not None and exc.head is not None and not exc.head.deleted:
+                    self.applier.hide(exc.head, hold, "deleted")
                 return True
             if exc.code == ErrorCode.DIRECTORY_NOT_EMPTY and kind == "dir":
                 op.subtrees.append(e.node)

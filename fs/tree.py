@@ -141,6 +141,9 @@ class Tree:
         self._xattrs = snap.xattrs
         self._meta = snap.meta
         self.pins = snap.pins                   # pinned inodes -> time (``gobi.fs.pins``)
+        # Held deletes and their holds (``gobi.fs.held`` keeps its indexes over these).
+        self.held = snap.held
+        self.holds = snap.holds
         self._next_ino = max(snap.max_ino, ROOT_INO) + 1
         self._depth = 0
         self._undo: list[tuple] = []
@@ -474,6 +477,25 @@ class Tree:
             self.pins.pop(ino, None)
         else:
             self.pins[ino] = old
+
+    def set_held(self, table: str, key: str, value: tuple | None) -> None:
+        """A row of ``held`` (node id -> held delete) or ``holds`` (hold id -> info)."""
+        rows = self.held if table == "held" else self.holds
+        with self.tx():
+            old = rows.get(key)
+            if value is None:
+                rows.pop(key, None)
+            else:
+                rows[key] = value
+            self._record(["h" if table == "held" else "H", key, None if value is None else list(value)],
+                         self._restore_held, rows, key, old)
+
+    @staticmethod
+    def _restore_held(rows: dict, key: str, old: tuple | None) -> None:
+        if old is None:
+            rows.pop(key, None)
+        else:
+            rows[key] = old
 
     # -- local changes (mirror + journal) ---------------------------------------------------
 

@@ -138,7 +138,10 @@ class Verifier:
     # -- the comparison ---------------------------------------------------------------------
 
     def _pending(self, node_id: str, row: Entry | None) -> bool:
-        return self.applier.held(node_id, row) or node_id in self.applier.deferred
+        # A held delete of this mount (gobi.fs.held) is a local change too: not shown here
+        # until the owner decides.
+        return self.applier.held(node_id, row) or node_id in self.applier.deferred \
+            or self.applier.hidden.has(node_id)
 
     async def _compare(self, repair: bool) -> dict:
         seq = self.applier.last_seq

@@ -19,8 +19,14 @@ Per file or directory (read-only):
                      server, content fetched when read) · ``pinned`` (kept offline,
                      content here) · ``pending`` (a local change waits for upload) ·
                      ``uploading`` (being sent now) · ``conflict`` (an open conflict waits
-                     for ``gobi resolve``) · ``deleted`` (removed, still open). The root
-                     directory summarises the whole mount.
+                     for ``gobi resolve``) · ``deleted`` (removed, still open) ·
+                     ``held`` (a directory holding deletes of this mount that the server
+                     holds for the vault owner). The root directory summarises the whole
+                     mount.
+``user.gobi.held``   directories: JSON list of the entries this mount deleted in it that
+                     the server holds as a mass delete (``name``, ``kind``, ``hold``,
+                     ``state``, ``expires``): gone here, kept on every other device until
+                     the owner decides (``gobi confirm-delete``; ``gobi.fs.held``).
 ``user.gobi.rev``    the server revision (vault seq) of the node as last acknowledged;
                      absent while the server has never seen the node.
 ``user.gobi.pin``    JSON: whether the node is pinned (and through which directory), its
@@ -52,6 +58,7 @@ RESERVED = b"user.gobi."
 STATE = b"user.gobi.state"
 REV = b"user.gobi.rev"
 PIN = b"user.gobi.pin"
+HELD = b"user.gobi.held"
 UNPIN = b"user.gobi.unpin"
 STATUS = b"user.gobi.status"
 FLUSH = b"user.gobi.flush"
@@ -67,11 +74,13 @@ ENOATTR = errno.ENODATA       # Linux spells ENOATTR so (pyfuse3.ENOATTR is this
 class Xattrs:
     """The xattr requests of the FUSE adapter. ``pins``, ``progress`` and ``conflicts`` are
     optional services (``gobi.fs.pins``, ``gobi.fs.progress``, the applier's open conflicts
-    as a callable returning node ids, ``gobi.fs.verify``'s ``Verifier``)."""
+    as a callable returning node ids, ``gobi.fs.verify``'s ``Verifier``, the held deletes
+    of ``gobi.fs.held``)."""
 
     def __init__(self, tree: Tree, vfs, status: Callable[[], dict],
                  control: Callable[[bytes], None], pins=None, progress=None,
-                 conflicts: Callable[[], Collection[str]] | None = None, verifier=None):
+                 conflicts: Callable[[], Collection[str]] | None = None, verifier=None,
+                 held=None):
         self.tree = tree
         self.vfs = vfs
         self.status = status
@@ -80,6 +89,7 @@ class Xattrs:
         self.progress = progress
         self.conflicts = conflicts
         self.verifier = verifier
+        self.held = held
 
     # -- state ------------------------------------------------------------------------------
 
@@ -94,6 +104,8 @@ class Xattrs:
             return "pending"
         if e.parent is None:
             return "deleted"        # unlinked but still open; nothing left to upload
+        if e.is_dir and self.held is not None and self.held.in_dir(e.id):
+            return "held"
         pinned = self.pins is not None and self.pins.covering(e) is not None
         if e.is_file and not self.content_local(e):
             return "online-only"
@@ -106,6 +118,8 @@ class Xattrs:
             return "uploading"
         if self.tree.journal.count():
             return "pending"
+        if self.held is not None and self.held.count():
+            return "held"
         return "synced"
 
     def content_local(self, e: Entry) -> bool:
@@ -139,6 +153,14 @@ class Xattrs:
             return str(e.rev).encode()
         if name == PIN and self.pins is not None:
             return _json(self.pins.info(e))
+        if name == HELD and self.held is not None and e.is_dir:
+            out = []
+            for row in self.held.in_dir(e.id):
+                info = self.held.hold(row.hold)
+                out.append({"name": row.name, "kind": row.kind, "hold": row.hold,
+                            "state": info.state if info else "pending",
+                            "expires": info.expires if info else None})
+            return _json(out)
         if ino == ROOT_INO:
             if name == STATUS:
                 return _json(self.status())

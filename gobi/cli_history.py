@@ -263,7 +263,9 @@ def cmd_restore(t: Target, args: argparse.Namespace) -> int:
     where = done["node"]["name"]
     extra = f" as {where!r} (the name was taken)" if done["renamed"] else ""
     parents = f"; {done['revived_parents']} deleted parent folder(s) came back" if done["revived_parents"] else ""
-    print(f"restored {entry['path']}{extra}: {done['restored']} item(s){parents}")
+    inside = (f" (the folder and everything deleted with it: {entry['files']} file(s))"
+              if entry["kind"] == "dir" else "")
+    print(f"restored {entry['path']}{extra}: {done['restored']} item(s){inside}{parents}")
     return 0
 
 
@@ -291,10 +293,24 @@ def cmd_trash(t: Target, args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- held deletes
 
 
-def _describe_hold(t: Target, h: dict) -> None:
+def _this_device(t: Target) -> str | None:
+    """The device of the mount the command runs in (None outside a mount)."""
+    if not t.mount:
+        return None
+    from gobi.fs.cli import read_status
+
+    try:
+        return read_status(t.mount).get("device")
+    except OSError:
+        return None
+
+
+def _describe_hold(t: Target, h: dict, here: str | None = None) -> None:
     detail = t.call("GET", f"/holds/{h['id']}", params={"limit": 5})
     print(f"{h['id']}: {h['files']} file(s) in {h['items']} delete(s) from {h['device'] or '-'} "
           f"({h['user'] or '-'}) since {_when(h['created'])}; expires {_when(h['expires'])}")
+    if here is not None and h["device"] == here:
+        print("    deleted on this mount: gone here already, kept on the other devices until decided")
     for item in detail["items"]:
         print(f"    {item['path']}" + (f"  ({item['files']} files)" if item["files"] != 1 else ""))
     if h["items"] > len(detail["items"]):
@@ -308,8 +324,9 @@ def cmd_confirm_delete(t: Target, args: argparse.Namespace) -> int:
         if not pending:
             print("no deletes are held")
             return 0
+        here = _this_device(t)
         for h in pending:
-            _describe_hold(t, h)
+            _describe_hold(t, h, here)
         verb = "reject (keep the files)" if args.reject else "confirm (delete the files)"
         if not sys.stdin.isatty():
             print(f"to {verb}: gobi confirm-delete {'--reject ' if args.reject else ''}ID  (or --yes for all)")
@@ -324,9 +341,10 @@ def cmd_confirm_delete(t: Target, args: argparse.Namespace) -> int:
         done = t.call("POST", f"/holds/{hold_id}/{action}")
         if action == "confirm":
             skipped = f", {done['skipped']} skipped (changed or gone meanwhile)" if done["skipped"] else ""
-            print(f"{hold_id}: confirmed: {done['applied']} delete(s) applied{skipped}")
+            print(f"{hold_id}: confirmed: {done['applied']} delete(s) applied{skipped}; the files "
+                  f"went to the trash, on every device")
         else:
-            print(f"{hold_id}: rejected: the files stay")
+            print(f"{hold_id}: rejected: the files stay, and come back on the device that deleted them")
     return 0
 
 

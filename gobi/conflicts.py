@@ -233,6 +233,14 @@ def conflicted_name(name: str, device: str, when: datetime | float, is_dir: bool
     return _fit(stem, f" (conflicted copy {device} {when:%Y-%m-%d %H%M%S}{extra}){ext}")
 
 
+def held_name(name: str, is_dir: bool = False, attempt: int = 1) -> str:
+    """``NAME (held).EXT``, then ``NAME (held 2).EXT``…: a held-deleted directory moved
+    aside because the device that deleted it made a new one of that name."""
+    stem, ext = split_ext(name, is_dir)
+    extra = f" {attempt}" if attempt > 1 else ""
+    return _fit(stem, f" (held{extra}){ext}")
+
+
 def restored_name(name: str, is_dir: bool = False, attempt: int = 1) -> str:
     """``NAME (restored).EXT``, then ``NAME (restored 2).EXT``…: a trash entry restored
     where its name is taken."""

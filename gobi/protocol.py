@@ -569,7 +569,7 @@ class Event(Model):
     device: str | None = None        # X-Gobi-Device of the request that caused it
     user: str | None = None          # username that caused it
     conflict: ConflictInfo | None = None   # CONFLICT only
-    hold: HoldInfo | None = None           # HOLD only
+    hold: HoldInfo | None = None           # HOLD; on a node event: pulled back into this hold
 
 
 class EventPage(Model):

@@ -90,14 +90,18 @@ class ServerConfig(BaseSettings):
     version_keep_daily: Duration = parse_duration("365d")
     #: How long deleted files and directories stay restorable.
     trash_retention: Duration = parse_duration("30d")
-    #: Mass-delete guard: one device deleting more than ``mass_delete_files`` files, or more
-    #: than ``mass_delete_fraction`` of a vault's files (and at least
-    #: ``mass_delete_min_files``) within ``mass_delete_window`` is held for the owner; held
-    #: deletes expire after ``mass_delete_expiry``. ``mass_delete_files = 0`` turns it off.
-    mass_delete_files: int = Field(default=500, ge=0)
+    #: Mass-delete guard (docs/conflicts.md, "Held mass deletes"): one device deleting,
+    #: within ``mass_delete_window``, more files than the smaller of ``mass_delete_files``
+    #: and ``mass_delete_fraction`` of the vault's files (but at least
+    #: ``mass_delete_min_files``) is held for the owner. Files that device itself wrote
+    #: less than ``mass_delete_fresh`` ago do not count (a device undoing its own recent
+    #: work: builds, installs, checkouts, unpacked archives). Held deletes expire after
+    #: ``mass_delete_expiry``. ``mass_delete_files = 0`` turns the guard off.
+    mass_delete_files: int = Field(default=1000, ge=0)
     mass_delete_fraction: float = Field(default=0.25, ge=0, le=1)
     mass_delete_min_files: int = Field(default=50, ge=1)
-    mass_delete_window: Duration = parse_duration("5m")
+    mass_delete_window: Duration = parse_duration("1h")
+    mass_delete_fresh: Duration = parse_duration("1d")
     mass_delete_expiry: Duration = parse_duration("3d")
     #: Garbage collection: unreferenced chunks younger than ``gc_grace`` are kept (their
     #: upload's commit may still come); ``gc_interval``: how often it runs by itself (0: only

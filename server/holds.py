@@ -1,34 +1,49 @@
-"""The mass-delete guard: a bulk delete from one client is held for the vault owner.
+"""The mass-delete guard: a bulk delete from one device is held for the vault owner.
 
-A buggy or compromised client must not be able to wipe everyone's vault. Deletes are
-counted per *actor* (the ``X-Gobi-Device`` of the request, else the user) over a sliding
-window; a delete that would take the actor past the threshold (more than ``files`` files,
-or more than ``fraction`` of the vault's files and at least ``min_files``, within
-``window``) is not applied: it opens a *hold* (``Record`` kind ``hold``, state
-``pending``) and the requester gets ``409 delete_held`` with the hold. While a hold is
-pending, every further delete of that actor joins it the same way (``hold_item``
-records).
+The guard exists so that an accident or a rogue client (a wrong ``rm -rf ~/Vault/*``,
+ransomware replacing files by encrypted copies, a client bug) cannot wipe the vault on
+every *other* device. It does not argue with the user at the deleting keyboard: the
+deleting mount keeps its deletes (``gobi.fs.held``); a hold only stops them from
+propagating until the owner decides. The thresholds and why: docs/conflicts.md.
+
+**Counting.** Deletes are counted per *actor* (the ``X-Gobi-Device`` of the request, else
+the user) over a sliding window, in files. A file counts unless its current content was
+written by that same actor less than ``fresh`` ago: a device undoing its own recent work
+(``rm -rf build/``, ``node_modules``, a checkout, ``git gc``, an unpacked archive) is not
+a mass delete. Directories and symlinks hold no data and never count. A delete that takes
+the actor past the threshold (more than ``files`` counted files, or more than ``fraction``
+of the vault's files and at least ``min_files``, within ``window``) is not applied: it
+opens a *hold* (``Record`` kind ``hold``, state ``pending``) and the requester gets ``409
+delete_held`` with the hold. While a hold is pending, every further delete of that actor
+that counts (or that would remove a directory still holding held files) joins it the same
+way (``hold_item`` records); deletes of its own fresh files go through.
 
 The hold is of the *whole* burst: the deletes that counted towards the threshold were
 applied when they came, so opening the hold pulls them back into it, in the same
-transaction (``Holds.pull_back``): each of the actor's trash entries since its counted run
+transaction (``Holds.pull_back``): each of the actor's counted trash entries since its run
 began (inside the window, after its last settled hold; ``reason`` ``delete`` only, never
 another actor's: device and user must match) is restored as a trash restore would
 (``trash.restore_entry``: same node ids, deleted parents first, ``create`` events, so
-every client sees the files come back) and becomes a hold item (``pulled_back``), counted
-in the hold's ``files`` and ``items``. A name taken meanwhile gives
-``NAME (restored).EXT`` (and that node is what a confirm deletes). Per-file deletes (a mount
-replays ``rm -r`` as one delete per file) are thus held whole like one recursive delete:
-other clients keep every file. Bounded work: at most ``2 × files`` entries holding ``4 ×
-files`` nodes are pulled back (the newest), of at most ``PULL_BACK_SCAN`` window entries
-looked at; older ones stay in the trash.
+every other client sees the files come back) and becomes a hold item (``pulled_back``).
+Those events carry the hold (``Event.hold``): the deleting device knows them for its own
+held deletes and does not show them again. A name taken meanwhile gives ``NAME
+(restored).EXT`` (and that node is what a confirm deletes). Bounded work: at most ``2 ×
+files`` entries holding ``4 × files`` nodes are pulled back (the newest), of at most
+``PULL_BACK_SCAN`` window entries looked at; older ones stay in the trash.
 
-The owner lists holds and confirms one (the held deletes are applied then, in order, each
+**The deleting device takes a held name again** (``take_name``): its ``rm f; echo > f``
+or ``rm -rf build; mkdir build`` must make a new node, not a conflict with the held one
+it no longer sees. A held file or symlink at that name is replaced (to the trash, like a
+rename over it, tagged with the hold); a held directory moves aside to ``NAME (held)``
+with everything in it, still held.
+
+The owner lists holds and confirms one (the held deletes are applied in order, in one
+transaction with the ``hold`` event, so every client gets them as one batch; each is
 skipped if the node changed since: the modification survives) or rejects it (everything
-held, pulled-back deletes included, stays in place); the requester may withdraw (reject)
-its own. A pending hold expires after ``expiry`` (like a reject). Each transition appends
-a ``hold`` event (``node`` is null, ``hold`` carries the state) and resets the actor's
-window.
+held, pulled-back deletes included, stays in place, and the deleting mount shows it
+again); the requester may withdraw (reject) its own. A pending hold expires after
+``expiry`` (like a reject). Each transition appends a ``hold`` event (``node`` is null,
+``hold`` carries the state) and resets the actor's window.
 """
 
 from __future__ import annotations
@@ -39,13 +54,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gobi.conflicts import held_name
 from gobi.protocol import DeleteNodeRequest, ErrorCode, EventType, HoldInfo, Node, NodeKind
 
 from .access import Actor, require_role
 from .errors import ServiceError
 from .store.base import MetadataStore, Record, VaultGone, VaultTx
 from .trash import restore_entry
-from .writes import TRASH, Writer, conflict_error, head, new_id, path_of
+from .writes import TRASH, Writer, conflict_error, free_name, head, new_id, path_of
 
 #: A delete pulled back into a new hold: the node as restored, the delete request the
 #: hold item replays on confirm, the files it counts, extra item fields.
@@ -53,18 +69,24 @@ PulledBack = tuple[Node, DeleteNodeRequest, int, dict]
 
 HOLD = "hold"
 HOLD_ITEM = "hold_item"
+#: One per node a hold holds, ``ACTOR|NODE`` → the hold: "is this name held by me?"
+HELD_NODE = "held_node"
 DELETE_LOG = "delete_log"
 #: Trash entries (of any actor) looked at, at most, when a hold opens (pages of ``_PAGE``).
 PULL_BACK_SCAN = 20_000
 _PAGE = 1000
+#: Held deletes a confirm applies in one transaction (one event batch); a larger hold is
+#: applied in transactions of this many.
+CONFIRM_BATCH = 50_000
 
 
 @dataclass(frozen=True)
 class HoldPolicy:
-    files: int = 500          # 0 turns the guard off
+    files: int = 1000         # 0 turns the guard off
     fraction: float = 0.25
     min_files: int = 50
-    window: float = 300.0
+    window: float = 3600.0
+    fresh: float = 86400.0    # the actor's own files younger than this do not count
     expiry: float = 3 * 86400.0
 
     @property
@@ -89,7 +111,8 @@ class Held:
         return ServiceError(
             ErrorCode.DELETE_HELD,
             f"mass delete held: {self.hold.files} file(s) in {self.hold.items} delete(s) from this "
-            f"device wait for the vault owner (gobi confirm-delete {self.hold.id}); nothing was deleted",
+            f"device wait for the vault owner (gobi confirm-delete {self.hold.id}); other devices "
+            f"keep them until then",
             hold=self.hold.model_dump(mode="json"), head=head(self.node),
         )
 
@@ -116,22 +139,46 @@ class Holds:
         found = await tx.find_records(HOLD, key=actor_key(actor), state="pending", limit=1)
         return found[0] if found else None
 
-    async def count_files(self, tx: VaultTx, node: Node, recursive: bool = True) -> int:
-        """Files a delete of ``node`` would remove. A non-recursive directory delete
-        removes none: it is skipped on confirm while the directory holds anything (what an
-        ``rm -r`` emptied it of is held by items of its own, pulled back or joined)."""
+    async def tally(self, w: Writer, actor: Actor, node: Node, recursive: bool = True) -> tuple[int, int]:
+        """(files a delete of ``node`` would remove, files of them that count towards the
+        guard). A non-recursive directory delete removes none: it is skipped on confirm
+        while the directory holds anything (what an ``rm -r`` emptied it of is held by items
+        of its own, pulled back or joined)."""
+        if not self.policy.enabled:
+            return 0, 0         # nothing is counted or held: no need to look
         if node.kind is not NodeKind.DIR:
-            return 1
+            return 1, int(await self._counts(w, actor, node))
         if not recursive:
-            return 0
-        files, todo = 0, [node.id]
+            return 0, 0
+        files = counted = 0
+        todo = [node.id]
         while todo:
-            for child in await tx.live_children(todo.pop(), 10**7):
+            for child in await w.tx.live_children(todo.pop(), 10**7):
                 if child.kind is NodeKind.DIR:
                     todo.append(child.id)
                 else:
                     files += 1
-        return files
+                    counted += await self._counts(w, actor, child)
+        return files, counted
+
+    async def _counts(self, w: Writer, actor: Actor, node: Node) -> bool:
+        """Does deleting this file count? Not a symlink (no data), not a file whose content
+        the actor itself wrote less than ``fresh`` ago."""
+        if not self.policy.enabled or node.kind is not NodeKind.FILE:
+            return False
+        if self.policy.fresh <= 0:
+            return True
+        version = await w.tx.version(node.id, node.content_rev or 0)
+        mine = version is not None and version.device == actor.device \
+            and version.user == actor.user.username
+        return not (mine and version.ts >= w.ts - self.policy.fresh)
+
+    async def joins(self, tx: VaultTx, node: Node, counted: int) -> bool:
+        """While a hold of the actor is pending: does this delete join it? Yes when it
+        counts, or when it would remove a directory that still holds (held) files."""
+        if counted:
+            return True
+        return node.kind is NodeKind.DIR and bool(await tx.live_children(node.id, 1))
 
     async def add(self, w: Writer, record: Record, node: Node, req: DeleteNodeRequest, files: int) -> Held:
         """Put this delete into the pending hold ``record``."""
@@ -145,16 +192,17 @@ class Holds:
             "node": node.id, "base_rev": req.base_rev, "recursive": req.recursive, "files": files,
             "path": await path_of(w.tx, node), **(extra or {}),
         }))
+        await w.tx.put_record(Record(HELD_NODE, f"{record.key}|{node.id}", record.id, "held", w.ts, {}))
         body["items"], body["files"] = n + 1, body.get("files", 0) + files
         record = Record(HOLD, record.id, record.key, record.state, record.ts, body)
         await w.tx.put_record(record)
         return record
 
     async def guard(self, w: Writer, actor: Actor, files: int) -> None:
-        """After a delete tombstoned ``files`` files: raise ``HoldNeeded`` if that takes the
-        actor past the threshold, else count them in its window."""
+        """After a delete tombstoned ``files`` counted files: raise ``HoldNeeded`` if that
+        takes the actor past the threshold, else count them in its window."""
         p = self.policy
-        if not p.enabled:
+        if not p.enabled or files <= 0:
             return
         key = actor_key(actor)
         # One record per device: files deleted per time bucket (a thirtieth of the window),
@@ -189,7 +237,7 @@ class Holds:
         bucket, start = self._bucket(), now - self.policy.window
         return [b for b in (log.body.get("b", []) if log else []) if b[0] + bucket > start]
 
-    async def hold(self, w: Writer, actor: Actor, node_id: str, req: DeleteNodeRequest, files: int) -> Held:
+    async def hold(self, w: Writer, actor: Actor, node_id: str, req: DeleteNodeRequest) -> Held:
         """The delete that crossed the threshold: open a hold with it (or join one that
         another request of this actor opened meanwhile). Opening one first pulls the
         actor's deletes counted in the window back into it (``pull_back``), so the whole
@@ -199,6 +247,7 @@ class Holds:
             raise ServiceError(ErrorCode.NOT_FOUND, "node not found", node=node_id)
         if node.deleted:
             raise conflict_error(node, "the node was deleted")
+        files, _ = await self.tally(w, actor, node, req.recursive)
         record = await self.pending(w.tx, actor)
         if record is not None:
             return await self.add(w, record, node, req, files)
@@ -206,7 +255,13 @@ class Holds:
             "device": actor.device, "user": actor.user.username, "user_id": actor.user.id,
             "created": w.ts, "expires": w.ts + self.policy.expiry, "files": 0, "items": 0,
         })
-        for back, back_req, back_files, extra in await self.pull_back(w, actor):
+        # The restores' create events carry the hold: the deleting device does not show them.
+        w.hold_mark = hold_info(record)
+        try:
+            pulled = await self.pull_back(w, actor)
+        finally:
+            w.hold_mark = None
+        for back, back_req, back_files, extra in pulled:
             record = await self._add(w, record, back, back_req, back_files, extra)
         record = await self._add(w, record, node, req, files)
         held = Held(hold_info(record), node)
@@ -214,11 +269,12 @@ class Holds:
         return held
 
     def _mine(self, record: Record, actor: Actor) -> bool:
-        """A trash entry of a plain delete by ``actor``: its device (or no device) *and*
-        its user, so another user's deletes are never touched, whatever its device is
-        called; not a replaced or conflict-trashed node, not what a confirmed hold deleted."""
+        """A trash entry of a plain delete by ``actor`` that the guard counted: its device
+        (or no device) *and* its user, so another user's deletes are never touched,
+        whatever its device is called; not a replaced or conflict-trashed node, not what a
+        confirmed hold deleted, not a delete of the actor's own fresh files."""
         body = record.body
-        if body.get("reason", "delete") != "delete" or body.get("hold"):
+        if body.get("reason", "delete") != "delete" or body.get("hold") or body.get("counted", 1) == 0:
             return False
         return body.get("device") == actor.device and body.get("user") == actor.user.username
 
@@ -285,6 +341,34 @@ class Holds:
                         {"pulled_back": True, "deleted_at": r.ts}))
         return out
 
+    async def held_by(self, tx: VaultTx, actor: Actor, node: Node) -> Record | None:
+        """The pending hold of ``actor`` that holds a delete of ``node``, if any."""
+        if not self.policy.enabled:
+            return None
+        mark = await tx.get_record(HELD_NODE, f"{actor_key(actor)}|{node.id}")
+        if mark is None:
+            return None
+        record = await tx.get_record(HOLD, mark.key)
+        return record if record is not None and record.state == "pending" else None
+
+    async def take_name(self, w: Writer, actor: Actor, taken: Node) -> bool:
+        """``actor`` creates or moves a node to the name of ``taken``: if that is a node
+        the actor's pending hold holds (deleted on its side, still here for everyone
+        else), free the name and return True. A file or symlink is replaced (to the trash,
+        tagged with the hold: the device rewrote it); a directory moves aside to ``NAME
+        (held)`` with what is in it, still held."""
+        record = await self.held_by(w.tx, actor, taken)
+        if record is None:
+            return False
+        if taken.kind is NodeKind.DIR:
+            name = await free_name(w.tx, taken.parent or "root",
+                                   lambda n: held_name(taken.name, True, n))
+            await w.save(taken, EventType.MOVE, old=taken, name=name)
+        else:
+            await w.trash(taken, reason="replace", hold=record.id, device=actor.device,
+                          user=actor.user.username)
+        return True
+
     # -- the owner's decision -------------------------------------------------------------------
 
     async def list(self, actor: Actor, vault_id: str, state: str | None) -> list[HoldInfo]:
@@ -305,39 +389,41 @@ class Holds:
         return record
 
     async def confirm(self, actor: Actor, vault_id: str, hold_id: str,
-                      write: Callable[..., Awaitable[Any]], batch: int = 200) -> HoldInfo:
-        """Apply the held deletes (owner only), then close the hold."""
+                      write: Callable[..., Awaitable[Any]], batch: int = CONFIRM_BATCH) -> HoldInfo:
+        """Apply the held deletes (owner only) and close the hold: in one transaction (so
+        every client gets the deletes and the ``hold`` event as one batch) unless the hold
+        has more than ``batch`` items."""
         await require_role(self.store, actor, vault_id, "owner")
         record = await self._record(vault_id, hold_id)
         if record.state != "pending":
             raise ServiceError(ErrorCode.BAD_REQUEST, f"the hold is {record.state}", hold=hold_info(record).model_dump(mode="json"))
         items = await self.store.find_records(vault_id, HOLD_ITEM, key=hold_id, limit=10**7)
-        applied = skipped = 0
+        counts = [0, 0]
 
-        async def apply(w: Writer, chunk: list[Record]) -> tuple[int, int]:
-            done = skip = 0
+        async def apply(w: Writer, chunk: list[Record]) -> None:
             for item in chunk:
                 node = await w.tx.node(item.body["node"])
                 if node is None or node.deleted or (
                         node.kind is NodeKind.FILE and (node.content_rev or 0) > item.body["base_rev"]):
-                    skip += 1       # gone already, or modified since: the modification survives
+                    counts[1] += 1      # gone already, or modified since: the modification survives
                     continue
                 if node.kind is NodeKind.DIR and not item.body.get("recursive") and \
                         await w.tx.live_children(node.id, 1):
-                    skip += 1
+                    counts[1] += 1
                     continue
                 await w.trash(node, hold=hold_id, device=record.body.get("device"),
                               user=record.body.get("user"))
-                done += 1
-            return done, skip
+                counts[0] += 1
 
-        for i in range(0, len(items), batch):
-            chunk = items[i:i + batch]
-            done, skip = await write(actor, vault_id, lambda w, chunk=chunk: apply(w, chunk), role="owner")
-            applied += done
-            skipped += skip
-        return await self._close(actor, vault_id, hold_id, "confirmed", write,
-                                 applied=applied, skipped=skipped)
+        chunks = [items[i:i + batch] for i in range(0, len(items), batch)] or [[]]
+        for chunk in chunks[:-1]:
+            await write(actor, vault_id, lambda w, chunk=chunk: apply(w, chunk), role="owner")
+
+        async def last(w: Writer) -> HoldInfo:
+            await apply(w, chunks[-1])
+            return await self._close_in(w, hold_id, "confirmed", applied=counts[0], skipped=counts[1])
+
+        return await write(actor, vault_id, last, role="owner")
 
     async def reject(self, actor: Actor, vault_id: str, hold_id: str,
                      write: Callable[..., Awaitable[Any]]) -> HoldInfo:
@@ -350,23 +436,23 @@ class Holds:
 
     async def _close(self, actor: Actor, vault_id: str, hold_id: str, state: str,
                      write: Callable[..., Awaitable[Any]], role: str | None = "owner", **extra: Any) -> HoldInfo:
-        async def fn(w: Writer) -> HoldInfo:
-            record = await w.tx.get_record(HOLD, hold_id)
-            if record is None:
-                raise ServiceError(ErrorCode.NOT_FOUND, "no such hold", hold=hold_id)
-            if record.state != "pending":
-                raise ServiceError(ErrorCode.BAD_REQUEST, f"the hold is {record.state}",
-                                   hold=hold_info(record).model_dump(mode="json"))
-            body = {**record.body, "resolved_by": w.actor.user.username, "resolved_at": w.ts, **extra}
-            record = Record(HOLD, record.id, record.key, state, record.ts, body)
-            await w.tx.put_record(record)
-            # A fresh start for the requester: what it deleted before the hold is settled.
-            await w.tx.delete_record(DELETE_LOG, record.key)
-            info = hold_info(record)
-            await w.note(EventType.HOLD, None, hold=info)
-            return info
+        return await write(actor, vault_id, lambda w: self._close_in(w, hold_id, state, **extra), role=role)
 
-        return await write(actor, vault_id, fn, role=role)
+    async def _close_in(self, w: Writer, hold_id: str, state: str, **extra: Any) -> HoldInfo:
+        record = await w.tx.get_record(HOLD, hold_id)
+        if record is None:
+            raise ServiceError(ErrorCode.NOT_FOUND, "no such hold", hold=hold_id)
+        if record.state != "pending":
+            raise ServiceError(ErrorCode.BAD_REQUEST, f"the hold is {record.state}",
+                               hold=hold_info(record).model_dump(mode="json"))
+        body = {**record.body, "resolved_by": w.actor.user.username, "resolved_at": w.ts, **extra}
+        record = Record(HOLD, record.id, record.key, state, record.ts, body)
+        await w.tx.put_record(record)
+        # A fresh start for the requester: what it deleted before the hold is settled.
+        await w.tx.delete_record(DELETE_LOG, record.key)
+        info = hold_info(record)
+        await w.note(EventType.HOLD, None, hold=info)
+        return info
 
     # -- maintenance --------------------------------------------------------------------------
 
@@ -390,12 +476,18 @@ class Holds:
         for state in ("confirmed", "rejected", "expired"):
             for vault_id, record in await self.store.due_records(HOLD, state, before_ts, 1000):
                 items = await self.store.find_records(vault_id, HOLD_ITEM, key=record.id, limit=10**7)
-                gone += await self._drop(vault_id, [(HOLD_ITEM, i.id) for i in items] + [(HOLD, record.id)])
+                marks = [(HELD_NODE, f"{record.key}|{i.body['node']}") for i in items]
+                gone += await self._drop(vault_id, [(HOLD_ITEM, i.id) for i in items] + marks
+                                         + [(HOLD, record.id)], hold=record.id)
         return gone
 
-    async def _drop(self, vault_id: str, keys: list[tuple[str, str]]) -> int:
+    async def _drop(self, vault_id: str, keys: list[tuple[str, str]], hold: str | None = None) -> int:
         async def fn(tx: VaultTx) -> int:
             for kind, rid in keys:
+                if kind == HELD_NODE:
+                    mark = await tx.get_record(kind, rid)
+                    if mark is None or mark.key != hold:
+                        continue        # gone, or a later hold holds that node now
                 await tx.delete_record(kind, rid)
             return len(keys)
 

@@ -140,6 +140,8 @@ class Nodes:
             await self._check_depth(w.tx, parent)
             name = req.name
             taken = await w.tx.child(parent.id, name)
+            if taken is not None and await self.holds.take_name(w, actor, taken):
+                taken = None        # a name this device deleted (held): a new node, no clash
             if taken is not None:
                 if not strategy:
                     raise ServiceError(ErrorCode.NAME_EXISTS, f"{req.name!r} exists", node=head(taken))
@@ -265,6 +267,8 @@ class Nodes:
             if node.kind is NodeKind.DIR:
                 await self._refuse_cycle(w.tx, node, parent)
             target = await w.tx.child(parent.id, want_name)
+            if target is not None and target.id != node.id and await self.holds.take_name(w, actor, target):
+                target = None
             if target is not None and target.id != node.id:
                 if strategy and not req.replace:
                     want_name, info = await self.conflicts.move_clash(w, node, parent, want_name)
@@ -348,13 +352,13 @@ class Nodes:
                     seen = -1 if unknown_children else (
                         req.seen_seq if req.seen_seq is not None else req.base_rev)
                     survives = await self.conflicts.survivors(w, node, seen, req.at_ns)
+            files, counted = await self.holds.tally(w, actor, node, req.recursive)
             pending = await self.holds.pending(w.tx, actor)
-            if pending is not None:
-                return await self.holds.add(w, pending, node, req,
-                                            await self.holds.count_files(w.tx, node, req.recursive))
-            entry, result = await w.trash(node, survives=survives)
-            if result.files:
-                await self.holds.guard(w, actor, result.files)
+            if pending is not None and await self.holds.joins(w.tx, node, counted):
+                return await self.holds.add(w, pending, node, req, files)
+            entry, result = await w.trash(node, survives=survives, counted=counted)
+            if counted and result.files:
+                await self.holds.guard(w, actor, min(counted, result.files))
             now = await w.tx.node(node.id)
             assert now is not None
             if result.survivors:
@@ -363,10 +367,9 @@ class Nodes:
 
         try:
             result = await self.write(actor, vault_id, fn)
-        except HoldNeeded as need:
-            files = need.files
+        except HoldNeeded:
             result = await self.write(
-                actor, vault_id, lambda w: self.holds.hold(w, actor, node_id, req, files))
+                actor, vault_id, lambda w: self.holds.hold(w, actor, node_id, req))
         if isinstance(result, Held):
             raise result.error()
         return result

@@ -89,7 +89,7 @@ class Services:
         holds = Holds(store, HoldPolicy(
             files=config.mass_delete_files, fraction=config.mass_delete_fraction,
             min_files=config.mass_delete_min_files, window=config.mass_delete_window,
-            expiry=config.mass_delete_expiry))
+            fresh=config.mass_delete_fresh, expiry=config.mass_delete_expiry))
         conflicts = Conflicts(store)
         chunks = Chunks(store, driver, keys.naming_secret)
         return cls(

@@ -12,7 +12,10 @@ their own old places, holding only what is restored; their own trash entries sta
 be restored into them later). The caller may pick another ``parent`` and ``name``
 instead. Everything the delete tombstoned under the top node comes back with it, with the
 same node ids, as ``create`` events parents first, so every client sees the nodes
-reappear. Nodes deleted earlier, separately, stay in the trash as their own entries.
+reappear. A folder's entry also holds the entries of what the same device deleted in it
+just before (an ``rm -r`` replayed file by file; ``writes.py``, "absorbed"): they come back
+with it, as they were at delete time, in the same request. Nodes deleted earlier,
+separately, stay in the trash as their own entries.
 ``restore_entry`` does this inside a caller's transaction: the owner's restore, and the
 mass-delete guard, which pulls a device's deletes of the window back out of the trash
 when it opens a hold (``holds.py``; the entries become hold items, so a confirm deletes
@@ -46,14 +49,21 @@ class Trash:
 
     async def list(self, actor: Actor, vault_id: str, path: str | None = None,
                    limit: int = 1000) -> list[TrashEntry]:
-        """Entries, newest first; with ``path``, only entries deleted from that path."""
+        """Entries, newest first; with ``path``, only entries deleted from that path (also
+        those held inside a deleted folder's entry, so one file of an ``rm -r`` can be
+        restored alone)."""
         await require_role(self.store, actor, vault_id, "read")
         want = path.strip("/") if path is not None else None
         records = await self.store.find_records(
             vault_id, TRASH, state="trashed", newest_first=True, limit=limit if want is None else 100_000)
         entries = [trash_entry(r) for r in records]
         if want is not None:
-            entries = [e for e in entries if e.path == want][:limit]
+            entries = [e for e in entries if e.path == want]
+            if not entries:
+                inner = await self.store.find_records(
+                    vault_id, TRASH, state="absorbed", newest_first=True, limit=100_000)
+                entries = [trash_entry(r) for r in inner if r.body.get("path") == want]
+            entries = entries[:limit]
         return entries
 
     async def restore(self, actor: Actor, vault_id: str, entry_id: str, req: RestoreTrashRequest,
@@ -87,9 +97,10 @@ class Trash:
                 return entries, versions
             for vault_id, record in due:
                 async def fn(tx: VaultTx, record=record) -> int:
-                    if await tx.get_record(TRASH, record.id) is None:
+                    current = await tx.get_record(TRASH, record.id)
+                    if current is None:
                         return 0
-                    return await purge_entry(tx, record.id, record.body)
+                    return await purge_entry(tx, current.id, current.body)
 
                 try:
                     versions += await self.store.run_write(vault_id, fn)
@@ -109,6 +120,30 @@ async def restore_entry(w: Writer, record: Record, parent_id: str | None = None,
     top = await w.tx.node(record.body["node"])
     if top is None:
         raise ServiceError(ErrorCode.NOT_FOUND, "the entry's node is gone", entry=record.id)
+    restored_top = await _restore_one(w, record, top, parent_id, name)
+    # What was deleted inside it just before (absorbed entries), nested ones included,
+    # back into the directories they were in (now live again).
+    todo = list(record.body.get("absorbed", []))
+    while todo:
+        inner = await w.tx.get_record(TRASH, todo.pop(0))
+        if inner is None or inner.state != "absorbed":
+            continue        # restored (or forgotten) on its own since
+        node = await w.tx.node(inner.body["node"])
+        if node is None:
+            await w.tx.delete_record(TRASH, inner.id)
+            continue
+        try:
+            back = await _restore_one(w, inner, node, None, None)
+        except ServiceError:
+            continue        # e.g. its parent cannot come back: it stays in the trash
+        restored_top = restored_top.model_copy(update={"restored": restored_top.restored + back.restored})
+        todo.extend(inner.body.get("absorbed", []))
+    return restored_top
+
+
+async def _restore_one(w: Writer, record: Record, top: Node, parent_id: str | None,
+                       name: str | None) -> TrashRestored:
+    """One entry (without the entries it absorbed): see ``restore_entry``."""
     seq_from, seq_to = record.body["seq_from"], record.body["seq_to"]
     revived_parents = 0
     renamed = False
@@ -159,14 +194,26 @@ async def revive_subtree(w: Writer, top: Node, seq_from: int, seq_to: int, merge
 
 async def purge_entry(tx: VaultTx, entry_id: str, body: dict) -> int:
     """Drop the versions of the entry's nodes that are still tombstones (except versions
-    an open conflict still needs), then the entry."""
-    seq_from, seq_to = body["seq_from"], body["seq_to"]
+    an open conflict still needs), then the entry; the same for the entries it absorbed."""
     protected: set[tuple[str, int]] = set()
     for record in await tx.find_records(CONFLICT, state="open", limit=100_000):
         for side in ("mine", "theirs"):
             rev = record.body.get(side, {}).get("rev")
             if rev is not None:
                 protected.add((record.body["node"], int(rev)))
+    dropped = await _purge_one(tx, entry_id, body, protected)
+    todo = list(body.get("absorbed", []))
+    while todo:
+        inner = await tx.get_record(TRASH, todo.pop(0))
+        if inner is None or inner.state != "absorbed":
+            continue
+        dropped += await _purge_one(tx, inner.id, inner.body, protected)
+        todo.extend(inner.body.get("absorbed", []))
+    return dropped
+
+
+async def _purge_one(tx: VaultTx, entry_id: str, body: dict, protected: set[tuple[str, int]]) -> int:
+    seq_from, seq_to = body["seq_from"], body["seq_to"]
     dropped = 0
     top = await tx.node(body["node"])
     todo: list[Node] = [top] if top is not None and top.deleted and seq_from <= top.rev <= seq_to else []

@@ -7,6 +7,17 @@ all change the tree through a ``Writer`` inside one store transaction, so they k
 same invariants: every change allocates the vault's next seq and appends exactly one event;
 every live node's parent is a live directory; live names are unique per directory; a
 delete tombstones a whole subtree (leaves first) and records one trash entry for it.
+
+**A folder's trash entry holds what was deleted with it.** A mount replays ``rm -r`` as
+one delete per file and one per directory (the kernel unlinks them one by one), so each
+would be a trash entry of its own and restoring the folder would bring back an empty
+folder. When a directory is deleted, the trash entries of its children that the same
+device and user deleted in the hour before (``ABSORB_WINDOW``; same reason, same hold)
+are *absorbed* into the directory's entry: they leave the trash listing (state
+``absorbed``), the directory's entry counts their files, directories and bytes, and
+restoring or purging it does the same to them (``trash.restore_entry``,
+``trash.purge_entry``). Nested directories absorb their own children first, so the top
+entry of an ``rm -rf`` holds the whole tree as it was at delete time.
 """
 
 from __future__ import annotations
@@ -42,6 +53,15 @@ SYSTEM = Actor(UserRecord(id="", username="gobi", password_hash="", is_admin=Tru
 #: Directories deeper than this are refused; it also bounds ancestor walks.
 MAX_DEPTH = 4096
 TRASH = "trash"
+#: Children deleted this long before their directory, by the same device, are part of the
+#: directory's delete (an ``rm -r`` replayed file by file): see the module docstring.
+ABSORB_WINDOW = 3600.0
+#: Tombstoned children looked at, at most, when a directory's delete absorbs them, and
+#: how many in a row without a trash entry end the search.
+ABSORB_SCAN = 100_000
+ABSORB_MISSES = 1000
+#: Fields of a trash record's body that are bookkeeping, not ``TrashEntry`` fields.
+TRASH_INTERNAL = ("seq_from", "seq_to", "counted", "absorbed", "in")
 
 
 def new_id(prefix: str) -> str:
@@ -110,7 +130,7 @@ async def free_name(tx: VaultTx, parent_id: str, make: Callable[[int], str]) -> 
 
 
 def trash_entry(record: Record) -> TrashEntry:
-    body = {k: v for k, v in record.body.items() if k not in ("seq_from", "seq_to")}
+    body = {k: v for k, v in record.body.items() if k not in TRASH_INTERNAL}
     return TrashEntry.model_validate({"id": record.id, **body})
 
 
@@ -140,10 +160,15 @@ class Writer:
         self.ts = time.time() if ts is None else ts
         self.last_seq = 0
         self.event_types: list[EventType] = []
+        # Set while a new hold pulls its device's deletes back out of the trash: the node
+        # events written meanwhile carry it, so the deleting device knows not to show them.
+        self.hold_mark: HoldInfo | None = None
 
     async def _event(self, seq: int, kind: EventType, node: Node | None, **extra) -> None:
         self.last_seq = seq
         self.event_types.append(kind)
+        if node is not None and self.hold_mark is not None and extra.get("hold") is None:
+            extra["hold"] = self.hold_mark
         await self.tx.add_event(Event(
             seq=seq, ts=self.ts, type=kind, node=node, device=self.actor.device,
             user=self.actor.user.username, **extra,
@@ -232,9 +257,12 @@ class Writer:
     async def trash(
         self, node: Node, *, reason: str = "delete", survives: Callable[[Node], bool] | None = None,
         hold: str | None = None, device: str | None = None, user: str | None = None,
+        counted: int | None = None,
     ) -> tuple[TrashEntry | None, Tombstoned]:
         """Tombstone ``node``'s subtree and record it as one trash entry (None when nothing
-        was deleted because everything survived)."""
+        was deleted because everything survived). A directory's entry absorbs the entries
+        of its children deleted just before by the same device (module docstring).
+        ``counted``: the files the mass-delete guard counted for it (``holds.py``)."""
         path = await path_of(self.tx, node)
         first = self.last_seq
         result = await self.tombstone_subtree(node, survives)
@@ -249,8 +277,52 @@ class Writer:
         )
         body = entry.model_dump(mode="json", exclude={"id"})
         body["seq_from"], body["seq_to"] = seq_from, self.last_seq
+        if counted is not None:
+            body["counted"] = counted
+        if node.kind is NodeKind.DIR and reason == "delete":
+            absorbed = await self._absorb(node, entry, seq_from)
+            if absorbed:
+                body["absorbed"] = [r.id for r in absorbed]
+                for key in ("files", "dirs", "bytes"):
+                    body[key] += sum(int(r.body.get(key, 0)) for r in absorbed)
+                body["counted"] = int(body.get("counted", 0)) + sum(
+                    int(r.body.get("counted", r.body.get("files", 0))) for r in absorbed)
+                entry = trash_entry(Record(TRASH, entry.id, node.id, "trashed", self.ts, body))
         await self.tx.put_record(Record(TRASH, entry.id, node.id, "trashed", self.ts, body))
         return entry, result
+
+    async def _absorb(self, node: Node, entry: TrashEntry, seq_from: int) -> list[Record]:
+        """The trash entries of ``node``'s children that belong to this delete (deleted in
+        the ``ABSORB_WINDOW`` before it by the same device and user, same reason and hold):
+        marked ``absorbed`` into ``entry``; returned newest first."""
+        cutoff = self.ts - ABSORB_WINDOW
+        found: list[Record] = []
+        hi, scanned, misses = seq_from - 1, 0, 0
+        while hi > 0 and scanned < ABSORB_SCAN and misses < ABSORB_MISSES:
+            kids = await self.tx.deleted_children(node.id, 0, hi, 500, newest_first=True)
+            if not kids:
+                break
+            for kid in kids:
+                scanned += 1
+                records = await self.tx.find_records(TRASH, key=kid.id, state="trashed", limit=10)
+                # Old tombstones whose entries are gone (purged, restored, inside another
+                # entry): a long run of them means the recent deletes are behind us.
+                misses = 0 if records else misses + 1
+                for r in records:
+                    b = r.body
+                    if float(b.get("deleted_at", 0)) < cutoff:
+                        # Older than the window, and so is every child deleted before it.
+                        scanned = ABSORB_SCAN
+                        continue
+                    if (b.get("parent") == node.id and b.get("reason", "delete") == "delete"
+                            and b.get("device") == entry.device and b.get("user") == entry.user
+                            and b.get("hold") == entry.hold):
+                        found.append(r)
+            hi = kids[-1].rev - 1
+        for r in found:
+            await self.tx.put_record(Record(TRASH, r.id, r.key, "absorbed", r.ts,
+                                            {**r.body, "in": entry.id}))
+        return found
 
     # -- bringing tombstones back -------------------------------------------------------------
 
@@ -289,8 +361,9 @@ class Writer:
 
     async def forget_trash_of(self, node_id: str) -> None:
         """``node_id`` is live again by other means: its own trash entries are moot."""
-        for record in await self.tx.find_records(TRASH, key=node_id, state="trashed"):
-            await self.tx.delete_record(TRASH, record.id)
+        for state in ("trashed", "absorbed"):
+            for record in await self.tx.find_records(TRASH, key=node_id, state=state):
+                await self.tx.delete_record(TRASH, record.id)
 
 
 async def apply_commit(w: Writer, node: Node, req: CommitContentRequest, origin: str | None = None) -> Node:

@@ -23,13 +23,16 @@ _LISTEN_RE = re.compile(r"gobi server listening on (http://\S+)")
 class ServerProcess:
     """A ``gobi server`` subprocess. ``start()`` blocks until it announces its address."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, port: int = 0):
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, port: int = 0,
+                 guard: bool = False):
         self.data_dir = Path(data_dir)
         # The mass-delete guard holds bulk deletes for the vault owner; tests that delete a
-        # lot through a mount or a benchmark would be held. Tests of the guard set it.
+        # lot through a mount or a benchmark would be held. Tests of the guard set it, or
+        # (``guard=True``) run the server's default configuration untouched.
         # Sign-ups are limited per address (5 an hour by default); every test user comes
         # from 127.0.0.1, so the limit is lifted here and tests of it set it.
-        self.env = {**os.environ, "GOBI_MASS_DELETE_FILES": "0",
+        base = {k: v for k, v in os.environ.items() if not k.startswith("GOBI_MASS_DELETE_")}
+        self.env = {**base, **({} if guard else {"GOBI_MASS_DELETE_FILES": "0"}),
                     "GOBI_REGISTER_MAX_PER_ADDRESS": "1000000", **(env or {})}
         self.port = port
         self.proc: subprocess.Popen[str] | None = None

@@ -192,9 +192,11 @@ class VaultTx(abc.ABC):
         """The node as it was at ``seq`` (None when unknown then or pruned since)."""
 
     @abc.abstractmethod
-    async def deleted_children(self, parent_id: str, seq_from: int, seq_to: int, limit: int) -> list[Node]:
+    async def deleted_children(self, parent_id: str, seq_from: int, seq_to: int, limit: int,
+                               newest_first: bool = False) -> list[Node]:
         """Tombstones whose parent is ``parent_id`` and whose delete has a seq in
-        ``[seq_from, seq_to]``."""
+        ``[seq_from, seq_to]``, in the order of their deletes (``newest_first``: the
+        latest first)."""
 
     @abc.abstractmethod
     async def count_live_files(self, limit: int) -> int:

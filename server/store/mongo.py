@@ -370,11 +370,12 @@ class _MongoVaultTx(VaultTx):
             session=self.s)
         return _node(doc) if doc else None
 
-    async def deleted_children(self, parent_id: str, seq_from: int, seq_to: int, limit: int) -> list[Node]:
+    async def deleted_children(self, parent_id: str, seq_from: int, seq_to: int, limit: int,
+                               newest_first: bool = False) -> list[Node]:
         cursor = self.db.nodes.find(
             {"vault_id": self.vault_id, "parent": parent_id, "seq_to": CURRENT, "deleted": True,
              "seq_from": {"$gte": seq_from, "$lte": seq_to}}, session=self.s,
-        ).sort("seq_from", ASCENDING).limit(limit)
+        ).sort("seq_from", DESCENDING if newest_first else ASCENDING).limit(limit)
         return [_node(d) async for d in cursor]
 
     async def count_live_files(self, limit: int) -> int:

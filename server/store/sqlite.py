@@ -391,10 +391,12 @@ class _SqliteVaultTx(VaultTx):
         ).fetchone()
         return _node(row) if row else None
 
-    async def deleted_children(self, parent_id: str, seq_from: int, seq_to: int, limit: int) -> list[Node]:
+    async def deleted_children(self, parent_id: str, seq_from: int, seq_to: int, limit: int,
+                               newest_first: bool = False) -> list[Node]:
+        order = "DESC" if newest_first else "ASC"
         rows = self.db.execute(
             f"SELECT {_NODE_COLS} FROM nodes WHERE vault_id=? AND parent=? AND seq_to={CURRENT} "
-            "AND deleted=1 AND seq_from BETWEEN ? AND ? ORDER BY seq_from LIMIT ?",
+            f"AND deleted=1 AND seq_from BETWEEN ? AND ? ORDER BY seq_from {order} LIMIT ?",
             (self.vault_id, parent_id, seq_from, seq_to, limit),
         ).fetchall()
         return [_node(r) for r in rows]

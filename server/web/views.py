@@ -474,7 +474,7 @@ async def restore_trash(request: Request, vault_id: str, record_id: str) -> HTTP
     node = done.node
     text = f"Restored “{node.name}”"
     if done.renamed:
-        text += " under a new name (the old one was taken)"
+        text = f"Restored as “{node.name}” (the old name was taken meanwhile)"
     if done.restored > 1:
         text += f" with {done.restored - 1} item(s) inside"
     if done.revived_parents:
@@ -561,4 +561,5 @@ async def confirm_hold(request: Request, vault_id: str, record_id: str) -> HTTPR
 async def reject_hold(request: Request, vault_id: str, record_id: str) -> HTTPResponse:
     svc = services(request)
     await svc.holds.reject(request.ctx.actor, vault_id, record_id, svc.nodes.write)
-    return _done(request, f"{WEB}/v/{vault_id}/holds", "Rejected: nothing was deleted.")
+    return _done(request, f"{WEB}/v/{vault_id}/holds",
+                 "Rejected: nothing was deleted; the files come back on the device that deleted them.")

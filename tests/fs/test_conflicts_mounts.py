@@ -23,6 +23,7 @@ Every wait is a hang guard, never a performance threshold.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -404,7 +405,8 @@ BULK = {f"bulk/f{i:03}": b"file %d\n" % i for i in range(60)}
 @contextlib.contextmanager
 def guarded(tmp_path: Path):
     """A server whose mass-delete guard fires past THRESHOLD files from one device, two
-    mounts of one vault, and BULK written on A and seen by B."""
+    mounts of one vault, and BULK written on B and seen by A (so A's deletes count: files
+    a device wrote itself a moment ago do not)."""
     srv = ServerProcess(tmp_path / "server", env={"GOBI_MASS_DELETE_FILES": str(THRESHOLD)}).start()
     user = User(srv, tmp_path / "home")
     vault = user.create_vault("guarded")
@@ -413,10 +415,10 @@ def guarded(tmp_path: Path):
     try:
         a.start()
         b.start()
-        (a.path / "bulk").mkdir()
+        (b.path / "bulk").mkdir()
         for rel, data in BULK.items():
-            (a.path / rel).write_bytes(data)
-        (a.path / "other.txt").write_bytes(b"not deleted\n")
+            (b.path / rel).write_bytes(data)
+        (b.path / "other.txt").write_bytes(b"not deleted\n")
         caught_up(a, b)
         yield user, vault, a, b
     finally:
@@ -429,8 +431,12 @@ def guarded(tmp_path: Path):
 def rm_bulk(user: User, vault: str, a: Mount, b: Mount) -> set[str]:
     """rm -r of BULK on A (a "buggy client"); returns the BULK paths the server kept."""
     shutil.rmtree(a.path / "bulk")
-    a.sync()
-    eventually(lambda: a.status()["pending_holds"], "A reports the held delete")
+    st = a.sync()
+    # gobi sync returns while the hold is pending: exit 4, saying what is held and how to decide
+    assert st["sync_exit"] == 4, st["sync_stderr"]
+    assert "held by the server as a mass delete" in st["sync_stderr"]
+    assert "gobi confirm-delete --reject" in st["sync_stderr"]
+    eventually(lambda: a.status()["held_deletes"], "A reports the held delete")
     caught_up(a, b)
     tree = server_tree(user, vault)
     return {rel for rel in BULK if rel in tree}
@@ -446,31 +452,58 @@ def test_mass_delete_through_a_mount_is_held_until_confirmed(tmp_path):
         holds = user.api.get(f"/vaults/{vault}/holds").json()["holds"]
         assert [h["state"] for h in holds] == ["pending"], holds
         assert holds[0]["files"] == len(BULK), holds       # each file once, the rmdir adds none
-        # B keeps every file the server kept, with its bytes; A shows what the server has
-        # (the held files are back), not its own rm -r.
+        # B keeps every file the server kept, with its bytes; A keeps its rm -r: the
+        # held deletes are A's own state (status, the root's xattr), not undone.
         tree = server_tree(user, vault)
         lb = listing(b)
         for rel in kept:
             assert lb[rel][1] == BULK[rel], rel
-        assert sorted(listing(a)) == sorted(lb) == sorted(tree)
+        assert sorted(lb) == sorted(tree)
+        assert sorted(listing(a)) == ["other.txt"]
+        # 40 deletes answered "held", 20 applied and pulled back into the hold (their
+        # create events carry it), and the rmdir of bulk
+        st = eventually(lambda: (lambda s: s["held_deletes"] == len(BULK) + 1 and s)(a.status()),
+                        "A counts every held delete")
+        assert [h["id"] for h in st["holds"]] == [holds[0]["id"]]
+        assert st["holds"][0]["paths"] == ["bulk"]
+        held = json.loads(os.getxattr(a.path, "user.gobi.held"))
+        assert [(h["name"], h["kind"], h["hold"]) for h in held] == [("bulk", "dir", holds[0]["id"])]
         out = subprocess.run([sys.executable, "-m", "gobi", "confirm-delete", "--yes"],
                              env=user.env, cwd=a.path, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, (out.stdout, out.stderr)
-        eventually(lambda: not (b.path / "bulk").exists() and not (a.path / "bulk").exists(),
-                   "the confirmed delete reaches both mounts")
+        eventually(lambda: not (b.path / "bulk").exists(), "the confirmed delete reaches B")
         caught_up(a, b)
         assert sorted(listing(a)) == sorted(listing(b)) == sorted(server_tree(user, vault)) == ["other.txt"]
+        eventually(lambda: a.status()["held_deletes"] == 0, "A's held deletes are settled")
         trash = user.api.get(f"/vaults/{vault}/trash").json()["entries"]
-        assert sum(e["files"] for e in trash) == len(BULK)     # nothing lost: all in the trash
+        # nothing lost: all in the trash, as one entry of the folder
+        assert [(e["path"], e["files"]) for e in trash] == [("bulk", len(BULK))]
 
 
-def test_mass_delete_of_a_directory_through_a_mount_is_held_whole(tmp_path):
+def test_a_rejected_mass_delete_comes_back_on_the_deleting_mount(tmp_path):
     """docs/conflicts.md: a mass delete is held whole. The mount replays rm -r as one
-    delete per file, so the server applies the first mass_delete_files of them (here 20,
-    by default 500) before the guard fires; opening the hold pulls those back (same node
-    ids, create events), so the other mounts end up losing none of them."""
+    delete per file, so the server applies the first mass_delete_files of them (here 20)
+    before the guard fires; opening the hold pulls those back (same node ids, create
+    events), so the other mounts end up losing none of them. Rejected, the deleting
+    mount gets them back too, and says so."""
     with guarded(tmp_path) as (user, vault, a, b):
         kept = rm_bulk(user, vault, a, b)
         assert kept == set(BULK)
         lb = listing(b)
         assert all(lb[rel][1] == data for rel, data in BULK.items())
+        assert not (a.path / "bulk").exists()
+        [hold] = user.api.get(f"/vaults/{vault}/holds").json()["holds"]
+        out = subprocess.run([sys.executable, "-m", "gobi", "confirm-delete", "--reject", hold["id"]],
+                             env=user.env, cwd=b.path, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        eventually(lambda: (a.path / "bulk").is_dir() and len(os.listdir(a.path / "bulk")) == len(BULK),
+                   "the rejected delete comes back on A")
+        caught_up(a, b)
+        la = listing(a)
+        assert all(la[rel][1] == data for rel, data in BULK.items())
+        assert sorted(la) == sorted(listing(b)) == sorted(server_tree(user, vault))
+        st = a.status()
+        assert st["held_deletes"] == 0 and st["holds"] == []
+        assert [(r["hold"], r["state"], r["files"], r["paths"]) for r in st["returned"]] == [
+            (hold["id"], "rejected", len(BULK), ["bulk"])]
+        assert f"hold {hold['id']} rejected" in a.log()

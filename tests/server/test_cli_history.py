@@ -23,7 +23,9 @@ PASSWORD = "correct horse battery"
 def cli_server(tmp_path_factory):
     srv = ServerProcess(tmp_path_factory.mktemp("cli"), env={
         "GOBI_POLL_INTERVAL": "1h", "GOBI_GC_GRACE": "0s", "GOBI_GC_INTERVAL": "0",
-        "GOBI_HISTORY_INTERVAL": "0", "GOBI_MASS_DELETE_FILES": "5", "GOBI_MASS_DELETE_FRACTION": "0"}).start()
+        "GOBI_HISTORY_INTERVAL": "0", "GOBI_MASS_DELETE_FILES": "5", "GOBI_MASS_DELETE_FRACTION": "0",
+        # every deleted file counts, also those the deleting device wrote itself just now
+        "GOBI_MASS_DELETE_FRESH": "0"}).start()
     yield srv
     srv.stop()
 

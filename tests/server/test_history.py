@@ -348,11 +348,25 @@ def test_a_quarter_of_a_small_vault_is_a_mass_delete_too(owner, other, vault):
     assert codes == [200] * 9 + [409] * 3
 
 
-def test_owner_deletes_are_counted_per_device_too(owner, vault):
-    files = [create_file(owner, vault, f"f{i}", b"x") for i in range(50)]
+def test_owner_deletes_are_counted_per_device_too(owner, other, vault):
+    files = [create_file(other, vault, f"f{i}", b"x") for i in range(50)]
     codes = [owner.delete(f"/vaults/{vault}/nodes/{f['id']}", params={"base_rev": f["rev"]}).status_code
              for f in files[:22]]
     assert codes.count(409) == 2
+
+
+def test_a_device_deleting_what_it_wrote_itself_recently_is_not_a_mass_delete(owner, other, vault):
+    """mass_delete_fresh (1 day): a build directory, node_modules, a checkout undone by
+    the device that made it counts nothing; the same files deleted by another device do."""
+    files = [create_file(owner, vault, f"f{i}", b"x") for i in range(50)]
+    codes = [owner.delete(f"/vaults/{vault}/nodes/{f['id']}", params={"base_rev": f["rev"]}).status_code
+             for f in files[:40]]
+    assert codes == [200] * 40
+    assert owner.get(f"/vaults/{vault}/holds").json()["holds"] == []
+    rest = [other.delete(f"/vaults/{vault}/nodes/{f['id']}", params={"base_rev": f["rev"]}).status_code
+            for f in files[40:]]
+    # 10 files left, the other device deletes them all: more than half of the vault
+    assert rest.count(409) > 0
 
 
 # -- garbage collection -------------------------------------------------------------------------------

@@ -115,11 +115,11 @@ async def test_the_deletes_before_the_threshold_are_pulled_back_into_the_hold(sv
     [hold] = await svc.holds.list(laptop, vault, "pending")
     info, items = await svc.holds.get(laptop, vault, hold.id)
     # One item per delete, in the order they were made: c (recursive, one entry, one
-    # item), a's files, a, then the delete that crossed the threshold.
+    # item), a (its rm -r: a's files, then a, one trash entry holding them all, so one
+    # recursive item), then the delete that crossed the threshold.
     assert [(i["path"], i["files"], i["recursive"], bool(i.get("pulled_back"))) for i in items] == [
-        ("top/c", 3, True, True), ("top/a/0", 1, False, True), ("top/a/1", 1, False, True),
-        ("top/a/2", 1, False, True), ("top/a", 0, False, True), ("top/b/0", 1, False, False)]
-    assert (info.files, info.items, info.device) == (7, 6, "buggy")
+        ("top/c", 3, True, True), ("top/a", 3, True, True), ("top/b/0", 1, False, False)]
+    assert (info.files, info.items, info.device) == (7, 3, "buggy")
     # A later rmdir of b (as a mount sends it) joins the hold and adds no files: the
     # files in b are not its to remove (on confirm it is skipped while b holds any).
     b = await svc.store.node(vault, dirs["b"].id)
@@ -127,16 +127,15 @@ async def test_the_deletes_before_the_threshold_are_pulled_back_into_the_hold(sv
         await svc.nodes.delete(buggy, vault, b.id,
                                DeleteNodeRequest(base_rev=b.rev, on_conflict="strategy"))
     assert exc.value.code is ErrorCode.DELETE_HELD
-    assert (exc.value.details["hold"]["files"], exc.value.details["hold"]["items"]) == (7, 7)
+    assert (exc.value.details["hold"]["files"], exc.value.details["hold"]["items"]) == (7, 4)
     # Confirm: all of it is deleted again, into the trash, tagged with the hold.
     done = await svc.holds.confirm(laptop, vault, hold.id, svc.nodes.write)
     # (b's rmdir is skipped: b still holds b/1 and b/2)
-    assert (done.state, done.applied, done.skipped) == ("confirmed", 6, 1)
+    assert (done.state, done.applied, done.skipped) == ("confirmed", 3, 1)
     now = await tree(svc, vault)
     assert sorted(now) == ["top", "top/b", "top/b/1", "top/b/2"]
     held = [e for e in await svc.trash.list(laptop, vault) if e.hold == hold.id]
-    assert sorted(e.path for e in held) == [
-        "top/a", "top/a/0", "top/a/1", "top/a/2", "top/b/0", "top/c"]
+    assert sorted(e.path for e in held) == ["top/a", "top/b/0", "top/c"]
     assert sum(e.files for e in held) == 7
 
 
@@ -215,5 +214,76 @@ async def test_only_deletes_inside_the_window_are_pulled_back(tmp_path, store_ur
         assert sorted(e.name for e in await svc.trash.list(laptop, vault)) == ["f00", "f01", "f02"]
         [hold] = await svc.holds.list(laptop, vault, "pending")
         assert (hold.files, hold.items) == (7, 7)
+    finally:
+        await svc.close()
+
+
+async def test_pulled_back_creates_carry_the_hold_so_the_deleting_device_keeps_them_hidden(svc, who):
+    """The deleting mount must not see its own deletes come back (its rm -rf would fail):
+    the create events of a pull-back name the hold, and its device."""
+    laptop, buggy, vault = who
+    dirs, files, before = await burst(svc, laptop, buggy, vault)
+    [hold] = await svc.holds.list(laptop, vault, "pending")
+    everything = await svc.store.events_after(vault, 0, 100_000)
+    creates = [e for e in everything if e.type is EventType.CREATE and e.hold is not None]
+    assert creates and {(e.hold.id, e.hold.device) for e in creates} == {(hold.id, "buggy")}
+    assert {e.node.id for e in creates} == {dirs["c"].id, dirs["a"].id} | {
+        files[f"{d}/{i}"].id for d in "ca" for i in range(3)}
+    # nothing else is marked
+    assert all(e.hold is None for e in everything if e.type is not EventType.HOLD and e not in creates)
+
+
+async def test_the_deleting_device_takes_a_held_name_again(svc, who):
+    """``rm -rf build; mkdir build; echo > build/x`` and ``rm f; echo > f`` on the
+    deleting mount: new nodes, no conflict. The held directory moves aside, still held;
+    a held file is replaced (into the trash, with the hold)."""
+    laptop, buggy, vault = who
+    dirs, files, before = await burst(svc, laptop, buggy, vault)
+    [hold] = await svc.holds.list(laptop, vault, "pending")
+    # buggy re-creates top/a (held, pulled back) and top/b/0 (held by its 409)
+    new_a = await mk(svc, buggy, vault, (await svc.store.child(vault, "root", "top")).id, "a", "dir")
+    new_b0 = await mk(svc, buggy, vault, dirs["b"].id, "0")
+    now = await tree(svc, vault)
+    assert now["top/a"] == new_a.id and now["top/b/0"] == new_b0.id
+    assert now["top/a (held)"] == dirs["a"].id and now["top/a (held)/1"] == files["a/1"].id
+    assert not [c for c in await svc.conflicts.list(laptop, vault, "all")]
+    replaced = [e for e in await svc.trash.list(laptop, vault) if e.hold == hold.id]
+    assert [(e.path, e.reason) for e in replaced] == [("top/b/0", "replace")]
+    # on confirm, what is still held goes: the moved-aside directory and its files
+    done = await svc.holds.confirm(laptop, vault, hold.id, svc.nodes.write)
+    assert done.state == "confirmed"
+    now = await tree(svc, vault)
+    assert "top/a (held)" not in now and now["top/a"] == new_a.id and now["top/b/0"] == new_b0.id
+
+
+async def test_fresh_deletes_of_the_device_go_through_while_its_hold_is_pending(tmp_path, store_url):
+    """Files the device itself wrote a moment ago do not count, and do not join its
+    pending hold: rm -rf node_modules works like everywhere else."""
+    cfg = ServerConfig(data_dir=tmp_path, metadata=store_url, history_interval=0, gc_interval=0,
+                       storage_maintenance_interval=0, mass_delete_files=THRESHOLD,
+                       mass_delete_fraction=0)
+    svc = await Services.open(cfg)
+    try:
+        user = await svc.accounts.register("alice", "correct horse battery")
+        laptop, buggy = Actor(user, "laptop"), Actor(user, "buggy")
+        vault = (await svc.vaults.create(laptop, "v")).id
+        theirs = [await mk(svc, laptop, vault, "root", f"t{i}") for i in range(10)]
+        mods = await mk(svc, buggy, vault, "root", "node_modules", "dir")
+        own = [await mk(svc, buggy, vault, mods.id, f"m{i}") for i in range(20)]
+        for f in own[:10]:                          # its own fresh files: not counted
+            await rm(svc, buggy, vault, f)
+        assert await svc.holds.list(laptop, vault, "pending") == []
+        for f in theirs[:THRESHOLD]:
+            await rm(svc, buggy, vault, f)
+        with pytest.raises(ServiceError) as exc:    # the laptop's files: counted, held
+            await rm(svc, buggy, vault, theirs[THRESHOLD])
+        assert exc.value.code is ErrorCode.DELETE_HELD
+        for f in own[10:]:                          # still its own: not held
+            await rm(svc, buggy, vault, f)
+        await rm(svc, buggy, vault, mods)           # the now empty directory too
+        now = await tree(svc, vault)
+        assert sorted(now) == [f"t{i}" for i in range(10)]
+        [hold] = await svc.holds.list(laptop, vault, "pending")
+        assert (hold.files, hold.items) == (THRESHOLD + 1, THRESHOLD + 1)
     finally:
         await svc.close()

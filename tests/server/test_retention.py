@@ -39,7 +39,7 @@ SMALL = chunker(avg=1024, min_size=256, max_size=4096)
 async def svc(tmp_path):
     cfg = ServerConfig(data_dir=tmp_path, history_interval=0, gc_interval=0,
                        storage_maintenance_interval=0, gc_grace="1h", mass_delete_files=3,
-                       mass_delete_min_files=100)
+                       mass_delete_min_files=100, mass_delete_fresh=0)
     services = await Services.open(cfg)
     yield services
     await services.close()
