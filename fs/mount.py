@@ -39,7 +39,7 @@ from .applier import Applier
 from .blocks import BlockCache
 from .events import Live
 from .logs import oplog
-from .notify import Kernel
+from .notify import Kernel, KernelPort
 from .operations import (
     LiveOperations,
     PyfuseKernel,
@@ -51,6 +51,7 @@ from .operations import (
 )
 from .remote import ApiError, Offline, Remote, Servers
 from .services import ServiceError, Services
+from .states import ServerStates
 from .sync import Sync
 from .tree import Tree
 from .verify import SelfCheck, Verifier
@@ -144,42 +145,82 @@ async def run(cfg: MountConfig) -> int:
         os.close(lock)
 
 
-async def _run(cfg: MountConfig) -> int:
-    tree = Tree(cfg.cache_dir / "mirror.db")
-    remote: Remote | None = None
+@dataclass
+class Layers:
+    """Everything under the FUSE adapter, wired: what ``_run`` mounts, and what the unit
+    tier (tests/fs/unit) drives without a mount."""
+
+    tree: Tree
+    device: str
+    vault_id: str
+    servers: Servers
+    link: Link
+    cache: BlockCache
+    remote: Remote
+    vfs: Vfs
+    kernel: Kernel
+    states: ServerStates
+    applier: Applier
+    live: Live
+    sync: Sync
+    verifier: Verifier
+    self_check: SelfCheck
+    receive: trio.MemoryReceiveChannel
+
+    def status(self) -> dict:
+        return {**self.sync.status(), **self.applier.status(), **self.live.status(),
+                **self.kernel.status(), **self.self_check.status()}
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the layers' tasks (mirror flusher, notifier, applier, uploader, live
+        stream, self-check) in ``nursery``."""
+        self.vfs.spawn = nursery.start_soon
+        await nursery.start(self.tree.run_flusher)
+        await nursery.start(self.kernel.run)
+        await nursery.start(self.applier.run, self.receive)
+        await nursery.start(self.sync.run_uploader)
+        await nursery.start(self.live.run)
+        await nursery.start(self.self_check.run)
+
+
+async def open_layers(cfg: MountConfig, tree: Tree, port: KernelPort | None) -> Layers:
+    """Build the layers over an open mirror: find the vault (or start offline from the
+    mirror), recover what a crash left, list the tree if this cache never saw the server.
+    ``port``: how kernel notices leave (None: not mounted). Raises ``MountError``."""
+    device = _device_id(tree)
+    link = Link()
+    servers = Servers(cfg.server)
+    vault_id = tree.meta("vault")
+    probe = Remote(servers, cfg.token, device=device)
     try:
-        device = _device_id(tree)
-        link = Link()
-        servers = Servers(cfg.server)
-        vault_id = tree.meta("vault")
-        probe = Remote(servers, cfg.token, device=device)
-        try:
-            with trio.move_on_after(15):
-                vault_id_now, _ = await _resolve_vault(probe, cfg.vault)
-                if vault_id and vault_id != vault_id_now:
-                    raise MountError(f"cache dir {cfg.cache_dir} belongs to vault {vault_id}, "
-                                     f"not {vault_id_now}; use another --cache-dir")
-                vault_id = vault_id_now
-                link.up()
-        except Offline as exc:
-            link.down(str(exc))
-            log.warning("server unreachable (%s): starting offline from the mirror", exc)
-        except ApiError as exc:
-            raise MountError(f"server refused: {exc.message or exc}") from None
-        finally:
-            await probe.aclose()
-        if vault_id is None:
-            raise MountError("the server cannot be reached and this cache dir has no mirror yet")
-        with tree.tx():
-            tree.set_meta("vault", vault_id)
-            tree.set_meta("server", str(servers))
-        cache = BlockCache(cfg.cache_dir, cfg.cache_size)
-        remote = Remote(servers, cfg.token, vault=vault_id, device=device)
+        with trio.move_on_after(15):
+            vault_id_now, _ = await _resolve_vault(probe, cfg.vault)
+            if vault_id and vault_id != vault_id_now:
+                raise MountError(f"cache dir {cfg.cache_dir} belongs to vault {vault_id}, "
+                                 f"not {vault_id_now}; use another --cache-dir")
+            vault_id = vault_id_now
+            link.up()
+    except Offline as exc:
+        link.down(str(exc))
+        log.warning("server unreachable (%s): starting offline from the mirror", exc)
+    except ApiError as exc:
+        raise MountError(f"server refused: {exc.message or exc}") from None
+    finally:
+        await probe.aclose()
+    if vault_id is None:
+        raise MountError("the server cannot be reached and this cache dir has no mirror yet")
+    with tree.tx():
+        tree.set_meta("vault", vault_id)
+        tree.set_meta("server", str(servers))
+    cache = BlockCache(cfg.cache_dir, cfg.cache_size)
+    remote = Remote(servers, cfg.token, vault=vault_id, device=device)
+    try:
         vfs = Vfs(tree, cache, remote, link, os.getuid(), os.getgid())
         # GOBI_TEST_NOTICE_DELAY: tests hold kernel notices back to show what a late one does.
-        kernel = Kernel(tree, cfg.mountpoint, materialise=cfg.materialise, port=PyfuseKernel(),
+        kernel = Kernel(tree, cfg.mountpoint, materialise=cfg.materialise, port=port,
                         delay=float(os.environ.get("GOBI_TEST_NOTICE_DELAY", "0")))
-        applier = Applier(tree, vfs, remote, link, device, kernel)
+        states = ServerStates(tree, vfs, remote, device, kernel)
+        applier = Applier(tree, states, remote, link, device)
         send, receive = trio.open_memory_channel(math.inf)
         recover(tree, cache, vfs)
         if tree.meta("listed") is None:
@@ -188,18 +229,31 @@ async def _run(cfg: MountConfig) -> int:
             await applier.relist()
         live = Live(remote, send, start_seq=applier.last_seq, reconcile_interval=cfg.poll_interval,
                     link=link)
-        sync = Sync(tree, vfs, cache, remote, link, device, applier, live, settle=cfg.settle,
+        sync = Sync(tree, vfs, cache, remote, link, device, states, live, settle=cfg.settle,
                     quiet=cfg.quiet)
-        verifier = Verifier(tree, vfs, applier, sync, remote)
+        verifier = Verifier(tree, vfs, applier, states, sync, remote)
         self_check = SelfCheck(verifier, live, applier, sync)
+    except BaseException:
+        await remote.aclose()
+        raise
+    return Layers(tree, device, vault_id, servers, link, cache, remote, vfs, kernel, states,
+                  applier, live, sync, verifier, self_check, receive)
+
+
+async def _run(cfg: MountConfig) -> int:
+    tree = Tree(cfg.cache_dir / "mirror.db")
+    remote: Remote | None = None
+    try:
+        layers = await open_layers(cfg, tree, PyfuseKernel())
+        remote, vfs, kernel, sync, applier = (layers.remote, layers.vfs, layers.kernel,
+                                              layers.sync, layers.applier)
+        vault_id, servers, device = layers.vault_id, layers.servers, layers.device
 
         def status() -> dict:
             return {"mountpoint": str(cfg.mountpoint), "server": remote.server,
                     "servers": servers.urls, "server_switches": servers.switches,
                     "vault": vault_id, "device": device, "pid": os.getpid(),
-                    "cache_dir": str(cfg.cache_dir),
-                    **sync.status(), **applier.status(), **live.status(), **kernel.status(),
-                    **self_check.status()}
+                    "cache_dir": str(cfg.cache_dir), **layers.status()}
 
         def control(value: bytes) -> None:
             if value == b"nodrain":
@@ -208,10 +262,10 @@ async def _run(cfg: MountConfig) -> int:
                 sync.flush()
 
         services = Services(
-            tree=tree, vfs=vfs, cache=cache, link=link, remote=remote, mountpoint=cfg.mountpoint,
-            status=status, control=control,
-            conflicts=lambda: {c.node for c in applier.open_conflicts.values()}, verifier=verifier,
-            held=applier.hidden,
+            tree=tree, vfs=vfs, cache=layers.cache, link=layers.link, remote=remote,
+            mountpoint=cfg.mountpoint, status=status, control=control,
+            conflicts=lambda: {c.node for c in applier.open_conflicts.values()},
+            verifier=layers.verifier, held=layers.states.hidden,
             metrics_listen=cfg.metrics, metrics_textfile=cfg.metrics_textfile)
         sync.progress = services.progress
         status = services.mount_status      # noqa: F811 - with what the services add
@@ -228,20 +282,14 @@ async def _run(cfg: MountConfig) -> int:
         kernel.enabled = True
         try:
             async with trio.open_nursery() as nursery:
-                vfs.spawn = nursery.start_soon
-                await nursery.start(tree.run_flusher)
-                await nursery.start(kernel.run)
-                await nursery.start(applier.run, receive)
-                await nursery.start(sync.run_uploader)
-                await nursery.start(live.run)
+                await layers.start(nursery)
                 await nursery.start(services.run)
-                await nursery.start(self_check.run)
                 nursery.start_soon(_status_writer, cfg.cache_dir / "status.json", status)
                 nursery.start_soon(_signals)
                 if cfg.on_ready:
                     cfg.on_ready()
                 oplog("mount", state="mounted", vault=vault_id, path=str(cfg.mountpoint),
-                      servers=str(servers), online=link.online)
+                      servers=str(servers), online=layers.link.online)
                 await fuse_main()
                 # The kernel let go (unmounted) or a signal asked us to stop.
                 kernel.enabled = False

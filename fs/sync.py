@@ -53,13 +53,13 @@ import trio
 from gobi.chunking import pieces_of_stream
 from gobi.protocol import ROOT_ID, ChunkRef, ConflictInfo, ErrorCode, Node, WriteOutcome
 
-from .applier import Applier
 from .blocks import BlockCache
 from .events import Live, NotConnected
 from .held import hold_of
 from .journal import Entry
 from .progress import UploadProgress
 from .remote import ApiError, Busy, Offline, Remote, RemoteError, error_from_body
+from .states import ServerStates
 from .tree import Tree
 from .vfs import Link, Vfs, first_of
 
@@ -100,7 +100,7 @@ class _Op:
 
 class Sync:
     def __init__(self, tree: Tree, vfs: Vfs, cache: BlockCache, remote: Remote, link: Link,
-                 device: str, applier: Applier, live: Live | None = None,
+                 device: str, states: ServerStates, live: Live | None = None,
                  settle: float = 1.0, quiet: float = 2.0):
         self.tree = tree
         self.journal = tree.journal
@@ -109,7 +109,7 @@ class Sync:
         self.remote = remote
         self.link = link
         self.device = device
-        self.applier = applier
+        self.states = states
         self.live = live
         self.settle = settle
         self.quiet = quiet
@@ -146,7 +146,7 @@ class Sync:
 
     @property
     def last_seq(self) -> int:
-        return self.applier.last_seq
+        return self.states.last_seq
 
     def queued_bytes(self) -> int:
         return sum(self.cache.staged_size(ino) for ino in self.tree.dirty_inodes())
@@ -292,10 +292,7 @@ class Sync:
                 finished = self._finished_event()
                 if self._lost_open:
                     self._switch_lost()               # files closed: show the server's version
-                if self.applier.deferred:
-                    self.applier.retry_deferred()     # files closed, holds ended
-                if self.applier.kernel.refused:
-                    self.applier.kernel.retry_refused(self._writing)
+                self.states.retry()                   # files closed, holds ended
                 if time.monotonic() < self._resume_at:
                     with trio.move_on_after(self._resume_at - time.monotonic()):
                         await first_of(self.link.changed, kick)
@@ -442,15 +439,15 @@ class Sync:
         self.uploaded_ops += 1
         if op is not None:
             for node in op.settle:
-                self.applier.apply_node(node, ack=True)
+                self.states.apply_node(node, ack=True)
             for node_id in op.refetch:
                 try:
-                    self.applier.apply_node(await self.remote.node(node_id), ack=True)
+                    self.states.apply_node(await self.remote.node(node_id), ack=True)
                 except RemoteError as exc:
                     log.warning("could not re-read %s: %s", node_id, exc)
             for dir_id in op.subtrees:
                 try:
-                    await self.applier.restore_subtree(dir_id)
+                    await self.states.restore_subtree(dir_id)
                 except RemoteError as exc:
                     log.warning("could not re-read %s: %s", dir_id, exc)
         row = self.tree.by_id(entry.node)
@@ -467,8 +464,8 @@ class Sync:
                     self.journal.append("content", row.id)
         if row is not None and row.parent is None:
             self.vfs.maybe_purge(row.ino)
-        if retry and self.applier.deferred:
-            self.applier.retry_deferred()
+        if retry:
+            self.states.retry()
 
     def _resync_op(self, entry: Entry, exc: ApiError) -> _Op | None:
         """A refused entry is dropped; the node is put back to the server's state (the
@@ -600,8 +597,7 @@ class Sync:
         self._batch_end(entries)
         for e, op in done:
             await self._done(e, op, retry=False)
-        if self.applier.deferred:
-            self.applier.retry_deferred()
+        self.states.retry()
 
     def _batch_end(self, entries: list[Entry]) -> None:
         for e in entries:
@@ -623,16 +619,11 @@ class Sync:
         log.warning("conflict on %s (%s, %s): %s", info.path or path, info.case, info.strategy,
                     info.message)
 
-    def _writing(self, ino: int) -> bool:
-        """Open for writing or with unsent changes: the kernel's idea of it is the local one."""
-        e = self.tree.get_opt(ino)
-        return ino in self.vfs.writers or (e is not None and bool(e.dirty))
-
     def _acked(self, node_id: str, node: Node, content: bool = True) -> None:
         """``content``: the write was ours to the content (a create or commit). A rename or
         attribute change must leave ``content_rev`` alone: if the server's content changed
         meanwhile (another device's commit), ``apply_node`` must see it to fetch it."""
-        self.applier.max_acked_rev = max(self.applier.max_acked_rev, node.rev)
+        self.states.acked(node.rev)
         row = self.tree.by_id(node_id)
         if row is not None:
             with self.tree.tx():
@@ -741,7 +732,7 @@ class Sync:
     async def _prepare_delete(self, e: Entry, batch: bool) -> _Op | None:
         row = self.tree.by_id(e.node)
         args = {"base_rev": row.rev if row is not None else 0, "recursive": False,
-                "on_conflict": "strategy", "seen_seq": self.applier.seen_seq(),
+                "on_conflict": "strategy", "seen_seq": self.states.seen_seq(),
                 "at_ns": int(e.ts * 1e9)}
         kind = row.kind if row is not None else None
 
@@ -753,9 +744,9 @@ class Sync:
         def finish(outcome: WriteOutcome) -> None:
             node, info = outcome.node, outcome.conflict
             self._note_conflict(info, row.name if row is not None else e.node)
-            self.applier.max_acked_rev = max(self.applier.max_acked_rev, node.rev)
+            self.states.acked(node.rev)
             if node.deleted:
-                self.applier.deleted_here(node.id, node.rev)
+                self.states.deleted_here(node.id, node.rev)
             else:
                 # The server kept it (the modification survives, or things changed inside
                 # the directory since we looked): show it again.
@@ -770,7 +761,7 @@ class Sync:
                 # must not be undone under it). Held state of this mount: gobi.fs.held.
                 hold = hold_of(exc.details)
                 if hold is not None and exc.head is not None and not exc.head.deleted:
-                    self.applier.hide(exc.head, hold, "deleted")
+                    self.states.hide(exc.head, hold, "deleted")
                 return True
             if exc.code == ErrorCode.DIRECTORY_NOT_EMPTY and kind == "dir":
                 op.subtrees.append(e.node)
@@ -807,7 +798,7 @@ class Sync:
         def finish(outcome: WriteOutcome) -> None:
             node, info = outcome.node, outcome.conflict
             self._note_conflict(info, row.name)
-            self.applier.max_acked_rev = max(self.applier.max_acked_rev, node.rev)
+            self.states.acked(node.rev)
             if info is None or info.result == "mine":
                 self._acked(e.node, node)
                 self.vfs.uploaded(row.ino, gen, node.rev, node.content_rev or node.rev, refs, size)
@@ -882,11 +873,7 @@ class Sync:
         # Dropped even while open: the staging copy is our losing version. Kept, open handles
         # went on reading it and the last close wrote its size back over the server's; a
         # later write through an open handle stages the server's content first.
-        self.vfs._drop_staging(ino)
-        for h in self.vfs.handles.values():
-            if h.ino == ino:
-                h.manifest = None
-        self.applier.kernel.content(ino)
+        self.states.content_replaced(ino, even_if_open=True)
 
     def _switch_lost(self) -> None:
         """Carry out the switches ``_lost`` left for files open for writing, once closed."""
@@ -901,7 +888,7 @@ class Sync:
     def _add_copy(self, copy: Node, refs: list[ChunkRef]) -> None:
         """keep-both: our version under its conflicted-copy name, readable from the cache
         (its chunks are the ones just uploaded)."""
-        if self.applier.apply_node(copy) != "applied":
+        if self.states.apply_node(copy) != "applied":
             return
         row = self.tree.by_id(copy.id)
         if row is not None and copy.content_rev is not None:

@@ -547,7 +547,7 @@ class Tree:
         self.journal.drop([p for p in pending if p.op in ("content", "attr")])
         return True
 
-    def _orphan(self, e: Entry) -> None:
+    def orphan(self, e: Entry) -> None:
         # The name column must stay unique only among live children; orphans use their id.
         # Its content stays readable through open handles (staging or cached chunks);
         # nothing about it is uploaded any more.
@@ -570,7 +570,7 @@ class Tree:
                 raise FsError(errno.EISDIR)
             if self._retire(e):
                 self.journal.append("delete", e.id, {"parent": p.id})
-            self._orphan(e)
+            self.orphan(e)
             now = time.time_ns()
             self.update(parent, mtime_ns=now, ctime_ns=now)
             return e
@@ -610,7 +610,7 @@ class Tree:
             else:
                 if dst is not None:
                     self._retire(dst)      # the move replaces it on the server
-                    self._orphan(dst)
+                    self.orphan(dst)
                 self.update(src.ino, parent=new_parent, name=new_text, ctime_ns=now)
                 self.journal.append("move", src.id, {
                     "parent": np.id, "name": new_text, "replace": dst is not None, "from": op.id,
@@ -627,7 +627,7 @@ class Tree:
         """Safe-save: ``src`` (never uploaded) takes over ``dst``'s node id."""
         self.journal.drop(self.journal.pending(src.id))
         self.update(dst.ino, id=new_id())           # dst lives on as a local orphan
-        self._orphan(self.get(dst.ino))
+        self.orphan(self.get(dst.ino))
         self.update(src.ino, id=dst.id, rev=dst.rev, content_rev=dst.content_rev,
                     parent=parent, name=name, ctime_ns=time.time_ns())
         if not self.journal.has_pending(dst.id, "content"):
@@ -692,7 +692,7 @@ class Tree:
                         self.update(child.ino, parent=dst.ino)
                     except NameTaken:
                         pass        # a name both have: stays under the detached one
-                self._orphan(src)
+                self.orphan(src)
             self.journal.remap(old, new)
 
     def mark_dirty(self, ino: int) -> None:

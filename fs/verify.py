@@ -17,7 +17,7 @@ discard a local change. A node whose mirror row is newer than ``S`` (acknowledge
 it) is skipped too.
 
 **Repairs.** A node the mirror lacks or shows differently is applied from the server's
-state (``Applier.apply_node(force=True)``, which also tells the kernel); a node the
+state (``ServerStates.apply_node(force=True)``, which also tells the kernel); a node the
 server does not have at ``S`` is removed locally; a stale staging copy is dropped so reads
 go to the server's chunks. Every repair is logged and counted.
 
@@ -45,6 +45,7 @@ from .applier import Applier
 from .events import Live
 from .logs import oplog
 from .remote import ApiError, Remote, RemoteError
+from .states import ServerStates
 from .sync import Sync
 from .tree import ROOT_INO, Entry, Tree
 from .vfs import Vfs
@@ -72,10 +73,12 @@ class Difference:
 
 
 class Verifier:
-    def __init__(self, tree: Tree, vfs: Vfs, applier: Applier, sync: Sync, remote: Remote):
+    def __init__(self, tree: Tree, vfs: Vfs, applier: Applier, states: ServerStates, sync: Sync,
+                 remote: Remote):
         self.tree = tree
         self.vfs = vfs
         self.applier = applier
+        self.states = states
         self.sync = sync
         self.remote = remote
         self.runs = 0
@@ -128,23 +131,22 @@ class Verifier:
         """Our acknowledged writes carry revs the mirror shows already; their events must be
         applied too, or the listing at the mirror's seq would predate them."""
         with trio.move_on_after(SETTLE_WAIT):
-            while self.applier.last_seq < self.applier.max_acked_rev:
+            while self.states.last_seq < self.states.max_acked_rev:
                 with trio.move_on_after(1):
                     await self.applier.applied.wait()
             return
-        raise VerifyError(f"the mirror is at seq {self.applier.last_seq}, behind our own writes "
-                          f"(seq {self.applier.max_acked_rev}): is the server reachable?")
+        raise VerifyError(f"the mirror is at seq {self.states.last_seq}, behind our own writes "
+                          f"(seq {self.states.max_acked_rev}): is the server reachable?")
 
     # -- the comparison ---------------------------------------------------------------------
 
     def _pending(self, node_id: str, row: Entry | None) -> bool:
         # A held delete of this mount (gobi.fs.held) is a local change too: not shown here
         # until the owner decides.
-        return self.applier.held(node_id, row) or node_id in self.applier.deferred \
-            or self.applier.hidden.has(node_id)
+        return self.states.pending(node_id, row)
 
     async def _compare(self, repair: bool) -> dict:
-        seq = self.applier.last_seq
+        seq = self.states.last_seq
         at, nodes = await self.remote.tree(at=seq)
         server = {n.id: n for n in nodes if n.id != ROOT_ID}
         ids = {ROOT_INO: ROOT_ID}
@@ -173,7 +175,7 @@ class Verifier:
         for node_id, row in rows.items():
             if node_id in server:
                 continue
-            if self._pending(node_id, row) or self.applier.journal.referenced(node_id):
+            if self._pending(node_id, row) or self.tree.journal.referenced(node_id):
                 pending += 1
                 continue
             if row.rev > seq:
@@ -280,25 +282,21 @@ class Verifier:
                        key=lambda t: level(t[1]))
         for d, n, _ in order:
             try:
-                d.repaired = self.applier.apply_node(n, force=True) == "applied"
+                d.repaired = self.states.apply_node(n, force=True) == "applied"
             except Exception:
                 log.exception("repairing %s failed", d.path)
         for d, n, row in diffs:
             if d.what == "stale-copy" and row is not None:
-                self.vfs._drop_staging(row.ino)
-                for h in self.vfs.handles.values():
-                    if h.ino == row.ino:
-                        h.manifest = None
-                self.applier.kernel.content(row.ino)
+                self.states.content_replaced(row.ino, even_if_open=True)
                 d.repaired = True
         for d, _, row in sorted((t for t in diffs if t[0].what == "extra"),
                                 key=lambda t: -t[0].path.count("/")):
             if row is None:
                 continue
-            if row.is_dir and self.applier._subtree_held(row.ino):
+            if row.is_dir and self.states.subtree_held(row.ino):
                 continue        # something inside waits for upload: its upload decides
             with self.tree.tx():
-                d.repaired = self.applier._remove_local(row.ino)
+                d.repaired = self.states.remove_local(row.ino)
         for d, _, _ in diffs:
             level_ = logging.WARNING if d.repaired else logging.ERROR
             log.log(level_, "verify: %s %s (%s): %s%s", d.what, d.path, d.node, d.detail,

@@ -192,7 +192,7 @@ class Vfs:
             return      # the uploader still needs its id and rev; it purges when done
         with self.tree.tx():
             self.tree.remove_row(ino)
-        self._drop_staging(ino)
+        self.drop_staging(ino)
         self._orphans.discard(ino)
 
     def purge_orphans(self) -> None:
@@ -211,12 +211,18 @@ class Vfs:
             self.fds[ino] = fd
         return fd
 
-    def _drop_staging(self, ino: int) -> None:
+    def drop_staging(self, ino: int) -> None:
         fd = self.fds.pop(ino, None)
         if fd is not None:
             os.close(fd)
         self.cache.drop_staged(ino)
         self.mtimes.pop(ino, None)
+
+    def forget_manifests(self, ino: int) -> None:
+        """The file's server content changed: open handles fetch the new chunk list."""
+        for h in self.handles.values():
+            if h.ino == ino:
+                h.manifest = None
 
     def new_staging(self, ino: int) -> None:
         """An empty staged file (a new file, or one truncated to zero)."""
@@ -521,7 +527,7 @@ class Vfs:
             if fd is not None:
                 os.close(fd)
             if e is not None and self.staged(ino) and not e.dirty and ino not in self.queued:
-                self._drop_staging(ino)
+                self.drop_staging(ino)
             if e is None or e.parent is None or ino in self._orphans:
                 self.maybe_purge(ino)
 
@@ -550,7 +556,7 @@ class Vfs:
             if clean:
                 self.tree.set_manifest(ino, content_rev, chunks)
         if clean and ino not in self.opens:
-            self._drop_staging(ino)
+            self.drop_staging(ino)
         if clean:
             self.content_clean.set()
             self.content_clean = trio.Event()

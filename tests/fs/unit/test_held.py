@@ -1,12 +1,13 @@
 """Unit tests of the mount's bookkeeping around deletes (no mount needed): held deletes
 (``gobi.fs.held``) and the applier's rule that an older server state never brings back a
-node this mount deleted (``Applier.gone``)."""
+node this mount deleted (``ServerStates.gone``)."""
 
 from __future__ import annotations
 
-from gobi.fs.applier import Applier
 from gobi.fs.held import HeldDeletes
+from gobi.fs.states import ServerStates
 from gobi.fs.tree import Tree
+
 from gobi.protocol import HoldInfo, Node, NodeKind
 
 HOLD = HoldInfo(id="h1", state="pending", device="me", created=0, expires=9, files=3, items=3)
@@ -33,8 +34,8 @@ class _Kernel:
         return lambda *a, **k: None
 
 
-def applier(tmp_path) -> Applier:
-    return Applier(Tree(tmp_path / "mirror.db"), _Vfs(), None, None, "me", _Kernel())
+def applier(tmp_path) -> ServerStates:
+    return ServerStates(Tree(tmp_path / "mirror.db"), _Vfs(), None, "me", _Kernel())
 
 
 def test_an_older_state_never_brings_back_what_this_mount_deleted(tmp_path):

@@ -1,0 +1,191 @@
+"""The unit tier: the adapter, the uploader and the applier without a mount.
+
+Each test builds the layers under the FUSE adapter as ``gobi mount`` does
+(``tests/fs/unit/client.py``) against a real server on 127.0.0.1, calls the adapter's
+operations as the kernel would, and plays "another device" over the server's REST API.
+No /dev/fuse needed; the mount tests (tests/fs/test_*.py) stay the integration tier.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pyfuse3
+import pytest
+import trio
+
+from gobi.fs.tree import ROOT_INO
+from tests.server.util import commit, create_file, mkdir
+from tests.tcpproxy import TcpProxy
+
+from .client import CTX, open_client
+
+pytestmark = pytest.mark.trio
+
+
+async def test_a_file_written_through_the_adapter_reaches_the_server(account, tmp_path):
+    data = os.urandom(300_000) + b"end"
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        ino = await c.write_file("a.bin", data)
+        # Answered from the mirror and the staged copy before anything reached the server.
+        assert (await c.ops.getattr(ino, CTX)).st_size == len(data)
+        assert await c.listdir() == ["a.bin"]
+        assert await c.read_file("a.bin") == data
+        await c.synced()
+        assert account.data("a.bin") == data
+        row = c.tree.get(ino)
+        assert not row.dirty and row.rev > 0
+        # Our own write's event is an echo: applied without telling the kernel anything.
+        await c.caught_up(account.head())
+        assert b"a.bin" not in c.port.entries()
+        assert not [n for n in c.port.notices if n[0] == "inode" and n[1] == ino]
+        assert c.layers.applier.echoes >= 1
+
+
+async def test_the_adapter_answers_each_refusal_with_its_errno(account, tmp_path):
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        ops = c.ops
+        d = await ops.mkdir(ROOT_INO, b"d", 0o755, CTX)
+        await c.write_file("d/f", b"x")
+
+        async def errno_of(coro) -> int:
+            with pytest.raises(pyfuse3.FUSEError) as exc:
+                await coro
+            return exc.value.errno
+
+        # A missing name is a negative entry (st_ino 0) the kernel may cache: ENOENT to
+        # the caller, no second lookup for the next stat of it.
+        assert (await ops.lookup(ROOT_INO, b"missing", CTX)).st_ino == 0
+        assert await errno_of(ops.mkdir(ROOT_INO, b"d", 0o755, CTX)) == errno.EEXIST
+        assert await errno_of(ops.rmdir(ROOT_INO, b"d", CTX)) == errno.ENOTEMPTY
+        assert await errno_of(ops.unlink(ROOT_INO, b"d", CTX)) == errno.EISDIR
+        assert await errno_of(ops.rmdir(d.st_ino, b"f", CTX)) == errno.ENOTDIR
+        assert await errno_of(ops.create(ROOT_INO, b"bell\x07", 0o644, os.O_WRONLY, CTX)) == errno.EINVAL
+        f = await c.ino("d/f")
+        assert await errno_of(ops.link(f, ROOT_INO, b"hard", CTX)) == errno.EPERM
+        assert await errno_of(ops.rename(ROOT_INO, b"d", d.st_ino, b"inside", 0, CTX)) == errno.EINVAL
+        assert await errno_of(ops.rename(ROOT_INO, b"d", ROOT_INO, b"e",
+                                         pyfuse3.RENAME_EXCHANGE, CTX)) == errno.EINVAL
+        assert await errno_of(ops.getxattr(f, b"trusted.x", CTX)) == errno.EOPNOTSUPP
+        # Nothing refused reached the journal: the server ends up with exactly d and d/f.
+        await c.synced()
+        assert account.lookup("d/f") is not None and account.lookup("e") is None
+        assert account.lookup("hard") is None and account.lookup("d/inside") is None
+
+
+async def test_another_devices_changes_reach_the_mirror_and_the_kernel_is_told(account, tmp_path):
+    other = account.api
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        d = mkdir(other, account.vault, "docs")
+        f = create_file(other, account.vault, "note.txt", b"first", parent=d["id"])
+        await c.caught_up(account.head())
+        assert await c.listdir("docs") == ["note.txt"]
+        assert await c.read_file("docs/note.txt") == b"first"
+        assert {b"docs", b"note.txt"} <= c.port.entries()
+        ino = await c.ino("docs/note.txt")
+
+        c.port.notices.clear()
+        assert commit(other, account.vault, f, b"second, longer").status_code == 200
+        await c.caught_up(account.head())
+        assert ("inode", ino, False) in c.port.notices      # the kernel drops its pages
+        assert (await c.ops.getattr(ino, CTX)).st_size == len(b"second, longer")
+        assert await c.read_file("docs/note.txt") == b"second, longer"
+
+        r = other.patch(f"/vaults/{account.vault}/nodes/{f['id']}",
+                        json={"name": "renamed.txt", "parent": "root", "base_rev": f["rev"] + 1})
+        assert r.status_code == 200, r.text
+        await c.caught_up(account.head())
+        assert await c.listdir() == ["docs", "renamed.txt"]
+        assert await c.listdir("docs") == []
+        assert await c.ino("renamed.txt") == ino            # the same node, moved
+
+        r = other.delete(f"/vaults/{account.vault}/nodes/{f['id']}",
+                         params={"base_rev": account.lookup("renamed.txt")["rev"]})
+        assert r.status_code in (200, 204), r.text
+        await c.caught_up(account.head())
+        assert await c.listdir() == ["docs"]
+        assert (await c.ops.lookup(ROOT_INO, b"renamed.txt", CTX)).st_ino == 0
+
+
+async def test_a_pending_local_edit_holds_a_remote_edit_until_the_server_decides(account, tmp_path):
+    """The applier defers the other device's state while our edit waits; the uploader's
+    commit then meets the vault's strategy (keep both by default) and both sides show the
+    server's outcome: the file and a conflicted copy holding our bytes."""
+    other = account.api
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        await c.write_file("f.txt", b"base")
+        await c.synced()
+        sync = c.layers.sync
+        async with sync.paused():
+            ino = await c.ino("f.txt")
+            info = await c.ops.open(ino, os.O_WRONLY | os.O_TRUNC, CTX)
+            await c.ops.write(info.fh, 0, b"mine")
+            await c.ops.release(info.fh)
+            theirs = account.lookup("f.txt")
+            assert commit(other, account.vault, theirs, b"theirs").status_code == 200
+            await c.caught_up(account.head())
+            assert theirs["id"] in c.layers.states.deferred
+            assert await c.read_file("f.txt") == b"mine"        # local change wins locally
+        await c.synced()
+        await c.caught_up(account.head())
+        names = await c.listdir()
+        assert len(names) == 2 and "f.txt" in names, names
+        copy = next(n for n in names if n != "f.txt")
+        assert "conflict" in copy
+        assert await c.read_file("f.txt") == account.data("f.txt")
+        assert await c.read_file(copy) == account.data(copy)
+        assert {account.data("f.txt"), account.data(copy)} == {b"mine", b"theirs"}
+        assert c.layers.states.deferred == {}
+
+
+async def test_many_small_files_go_in_batches(account, tmp_path):
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        await c.ops.mkdir(ROOT_INO, b"src", 0o755, CTX)
+        for i in range(40):
+            await c.write_file(f"src/f{i}.c", f"int f{i};\n".encode())
+        await c.synced()
+        assert c.layers.sync.batches >= 1
+        assert c.layers.sync.uploaded_ops >= 41
+        r = account.api.get(f"/vaults/{account.vault}/tree", params={"limit": 5000})
+        names = {n["name"] for n in r.json()["nodes"] if n["parent"] is not None}
+        assert {f"f{i}.c" for i in range(40)} <= names
+        assert account.data("src/f7.c") == b"int f7;\n"
+
+
+async def test_offline_changes_wait_in_the_journal_and_go_when_the_link_returns(account, tmp_path):
+    with TcpProxy(account.server.port) as proxy:
+        async with open_client(proxy.url, account.token, account.vault, tmp_path / "c") as c:
+            await c.write_file("before.txt", b"1")
+            await c.synced()
+            proxy.cut()
+            await c.write_file("during.txt", b"written offline")
+            await c.ops.unlink(ROOT_INO, b"before.txt", CTX)
+            c.layers.sync.flush()
+            with trio.fail_after(20):
+                while c.layers.link.online:
+                    await trio.sleep(0.05)
+            assert c.layers.sync.journal.count() >= 2
+            assert await c.read_file("during.txt") == b"written offline"
+            assert account.data("during.txt") is None
+            proxy.restore()
+            await c.synced(limit=60)
+            assert account.data("during.txt") == b"written offline"
+            assert account.lookup("before.txt") is None
+
+
+async def test_a_second_client_sees_the_firsts_writes(account, tmp_path, server):
+    """Two clients of one vault (two devices): uploader of one, applier of the other."""
+    async with open_client(server.url, account.token, account.vault, tmp_path / "a") as a, \
+            open_client(server.url, account.token, account.vault, tmp_path / "b") as b:
+        await a.ops.mkdir(ROOT_INO, b"shared", 0o755, CTX)
+        await a.write_file("shared/x", b"from a")
+        await a.synced()
+        await b.caught_up(account.head())
+        assert await b.read_file("shared/x") == b"from a"
+        await b.ops.rename(await b.ino("shared"), b"x", ROOT_INO, b"y", 0, CTX)
+        await b.synced()
+        await a.caught_up(account.head())
+        assert await a.listdir() == ["shared", "y"]
+        assert await a.read_file("y") == b"from a"
+
