@@ -42,6 +42,7 @@ class BlockCache:
         self.cached_bytes = 0               # LRU and pinned chunks
         self.staged_bytes = 0
         self._staged: dict[int, int] = {}   # ino -> bytes counted for its staging file
+        self._subdirs: set[str] = set()     # blocks/<xx> directories known to exist
         self._load()
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -144,13 +145,19 @@ class BlockCache:
         if not self._make_room(len(data)):
             return False
         path = self._path(chunk_hash)
-        path.parent.mkdir(exist_ok=True)
+        self._fan_out(path)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
         self._add(chunk_hash, len(data), pin)
         return True
+
+    def _fan_out(self, path: Path) -> None:
+        sub = path.parent.name
+        if sub not in self._subdirs:
+            path.parent.mkdir(exist_ok=True)
+            self._subdirs.add(sub)
 
     def _add(self, chunk_hash: str, size: int, pin: bool) -> None:
         if pin:
@@ -167,7 +174,7 @@ class BlockCache:
         if not self._make_room(size):
             return False
         path = self._path(chunk_hash)
-        path.parent.mkdir(exist_ok=True)
+        self._fan_out(path)
         tmp = path.with_name(path.name + ".tmp")
         dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -232,6 +239,26 @@ class BlockCache:
             os.unlink(self.staging_path(ino))
         except FileNotFoundError:
             pass
+
+    def adopt_staged(self, ino: int, chunk_hash: str) -> bool:
+        """A staging file that holds exactly the chunk ``chunk_hash`` (a small file whose
+        content the server acknowledged) becomes that chunk's cache entry with one rename,
+        instead of its bytes being written to the cache again and the copy unlinked: two
+        of the few syscalls left per file of a ``tar x`` on the request thread. False (and
+        nothing done) when it is not staged or the chunk is cached already."""
+        size = self._staged.get(ino)
+        if size is None or self._touch(chunk_hash, False):
+            return False
+        path = self._path(chunk_hash)
+        self._fan_out(path)
+        try:
+            os.rename(self.staging_path(ino), path)
+        except FileNotFoundError:
+            return False
+        del self._staged[ino]
+        self.staged_bytes -= size
+        self._add(chunk_hash, size, False)
+        return True
 
     def staged_inodes(self) -> list[int]:
         return list(self._staged)

@@ -461,7 +461,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 detail = (detail + "; " if detail else "") + f"{u['op']} {u.get('path') or ''}{pct}"
             if b["error"]:
                 detail = b["error"]
-            elif not read_status(mp)["online"]:
+            elif not (b["online"] if "online" in b else read_status(mp)["online"]):
                 detail = "server unreachable: waiting for it"
             view.update(b["entries"] - b["entries_left"], b["entries"], detail)
             if b["done"] or time.monotonic() > deadline:

@@ -198,8 +198,11 @@ class Journal:
         return len(self._entries)
 
     def count_upto(self, seq: int) -> int:
-        """Entries at or before ``seq`` (``gobi sync`` barriers)."""
-        return sum(1 for s in self._entries if s <= seq)
+        """Entries at or before ``seq`` (``gobi sync`` barriers): all of them but the few
+        appended since (counted from the end of the order, not over the whole queue)."""
+        order, entries = self._order, self._entries
+        later = sum(1 for s in order[bisect.bisect_right(order, seq):] if s in entries)
+        return len(entries) - later
 
     def counts(self) -> dict[str, int]:
         return dict(self._ops)

@@ -168,15 +168,19 @@ class UploadProgress:
             del self.barriers[next(iter(self.barriers))]
 
     def _files_left(self, b: Barrier) -> list[int]:
-        left = []
+        """The barrier's files whose content (as it was then) is not on the server yet.
+        A file found done stays done (its content of then went, or it went away), so it is
+        dropped from the barrier: `gobi sync` polls ten times a second, and a poll must cost
+        what is left, not what was there (10,000 files after a ``tar x``)."""
+        done = []
         for ino, gen in b.dirty.items():
             e = self.tree.get_opt(ino)
-            if e is None or e.parent is None or not e.dirty:
-                continue
-            if self.vfs.uploaded_gen.get(ino, -1) >= gen:
-                continue
-            left.append(ino)
-        return left
+            if e is None or e.parent is None or not e.dirty \
+                    or self.vfs.uploaded_gen.get(ino, -1) >= gen:
+                done.append(ino)
+        for ino in done:
+            del b.dirty[ino]
+        return list(b.dirty)
 
     async def barrier_state(self, token: str) -> dict | None:
         b = self.barriers.get(token)
@@ -190,6 +194,7 @@ class UploadProgress:
         if b.finished is not None and b.seq is None:
             await self._resolve_seq(b)
         return {"token": b.token, "done": b.finished is not None and b.seq is not None,
+                "online": self.vfs.link.online,
                 "entries": b.entries, "entries_left": entries, "bytes": b.bytes,
                 "bytes_left": bytes_left, "files_left": len(files), "seq": b.seq,
                 "error": b.error, "since": b.created,

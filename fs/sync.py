@@ -975,7 +975,10 @@ class Sync:
         size = sum(p[1] for p in pieces)
         collected: dict[str, bytes] = {}
         for _, _, h, data in pieces:
-            self.cache.put(h, data)
+            if len(pieces) > 1:
+                # (A one-chunk file's staging copy becomes its cache entry once the server
+                # has it: ``Vfs.uploaded``.)
+                self.cache.put(h, data)
             collected.setdefault(h, data)
         if upload:
             if self.progress is not None:

@@ -211,11 +211,14 @@ class Vfs:
             self.fds[ino] = fd
         return fd
 
-    def drop_staging(self, ino: int) -> None:
+    def drop_staging(self, ino: int, keep_as: str | None = None) -> None:
+        """The local copy goes; ``keep_as``: it is exactly that chunk (verified content the
+        server has), so it becomes the chunk's cache entry instead of being deleted."""
         fd = self.fds.pop(ino, None)
         if fd is not None:
             os.close(fd)
-        self.cache.drop_staged(ino)
+        if keep_as is None or not self.cache.adopt_staged(ino, keep_as):
+            self.cache.drop_staged(ino)
         self.mtimes.pop(ino, None)
 
     def forget_manifests(self, ino: int) -> None:
@@ -461,7 +464,10 @@ class Vfs:
         if not e.is_file:
             raise FsError(errno.EINVAL)
         if size == 0:
-            self.new_staging(ino)
+            if not (self.staged(ino) and self.cache.staged_size(ino) == 0):
+                # (Already empty: the kernel truncates every file created with O_TRUNC
+                # right after creating it; a second open of the copy would be wasted.)
+                self.new_staging(ino)
         else:
             await self.materialize(ino)
             if size > self.cache.staged_size(ino):
@@ -556,7 +562,10 @@ class Vfs:
             if clean:
                 self.tree.set_manifest(ino, content_rev, chunks)
         if clean and ino not in self.opens:
-            self.drop_staging(ino)
+            # A one-chunk file's copy is that chunk: kept as its cache entry (reads after
+            # the upload, e.g. a build after ``tar x``, stay local).
+            one = chunks[0] if len(chunks) == 1 and chunks[0].size == size else None
+            self.drop_staging(ino, keep_as=one.hash if one is not None else None)
         if clean:
             self.content_clean.set()
             self.content_clean = trio.Event()

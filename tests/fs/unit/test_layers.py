@@ -189,3 +189,23 @@ async def test_a_second_client_sees_the_firsts_writes(account, tmp_path, server)
         assert await a.listdir() == ["shared", "y"]
         assert await a.read_file("y") == b"from a"
 
+
+
+async def test_a_small_files_copy_becomes_its_cached_chunk_once_uploaded(account, tmp_path):
+    """After the upload, a one-chunk file's staging copy is renamed into the block cache
+    (no second write, no unlink): reads stay local and the cache counts it once."""
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        cache, vfs = c.layers.cache, c.layers.vfs
+        ino = await c.write_file("small.txt", b"hello " * 100)
+        assert cache.staged_bytes == 600 and vfs.staged(ino)
+        copy = cache.staging_path(ino).stat().st_ino
+        await c.synced()
+        manifest = c.tree.manifest(ino)
+        assert len(manifest) == 1
+        _, _, chunk_hash = manifest[0]
+        assert not vfs.staged(ino) and not cache.staging_path(ino).exists()
+        assert chunk_hash in cache and cache.read(chunk_hash) == b"hello " * 100
+        assert (cache.blocks_dir / chunk_hash[:2] / chunk_hash).stat().st_ino == copy   # renamed
+        assert cache.staged_bytes == 0 and cache.cached_bytes == 600
+        assert await c.read_file("small.txt") == b"hello " * 100
+        assert vfs.fetched_chunks == 0
