@@ -172,10 +172,11 @@ class Layers:
                 **self.kernel.status(), **self.self_check.status()}
 
     async def start(self, nursery: trio.Nursery) -> None:
-        """Start the layers' tasks (mirror flusher, notifier, applier, uploader, live
-        stream, self-check) in ``nursery``."""
+        """Start the layers' tasks (mirror flusher, spare staging files, notifier, applier,
+        uploader, live stream, self-check) in ``nursery``."""
         self.vfs.spawn = nursery.start_soon
         await nursery.start(self.tree.run_flusher)
+        await nursery.start(self.vfs.keep_spares)
         await nursery.start(self.kernel.run)
         await nursery.start(self.applier.run, self.receive)
         await nursery.start(self.sync.run_uploader)

@@ -336,6 +336,11 @@ class Tree:
     def count(self) -> int:
         return len(self._rows) - 1 - len(self._orphans)
 
+    @property
+    def next_ino(self) -> int:
+        """The inode number the next new node gets (numbers are handed out in order)."""
+        return self._next_ino
+
     def dirty_inodes(self) -> list[int]:
         """Files whose staged content is not on the server yet (live or not)."""
         return list(self._dirty)

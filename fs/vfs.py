@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: How many chunks to fetch ahead of a sequential reader.
 READ_AHEAD = 2
+#: Spare staging files kept ready for the next inode numbers (``keep_spares``).
+SPARES = 256
 
 
 def _fsync_dir(path: os.PathLike) -> None:
@@ -51,6 +53,25 @@ def _fsync_dir(path: os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _spares(cache: BlockCache, drop: list[tuple[int, int]], make: list[int]) -> list[tuple[int, int]]:
+    """(Worker thread.) Remove unused spares, make new ones; returns (ino, fd) made. O_EXCL:
+    never touch a file that exists (a copy made meanwhile on the request thread)."""
+    for ino, fd in drop:
+        os.close(fd)
+        try:
+            os.unlink(cache.spare_path(ino))
+        except FileNotFoundError:
+            pass
+    made = []
+    for ino in make:
+        try:
+            made.append((ino, os.open(cache.spare_path(ino),
+                                      os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)))
+        except FileExistsError:
+            continue
+    return made
 
 
 async def first_of(*events: trio.Event) -> None:
@@ -146,6 +167,8 @@ class Vfs:
         self.changed = trio.Event()            # content or journal changed: wake the uploader
         self.content_clean = trio.Event()      # an upload made a file clean (pins re-check)
         self.last_request = 0.0                # monotonic time of the last kernel request
+        self._spare_used = trio.Event()        # spares running low (keep_spares)
+        self._spares_until = 0                 # spares made for inode numbers below this
 
     # -- attributes and lookup counts -------------------------------------------------------
 
@@ -229,13 +252,43 @@ class Vfs:
 
     def new_staging(self, ino: int) -> None:
         """An empty staged file (a new file, or one truncated to zero)."""
-        path = self.cache.staging_path(ino)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = None if self.staged(ino) else self.cache.take_spare(ino)
+        if fd is None:
+            fd = os.open(self.cache.staging_path(ino), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        if self.tree.next_ino + SPARES // 2 > self._spares_until:
+            self._spare_used.set()          # running low: make more
         old = self.fds.pop(ino, None)
         if old is not None:
             os.close(old)
         self.fds[ino] = fd
         self.cache.resize_staged(ino, 0)
+
+    async def keep_spares(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Keep empty staging files ready for the next ``SPARES`` inode numbers the mirror
+        hands out (``gobi.fs.blocks``), made and removed in a worker thread: a create then
+        costs no file creation on the request thread. Spares of numbers handed out without
+        taking theirs (directories, symlinks) are removed."""
+        cache = self.cache
+        task_status.started()
+        while True:
+            self._spare_used = trio.Event()
+            low = self.tree.next_ino
+            stale = [(ino, cache.spares.pop(ino)) for ino in [i for i in cache.spares if i < low]]
+            want = [i for i in range(low, low + SPARES) if i not in cache.spares]
+            if stale or len(want) > SPARES // 2:
+                made = await trio.to_thread.run_sync(_spares, cache, stale, want)
+                self._spares_until = max(self._spares_until, want[-1] + 1 if want else 0)
+                low = self.tree.next_ino
+                late = []
+                for ino, fd in made:
+                    if ino >= low:
+                        cache.spares[ino] = fd
+                    else:
+                        late.append((ino, fd))  # handed out meanwhile: created its own copy
+                if late:
+                    await trio.to_thread.run_sync(_spares, cache, late, [])
+                continue
+            await self._spare_used.wait()
 
     async def materialize(self, ino: int) -> None:
         """Copy a clean file's content into staging so it can be changed in place."""

@@ -209,3 +209,38 @@ async def test_a_small_files_copy_becomes_its_cached_chunk_once_uploaded(account
         assert cache.staged_bytes == 0 and cache.cached_bytes == 600
         assert await c.read_file("small.txt") == b"hello " * 100
         assert vfs.fetched_chunks == 0
+
+
+async def _spares_ready(c, limit: float = 10) -> None:
+    vfs = c.layers.vfs
+    with trio.fail_after(limit):
+        while vfs.tree.next_ino not in c.layers.cache.spares:
+            vfs._spare_used.set()
+            await trio.sleep(0.01)
+
+
+async def test_a_new_files_copy_is_a_spare_made_ahead_and_survives_a_restart(account, tmp_path):
+    """Creating a file takes the empty staging file made ahead for its inode number
+    (``staging/s<ino>``); numbers handed to directories lose their spares; a copy under a
+    spare's name is found again after a restart and uploaded."""
+    cache_dir = tmp_path / "c"
+    async with open_client(account.server.url, account.token, account.vault, cache_dir) as c:
+        cache = c.layers.cache
+        await _spares_ready(c)
+        async with c.layers.sync.paused():
+            ino = await c.write_file("new.txt", b"made in a spare")
+            assert cache.staging_path(ino).name == f"s{ino}"
+            assert cache.staging_path(ino).read_bytes() == b"made in a spare"
+            dirs = [(await c.ops.mkdir(ROOT_INO, f"d{i}".encode(), 0o755, CTX)).st_ino
+                    for i in range(300)]
+            await _spares_ready(c)
+            assert not any(cache.spare_path(d).exists() for d in dirs)
+            later = await c.write_file("d299/later.txt", b"after 300 directories")
+            assert cache.staging_path(later).name == f"s{later}"
+    assert account.lookup("new.txt") is None          # never uploaded: still only local
+    async with open_client(account.server.url, account.token, account.vault, cache_dir) as c:
+        assert c.layers.cache.staging_path(ino).name == f"s{ino}"
+        assert await c.read_file("new.txt") == b"made in a spare"
+        await c.synced()
+        assert account.data("new.txt") == b"made in a spare"
+        assert account.data("d299/later.txt") == b"after 300 directories"
