@@ -289,54 +289,62 @@ class MirrorStore:
                     pass
 
     def _write(self, records: list[list]) -> None:
+        """The records' end state into SQLite. A group commit holds many changes of the
+        same rows (a file of a ``tar x`` is created, sized, chowned, chmodded, touched and
+        acknowledged: five node records), and only the last value of each row matters, so
+        each row is written once (``executemany``): this runs in a worker thread, but
+        holds the GIL the request handlers need while it builds parameters."""
+        last: dict[tuple, object] = {}
+        for record in records:
+            for kind, key, value in record:
+                k = (kind, tuple(key) if isinstance(key, list) else key)
+                last.pop(k, None)           # (the last change's place: deletes go last)
+                last[k] = value
+        nodes, chunks, xattrs, meta, journal, pins, held, holds = ([] for _ in range(8))
+        gone: list[int] = []
+        for (kind, key), value in last.items():
+            if kind == "n":
+                if value is None:
+                    gone.append(key)
+                else:
+                    nodes.append(value)
+            else:
+                {"c": chunks, "x": xattrs, "m": meta, "j": journal, "p": pins, "h": held,
+                 "H": holds}[kind].append((key, value))
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for record in records:
-                for kind, key, value in record:
-                    if kind == "n":
-                        if value is None:
-                            db.execute("DELETE FROM nodes WHERE ino = ?", (key,))
-                            db.execute("DELETE FROM chunks WHERE ino = ?", (key,))
-                            db.execute("DELETE FROM xattrs WHERE ino = ?", (key,))
-                            db.execute("DELETE FROM pins WHERE ino = ?", (key,))
-                        else:
-                            db.execute(f"INSERT OR REPLACE INTO nodes({', '.join(COLUMNS)}) VALUES "
-                                       f"({', '.join('?' * len(COLUMNS))})", value)
-                    elif kind == "c":
-                        db.execute("DELETE FROM chunks WHERE ino = ?", (key,))
-                        if value:
-                            db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)",
-                                           [(key, i, off, size, h) for i, (off, size, h) in enumerate(value)])
-                    elif kind == "x":
-                        ino, name = key[0], bytes.fromhex(key[1])
-                        if value is None:
-                            db.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name))
-                        else:
-                            db.execute("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)",
-                                       (ino, name, bytes.fromhex(value)))
-                    elif kind == "m":
-                        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-                    elif kind == "j":
-                        if value is None:
-                            db.execute("DELETE FROM journal WHERE seq = ?", (key,))
-                        else:
-                            op, node, ref, args, ts = value
-                            db.execute("INSERT OR REPLACE INTO journal(seq, op, node, ref, args, ts) "
-                                       "VALUES (?, ?, ?, ?, ?, ?)", (key, op, node, ref, json.dumps(args), ts))
-                    elif kind == "p":
-                        if value is None:
-                            db.execute("DELETE FROM pins WHERE ino = ?", (key,))
-                        else:
-                            db.execute("INSERT OR REPLACE INTO pins VALUES (?, ?)", (key, value))
-                    elif kind == "h":
-                        db.execute("DELETE FROM held WHERE node = ?", (key,))
-                        if value is not None:
-                            db.execute("INSERT INTO held VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (key, *value))
-                    elif kind == "H":
-                        db.execute("DELETE FROM holds WHERE id = ?", (key,))
-                        if value is not None:
-                            db.execute("INSERT INTO holds VALUES (?, ?, ?)", (key, *value))
+            db.executemany(f"INSERT OR REPLACE INTO nodes({', '.join(COLUMNS)}) VALUES "
+                           f"({', '.join('?' * len(COLUMNS))})", nodes)
+            db.executemany("DELETE FROM chunks WHERE ino = ?", [(ino,) for ino, _ in chunks])
+            db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)",
+                           [(ino, i, off, size, h) for ino, value in chunks if value
+                            for i, (off, size, h) in enumerate(value)])
+            db.executemany("DELETE FROM xattrs WHERE ino = ? AND name = ?",
+                           [(key[0], bytes.fromhex(key[1])) for key, value in xattrs if value is None])
+            db.executemany("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)",
+                           [(key[0], bytes.fromhex(key[1]), bytes.fromhex(value))
+                            for key, value in xattrs if value is not None])
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
+            db.executemany("DELETE FROM journal WHERE seq = ?",
+                           [(seq,) for seq, value in journal if value is None])
+            db.executemany("INSERT OR REPLACE INTO journal(seq, op, node, ref, args, ts) "
+                           "VALUES (?, ?, ?, ?, ?, ?)",
+                           [(seq, op, node, ref, json.dumps(args), ts)
+                            for seq, value in journal if value is not None
+                            for op, node, ref, args, ts in (value,)])
+            db.executemany("DELETE FROM pins WHERE ino = ?", [(ino,) for ino, value in pins if value is None])
+            db.executemany("INSERT OR REPLACE INTO pins VALUES (?, ?)",
+                           [(ino, value) for ino, value in pins if value is not None])
+            db.executemany("DELETE FROM held WHERE node = ?", [(key,) for key, _ in held])
+            db.executemany("INSERT INTO held VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(key, *value) for key, value in held if value is not None])
+            db.executemany("DELETE FROM holds WHERE id = ?", [(key,) for key, _ in holds])
+            db.executemany("INSERT INTO holds VALUES (?, ?, ?)",
+                           [(key, *value) for key, value in holds if value is not None])
+            # A node's removal takes its chunk list, xattrs and pin with it: after the rest.
+            for table in ("nodes", "chunks", "xattrs", "pins"):
+                db.executemany(f"DELETE FROM {table} WHERE ino = ?", [(ino,) for ino in gone])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
