@@ -28,6 +28,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ from .verify import SelfCheck, Verifier
 from .vfs import Link, Vfs
 
 log = logging.getLogger(__name__)
+
+#: GIL switch interval of the mount process (seconds; see ``run``).
+SWITCH_INTERVAL = 0.0002
 
 
 class MountError(Exception):
@@ -137,6 +141,10 @@ def _lock(cache_dir: Path) -> int:
 
 
 async def run(cfg: MountConfig) -> int:
+    # Worker threads (group commits, chunking, hashing) hold the GIL while they run
+    # Python; the request thread, back from a syscall, waits for it up to the switch
+    # interval (5 ms by default) — per kernel request. A short interval bounds that wait.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     cfg.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = _lock(cfg.cache_dir)
     try:
