@@ -34,6 +34,7 @@ import trio
 from gobi.protocol import ChunkRef
 
 from .blocks import BlockCache, CacheFull
+from .foreground import Foreground
 from .logs import oplog
 from .metrics import Histogram
 from .remote import ApiError, Offline, Remote
@@ -166,9 +167,9 @@ class Vfs:
         self.fetch_seconds = Histogram()       # latency of chunk fetches (metrics)
         self.changed = trio.Event()            # content or journal changed: wake the uploader
         self.content_clean = trio.Event()      # an upload made a file clean (pins re-check)
-        self.last_request = 0.0                # monotonic time of the last kernel request
         self._spare_used = trio.Event()        # spares running low (keep_spares)
         self._spares_until = 0                 # spares made for inode numbers below this
+        self.foreground = Foreground()         # how busy the kernel keeps us (the uploader yields)
 
     # -- attributes and lookup counts -------------------------------------------------------
 
