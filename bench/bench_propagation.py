@@ -10,8 +10,7 @@ Two mounts of one vault on this machine (each its own cache dir, one ``gobi serv
 polled (open/read or stat, with a 0.5 ms pause, bounded by ``--cap`` seconds) until it
 shows the change. The figure is the time from the end of the change on A (its ``close``
 or syscall returned) to the first poll on B that sees it: p50 / p90 / p99 / max in ms.
-Target on loopback: p50 < 50 ms, p99 < 150 ms for edits, renames and deletes (issue 14;
-figures and what the path costs: docs/live-sync.md). ``create`` includes the
+Target on loopback: p50 < 100 ms, p99 < 500 ms (docs/client.md). ``create`` includes the
 mount's ``--settle`` delay (new files wait for it so that temporary files never leave the
 machine; default 1 s); ``--settle 0`` shows the pipeline without it. The server runs with
 the mass-delete guard off (``GOBI_MASS_DELETE_FILES=0``): 200 deletes from one device would
