@@ -16,16 +16,20 @@ links refused with ``EPERM`` as gobi does, so git renames its objects into place
 The per-file figure (µs) of the floor is what any gobi change can at best approach;
 gobi's own rows are in ``bench_mount.py``. Needs root and /dev/fuse.
 
-Like gobi (which keeps ``user.*`` xattrs), the floor answers ``getxattr`` (``ENODATA``)
+Like gobi (which keeps ``user.*`` xattrs), the floor answers ``getxattr`` (``ENODATA`` for
+``user.*``, ``EOPNOTSUPP`` for other namespaces, which ``ls`` remembers per filesystem)
 instead of leaving it unimplemented: an unimplemented ``getxattr`` makes the kernel stop
 asking, while a filesystem with xattrs is asked for ``security.capability`` at every
-write and ownership change (two or three of a ``tar x`` entry's ~12 requests). The last
+write and ownership change (two or three of a ``tar x`` entry's ~13 requests). Its
+``git status cold`` row is no floor (its directories' times are "now" at every ``stat``,
+unlike gobi's). The last
 column counts the requests the floor served, per file or entry.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import errno
 import os
 import stat
@@ -61,6 +65,7 @@ def serve(mountpoint: str) -> None:
             self.requests = 0           # counted in the handlers; read with getxattr below
             self.handles: dict[int, int] = {}
             self.kids: dict[int, dict[bytes, int]] = {}     # readdir's index
+            self.listings: dict[int, list[tuple[int, bytes]]] = {}   # open directory handles
 
         def _add(self, parent: int, name: bytes, ino: int) -> None:
             self.names[(parent, name)] = ino
@@ -102,7 +107,8 @@ def serve(mountpoint: str) -> None:
             if name == b"user.floor.requests":
                 return str(self.requests).encode()
             self.requests += 1
-            raise pyfuse3.FUSEError(errno.ENODATA)
+            # As gobi: user.* xattrs exist (none set here), other namespaces are not supported.
+            raise pyfuse3.FUSEError(errno.ENODATA if name.startswith(b"user.") else errno.EOPNOTSUPP)
 
         async def symlink(self, parent, name, target, ctx):
             self.requests += 1
@@ -215,20 +221,22 @@ def serve(mountpoint: str) -> None:
 
         async def opendir(self, inode, ctx):
             self.requests += 1
-            return inode
+            # A listing taken once per opendir, so each readdir costs only what it returns.
+            self.next_fh += 1
+            self.listings[self.next_fh] = sorted((ino, name) for name, ino in self.kids.get(inode, {}).items())
+            return self.next_fh
 
         async def readdir(self, fh, start_id, token):
             self.requests += 1
-            entries = sorted((ino, name) for name, ino in self.kids.get(fh, {}).items())
-            for ino, name in entries:
-                if ino <= start_id:
-                    continue
+            entries = self.listings[fh]
+            i = bisect.bisect_right(entries, (start_id, b"\xff" * 256))
+            for ino, name in entries[i:]:
                 if not pyfuse3.readdir_reply(token, name, self._attr(ino), ino):
                     return
 
         async def releasedir(self, fh):
             self.requests += 1
-            pass
+            self.listings.pop(fh, None)
 
         async def statfs(self, ctx):
             self.requests += 1
