@@ -180,10 +180,18 @@ def server_node(user: User, vault: str, path: str) -> dict | None:
 
 
 def server_tree(user: User, vault: str) -> dict[str, dict]:
-    """path → node of the whole vault as the server has it."""
-    r = user.api.get(f"/vaults/{vault}/tree", params={"limit": 5000})
-    r.raise_for_status()
-    nodes = {n["id"]: n for n in r.json()["nodes"]}
+    """path → node of the whole vault as the server has it (every page)."""
+    nodes: dict[str, dict] = {}
+    cursor = None
+    while True:
+        params = {"limit": 5000, **({"cursor": cursor} if cursor else {})}
+        r = user.api.get(f"/vaults/{vault}/tree", params=params)
+        r.raise_for_status()
+        body = r.json()
+        nodes.update({n["id"]: n for n in body["nodes"]})
+        cursor = body.get("next_cursor")
+        if not cursor:
+            break
 
     def path(n: dict) -> str:
         parts = []

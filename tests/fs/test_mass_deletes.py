@@ -29,7 +29,7 @@ import pytest
 from tests.needs import require_tool
 from tests.servers import ServerProcess
 
-from .mounts import Mount, User, eventually, gobi
+from .mounts import Mount, User, eventually, gobi, server_tree
 
 #: Hang guard for the big trees (seconds), not a performance threshold.
 BIG = 900.0
@@ -106,31 +106,6 @@ def count_files(root: Path) -> int:
     return sum(len(names) for _, _, names in os.walk(root)) if root.exists() else 0
 
 
-def server_files(user: User, vault: str) -> dict[str, dict]:
-    """path → node of every file and folder the server has (all pages)."""
-    nodes: dict[str, dict] = {}
-    cursor = None
-    while True:
-        params = {"limit": 5000, **({"cursor": cursor} if cursor else {})}
-        r = user.api.get(f"/vaults/{vault}/tree", params=params)
-        r.raise_for_status()
-        body = r.json()
-        nodes.update({n["id"]: n for n in body["nodes"]})
-        cursor = body.get("next_cursor")
-        if not cursor:
-            break
-
-    def path(n: dict) -> str:
-        parts = []
-        while n["parent"] and n["parent"] != "root":
-            parts.append(n["name"])
-            n = nodes[n["parent"]]
-        parts.append(n["name"])
-        return "/".join(reversed(parts))
-
-    return {path(n): n for n in nodes.values() if n["parent"] is not None}
-
-
 def settle(*ms: Mount) -> int:
     """Every mount uploaded what it has (``gobi sync``, exit 0 or 4) and applied every event
     up to the server's head; returns that head."""
@@ -185,7 +160,7 @@ def test_rm_rf_of_10000_files_exits_0_stays_gone_there_and_the_other_mount_keeps
     eventually(lambda: a.status()["held_deletes"] >= 10_000, "A lists its held deletes", timeout=BIG)
 
     # The server and B keep every file; A does not show them.
-    on_server = server_files(user, vault)
+    on_server = server_tree(user, vault)
     assert sum(1 for p in tree if p in on_server) == 10_000
     assert files_under(b.path / "tree") == tree
     assert not (a.path / "tree").exists()
@@ -208,7 +183,7 @@ def test_rm_rf_of_10000_files_exits_0_stays_gone_there_and_the_other_mount_keeps
     eventually(lambda: not (b.path / "tree").exists(), "B drops the confirmed tree", timeout=BIG)
     settle(a, b)
     report("confirm and see it on B", time.monotonic() - t0)
-    assert not any(p.startswith("tree") for p in server_files(user, vault))
+    assert not any(p.startswith("tree") for p in server_tree(user, vault))
     assert a.status()["held_deletes"] == 0
     trash = user.api.get(f"/vaults/{vault}/trash").json()["entries"]
     assert [(e["path"], e["files"]) for e in trash] == [("tree", 10_000)]
@@ -343,7 +318,7 @@ def test_rm_rf_of_a_node_modules_like_tree_of_20000_files_is_not_held(user, two)
     assert holds(user, vault) == [] and a.status()["held_deletes"] == 0
     assert not (a.path / "node_modules").exists() and not (b.path / "node_modules").exists()
     assert sorted(os.listdir(a.path)) == sorted(os.listdir(b.path)) == ["package.json"]
-    assert sorted(server_files(user, vault)) == ["package.json"]
+    assert sorted(server_tree(user, vault)) == ["package.json"]
 
 
 # -- restoring a folder ---------------------------------------------------------------------------
