@@ -287,7 +287,10 @@ class Vfs:
                         late.append((ino, fd))  # handed out meanwhile: created its own copy
                 if late:
                     await trio.to_thread.run_sync(_spares, cache, late, [])
-                continue
+                if made:
+                    continue
+                # (None made: their names were taken, e.g. by files left in staging/. Wait
+                # for the next call rather than asking the disk again at once.)
             await self._spare_used.wait()
 
     async def materialize(self, ino: int) -> None:
