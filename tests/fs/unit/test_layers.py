@@ -244,3 +244,32 @@ async def test_a_new_files_copy_is_a_spare_made_ahead_and_survives_a_restart(acc
         await c.synced()
         assert account.data("new.txt") == b"made in a spare"
         assert account.data("d299/later.txt") == b"after 300 directories"
+
+
+async def test_spares_whose_names_are_taken_are_not_retried_in_a_loop(account, tmp_path, monkeypatch):
+    """Files already named like the next spares (left in staging/ by hand, say): the task
+    asks the disk once and waits for the next create, instead of spinning."""
+    import gobi.fs.vfs as vfs_module
+
+    calls = []
+    real = vfs_module._spares
+    monkeypatch.setattr(vfs_module, "_spares", lambda *a: calls.append(1) or real(*a))
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        vfs, cache = c.layers.vfs, c.layers.cache
+        with trio.fail_after(10):
+            while not cache.spares:
+                await trio.sleep(0.01)
+        # Take the names of the next 1000 numbers, drop the spares, and ask for more.
+        low = vfs.tree.next_ino
+        for ino in range(low, low + 1000):
+            p = cache.spare_path(ino)
+            if ino in cache.spares:
+                os.close(cache.spares.pop(ino))
+            else:
+                p.write_bytes(b"")
+        before = len(calls)
+        vfs._spares_until = 0
+        vfs._spare_used.set()
+        await trio.sleep(0.5)
+        assert len(calls) - before <= 2, len(calls) - before
+        assert not cache.spares
