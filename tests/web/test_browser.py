@@ -12,9 +12,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.server.util import commit, create_file, mkdir, read, upload
@@ -38,11 +37,24 @@ def vault(alice, bob):
 
 
 def wait_page(browser, click) -> None:
-    """Click something that loads a new page and wait until it has."""
-    old = browser.find_element(By.TAG_NAME, "html")
+    """Click something that loads a new page and wait until it has.
+
+    The old page is marked with a window property; a new document has none.
+    (Waiting for the old <html> element to go stale races with Chrome's
+    navigation: asking about an element mid-navigation can answer "Node
+    with given id does not belong to the document", a WebDriverException
+    that is not a StaleElementReferenceException.)"""
+    browser.execute_script("window.__gobiOldPage = true")
     click()
-    WebDriverWait(browser, 15).until(EC.staleness_of(old))
-    WebDriverWait(browser, 15).until(lambda b: b.execute_script("return document.readyState") == "complete")
+
+    def loaded(b) -> bool:
+        try:
+            return b.execute_script(
+                "return window.__gobiOldPage === undefined && document.readyState === 'complete'")
+        except WebDriverException:  # the document is being replaced right now
+            return False
+
+    WebDriverWait(browser, 15).until(loaded)
 
 
 def console_errors(browser) -> list[str]:
