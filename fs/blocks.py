@@ -70,6 +70,9 @@ class BlockCache:
         spare_named = []
         for entry in os.scandir(self.staging_dir):
             name = entry.name
+            if name.endswith(".fill"):
+                os.unlink(entry.path)       # a copy torn by a crash while it was fetched
+                continue
             spare = name.startswith("s")
             try:
                 ino = int(name[1:] if spare else name)

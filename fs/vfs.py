@@ -157,6 +157,7 @@ class Vfs:
         self.mtimes: dict[int, int] = {}       # mtime of staged files not yet saved
         self.last_write: dict[int, float] = {}
         self._fetching: dict[str, trio.Event] = {}
+        self._filling: dict[int, trio.Event] = {}     # ino -> materialize in progress
         self._orphans: set[int] = set()        # nodes that may be orphans waiting for a purge
         self.uploaded_gen: dict[int, int] = {}  # content generation the server has (sync barriers)
         self.fetched_chunks = 0
@@ -270,61 +271,97 @@ class Vfs:
         taking theirs (directories, symlinks) are removed."""
         cache = self.cache
         task_status.started()
-        while True:
-            self._spare_used = trio.Event()
-            low = self.tree.next_ino
-            stale = [(ino, cache.spares.pop(ino)) for ino in [i for i in cache.spares if i < low]]
-            want = [i for i in range(low, low + SPARES) if i not in cache.spares]
-            if stale or len(want) > SPARES // 2:
-                made = await trio.to_thread.run_sync(_spares, cache, stale, want)
-                self._spares_until = max(self._spares_until, want[-1] + 1 if want else 0)
+        try:
+            while True:
+                self._spare_used = trio.Event()
                 low = self.tree.next_ino
-                late = []
-                for ino, fd in made:
-                    if ino >= low:
-                        cache.spares[ino] = fd
-                    else:
-                        late.append((ino, fd))  # handed out meanwhile: created its own copy
-                if late:
-                    await trio.to_thread.run_sync(_spares, cache, late, [])
-                if made:
-                    continue
-                # (None made: their names were taken, e.g. by files left in staging/. Wait
-                # for the next call rather than asking the disk again at once.)
-            await self._spare_used.wait()
+                stale = [(ino, cache.spares.pop(ino)) for ino in [i for i in cache.spares if i < low]]
+                want = [i for i in range(low, low + SPARES) if i not in cache.spares]
+                if stale or len(want) > SPARES // 2:
+                    made = await trio.to_thread.run_sync(_spares, cache, stale, want)
+                    self._spares_until = max(self._spares_until, want[-1] + 1 if want else 0)
+                    low = self.tree.next_ino
+                    late = []
+                    for ino, fd in made:
+                        if ino >= low:
+                            cache.spares[ino] = fd
+                        else:
+                            late.append((ino, fd))  # handed out meanwhile: created its own copy
+                    if late:
+                        await trio.to_thread.run_sync(_spares, cache, late, [])
+                    if made:
+                        continue
+                    # (None made: their names were taken, e.g. by files left in staging/. Wait
+                    # for the next call rather than asking the disk again at once.)
+                await self._spare_used.wait()
+        finally:
+            # Their descriptors go with the task (the files stay: empty spares under their
+            # ``s<ino>`` names are cleared or used at the next start).
+            for fd in cache.spares.values():
+                os.close(fd)
+            cache.spares.clear()
 
     async def materialize(self, ino: int) -> None:
-        """Copy a clean file's content into staging so it can be changed in place."""
-        if self.staged(ino):
-            return
-        e = self.tree.get(ino)
-        if e.size == 0:
-            self.new_staging(ino)
-            return
-        manifest = await self.manifest(e)
-        path = self.cache.staging_path(ino)
-        tmp = path.with_name(path.name + ".fill")
-        try:
-            self.cache.resize_staged(ino, e.size)
-        except CacheFull:
-            raise FsError(errno.ENOSPC) from None
-        try:
+        """Copy a clean file's content into staging so it can be changed in place.
+
+        The copy is of the content the mirror shows when it is installed: the fetch awaits
+        the network, and meanwhile the applier may apply another device's commit (the file
+        is not held yet: no handle, nothing dirty). A copy of the older content under the
+        newer ``content_rev`` made the next commit's base claim a version the writer never
+        saw, and the server replaced that version without a conflict (a lost write, found
+        by three clients overwriting shared files). So the fetch is repeated until the
+        mirror did not move under it; a staging copy made meanwhile (``O_TRUNC`` through
+        another handle) wins, the fetched one is dropped. One fill per file at a time."""
+        while not self.staged(ino):
+            pending = self._filling.get(ino)
+            if pending is not None:
+                await pending.wait()
+                continue
+            done = self._filling[ino] = trio.Event()
+            try:
+                await self._fill(ino)
+            finally:
+                del self._filling[ino]
+                done.set()
+
+    async def _fill(self, ino: int) -> None:
+        while True:
+            e = self.tree.get_opt(ino)
+            if e is None:
+                raise FsError(errno.ENOENT)
+            if e.size == 0:
+                self.new_staging(ino)
+                return
+            manifest = await self.manifest(e)
+            path = self.cache.staging_path(ino)
+            tmp = path.with_name(path.name + ".fill")
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                for off, size, h in manifest:
-                    data = await self.chunk(h, size)
-                    os.pwrite(fd, data, off)
-                os.ftruncate(fd, e.size)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            self.cache.drop_staged(ino)
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+                try:
+                    for off, size, h in manifest:
+                        data = await self.chunk(h, size)
+                        os.pwrite(fd, data, off)
+                    os.ftruncate(fd, e.size)
+                finally:
+                    os.close(fd)
+                now = self.tree.get_opt(ino)
+                if self.staged(ino) or now is None or (now.content_rev, now.size) != (e.content_rev, e.size):
+                    os.unlink(tmp)
+                    if self.staged(ino):
+                        return          # a new copy was made meanwhile (truncated to zero)
+                    continue            # the mirror moved on: fetch what it shows now
+                try:
+                    self.cache.resize_staged(ino, e.size)
+                except CacheFull:
+                    raise FsError(errno.ENOSPC) from None
+                os.replace(tmp, path)
+                return
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+                raise
 
     # -- network reads ----------------------------------------------------------------------
 

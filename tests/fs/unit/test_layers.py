@@ -273,3 +273,44 @@ async def test_spares_whose_names_are_taken_are_not_retried_in_a_loop(account, t
         await trio.sleep(0.5)
         assert len(calls) - before <= 2, len(calls) - before
         assert not cache.spares
+
+
+async def test_an_open_for_writing_stages_the_content_the_mirror_shows(account, tmp_path):
+    """Another device's commit applied while an open for writing fetches the file's content:
+    the local copy is of the newer content, so the next commit's base is the version the
+    writer saw (found by three clients overwriting shared files: the copy was of the older
+    content under the newer rev, and the commit replaced the newer version unseen)."""
+    other = account.api
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        f = create_file(other, account.vault, "f.txt", b"version 1\n")
+        await c.caught_up(account.head())
+        ino = await c.ino("f.txt")
+        remote = c.layers.remote
+        asked, go = trio.Event(), trio.Event()
+        real = remote.manifest
+
+        async def held_manifest(*args, **kwargs):
+            asked.set()
+            await go.wait()
+            return await real(*args, **kwargs)
+
+        remote.manifest = held_manifest
+        opened = []
+
+        async def open_rw():
+            opened.append(await c.ops.open(ino, os.O_RDWR, CTX))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(open_rw)
+            await asked.wait()          # the open is fetching version 1's chunk list
+            assert commit(other, account.vault, f, b"version 1\nversion 2\n").status_code == 200
+            await c.caught_up(account.head())
+            go.set()
+        remote.manifest = real
+        fh = opened[0].fh
+        assert await c.ops.read(fh, 0, 100) == b"version 1\nversion 2\n"
+        await c.ops.write(fh, 20, b"mine\n")
+        await c.ops.release(fh)
+        await c.synced()
+        assert account.data("f.txt") == b"version 1\nversion 2\nmine\n"
+        assert not [n for n in await c.listdir() if "conflict" in n]
