@@ -68,7 +68,7 @@ def fuse_errors(fn):
 
     @functools.wraps(fn)
     async def wrapper(self, *args, **kwargs):
-        t0 = self.vfs.last_request = time.monotonic()
+        t0 = self.vfs.foreground.request()
         try:
             return await fn(self, *args, **kwargs)
         except pyfuse3.FUSEError as exc:

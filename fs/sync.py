@@ -2,7 +2,8 @@
 
 Replays the journal against the server in order, several entries at once when they cannot
 depend on each other (see ``_runnable``), and only one task at a time while the kernel is
-busy with requests (foreground first). New nodes wait ``settle`` seconds before they are
+busy with a stream of requests (foreground first, ``gobi.fs.foreground``; a single edit
+does not make it busy). New nodes wait ``settle`` seconds before they are
 sent (unless a flush was asked for), so temporary files are dropped by coalescing before
 they cost a request; edits, renames and deletes of existing nodes go at once. ``content``
 entries of a file that is open for writing and was written in the last ``quiet`` seconds
@@ -67,7 +68,7 @@ log = logging.getLogger(__name__)
 
 UPLOAD_CONCURRENCY = 8       # tasks in flight at once (and chunk PUTs per file)
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
-FOREGROUND_GRACE = 0.05     # seconds after a kernel request during which uploads are throttled
+SLOTS_RECHECK = 0.05        # all slots taken: look again after this at the latest
 BUSY_MAX_DELAY = 10.0       # …but changes older than this upload anyway, one task at a time
 SMALL_FILE = 256 * 1024      # files up to this size skip the 'which chunks are missing' round trip
 BATCH_MIN = 4                # this many small ready entries go as one batch
@@ -128,6 +129,7 @@ class Sync:
         self.uploaded_chunks = 0
         self.uploaded_bytes = 0
         self.batches = 0
+        self.foreground_yields = 0   # times uploads held back for a stream of kernel requests
         self.ws_ops = 0
         self.failures: list[str] = []
         self.conflicts: list[dict] = []    # conflicts our uploads met, newest last
@@ -164,6 +166,7 @@ class Sync:
             "uploaded_chunks": self.uploaded_chunks,
             "uploaded_bytes": self.uploaded_bytes,
             "upload_batches": self.batches,
+            "foreground_yields": self.foreground_yields,
             "ws_ops": self.ws_ops,
             "fetched_chunks": self.vfs.fetched_chunks,
             "fetched_bytes": self.vfs.fetched_bytes,
@@ -305,19 +308,24 @@ class Sync:
                 if self._pauses:
                     await self._resumed.wait()
                     continue
-                # Foreground first: while the kernel keeps sending requests, uploads (which
+                # Foreground first: while the kernel keeps sending a stream of requests
+                # (``gobi.fs.foreground``: bulk work, not a single edit), uploads (which
                 # share this thread) wait, unless changes have waited BUSY_MAX_DELAY already:
                 # then one task at a time (a batch when many small changes are ready), so a
                 # long copy still becomes durable on the server as it goes.
-                busy = time.monotonic() - self.vfs.last_request < FOREGROUND_GRACE
+                busy = self.vfs.foreground.busy_for()
                 if busy and not self.flushing:
+                    self.foreground_yields += 1
                     oldest = self.journal.oldest_ts()
                     late = oldest is not None and time.time() - oldest > BUSY_MAX_DELAY
                     slots = (1 if late else 0) - self._tasks
                 else:
                     slots = UPLOAD_CONCURRENCY - self._tasks
                 if slots <= 0:
-                    with trio.move_on_after(FOREGROUND_GRACE):
+                    # Busy: until the stream could have ended (looked at again then), not a
+                    # fixed period (that put the change one whole period late when a request
+                    # came during it). Either way a finished task wakes us.
+                    with trio.move_on_after(busy or SLOTS_RECHECK):
                         await finished.wait()
                     continue
                 picks, wait = self._runnable(BATCH_MAX)

@@ -34,6 +34,7 @@ import trio
 from gobi.protocol import ChunkRef
 
 from .blocks import BlockCache, CacheFull
+from .foreground import Foreground
 from .logs import oplog
 from .metrics import Histogram
 from .remote import ApiError, Offline, Remote
@@ -169,7 +170,7 @@ class Vfs:
         self.content_clean = trio.Event()      # an upload made a file clean (pins re-check)
         self._spare_used = trio.Event()        # spares running low (keep_spares)
         self._spares_until = 0                 # spares made for inode numbers below this
-        self.last_request = 0.0                # monotonic time of the last kernel request
+        self.foreground = Foreground()         # how busy the kernel keeps us (the uploader yields)
 
     # -- attributes and lookup counts -------------------------------------------------------
 
