@@ -1,6 +1,7 @@
 """The uploader's "foreground first" signal (``gobi.fs.foreground``) with explicit request
-times: a handful of requests (one edit) never makes the mount busy, a stream does, and a
-stream that ended frees the uploader one window after its oldest counted request."""
+times: a handful of requests (one edit) never makes the mount busy, a stream does (and
+stays one while requests keep coming, however slowly), and a stream that ended frees the
+uploader one window after its last request."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def test_a_stream_of_requests_does_until_it_has_ended():
     oldest = times[-BUSY_REQUESTS]
     assert fg.busy_for(now=end) == pytest.approx(oldest + BUSY_WINDOW - end)
     assert fg.busy_for(now=end) > 0.0
-    assert fg.busy_for(now=oldest + BUSY_WINDOW) == 0.0
+    assert fg.busy_for(now=end + BUSY_WINDOW / 2) > 0.0
+    assert fg.busy_for(now=end + BUSY_WINDOW) == 0.0
 
 
 def test_requests_slower_than_the_threshold_never_make_it_busy():
@@ -40,3 +42,20 @@ def test_requests_slower_than_the_threshold_never_make_it_busy():
         t = 100.0 + i * step
         fg.request(now=t)
         assert fg.busy_for(now=t) == 0.0
+
+
+def test_a_stream_that_slows_down_stays_a_stream_until_it_pauses():
+    """Uploads slow a tar x down below the rate; it must not count as over for that."""
+    fg = Foreground()
+    t = 100.0
+    for _ in range(BUSY_REQUESTS):
+        t += BUSY_WINDOW / (4 * BUSY_REQUESTS)
+        fg.request(now=t)
+    assert fg.busy_for(now=t) > 0.0
+    for _ in range(3 * BUSY_REQUESTS):                 # now at a tenth of the threshold's rate
+        t += 10 * BUSY_WINDOW / BUSY_REQUESTS
+        fg.request(now=t)
+        assert 0.0 < fg.busy_for(now=t) <= BUSY_WINDOW
+    assert fg.busy_for(now=t + BUSY_WINDOW) == 0.0     # a pause of one window: over
+    fg.request(now=t + 2 * BUSY_WINDOW)                # and one request later is no stream
+    assert fg.busy_for(now=t + 2 * BUSY_WINDOW) == 0.0
