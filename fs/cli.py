@@ -218,7 +218,7 @@ def _run_foreground(args, server, token, mountpoint, cache_dir) -> int:
     cfg = MountConfig(
         server=server, token=token, vault=args.vault, mountpoint=mountpoint, cache_dir=cache_dir,
         cache_size=args.cache_size, fuse_options=_fuse_options(args.o), settle=args.settle,
-        drain_timeout=args.drain_timeout, on_ready=on_ready, metrics=args.metrics,
+        quiet=args.quiet, drain_timeout=args.drain_timeout, on_ready=on_ready, metrics=args.metrics,
         metrics_textfile=Path(args.metrics_textfile).resolve() if args.metrics_textfile else None,
     )
     try:
@@ -241,7 +241,8 @@ def _daemonize(args: argparse.Namespace, cache_dir: Path) -> int:
     r, w = os.pipe()
     argv = [sys.executable, "-m", "gobi", "mount", "--foreground", "--ready-fd", str(w),
             "--cache-dir", str(cache_dir), "--cache-size", str(args.cache_size),
-            "--settle", str(args.settle), "--drain-timeout", str(args.drain_timeout),
+            "--settle", str(args.settle), "--quiet", str(args.quiet),
+            "--drain-timeout", str(args.drain_timeout),
             "--log-format", args.log_format]
     if args.server:
         argv += ["--server", args.server]
@@ -722,6 +723,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--settle", type=float, default=1.0,
                    help="seconds a new file or folder waits before upload, so temporary files never "
                         "leave the machine; edits, renames and deletes go at once (default 1)")
+    p.add_argument("--quiet", type=float, default=2.0,
+                   help="seconds a file open for writing must go unwritten before its upload "
+                        "starts (a log or a download being written is sent once it pauses or "
+                        "is closed; default 2)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="after unmount, seconds to keep uploading pending changes (default 30)")
     p.add_argument("--metrics", metavar="ADDR",

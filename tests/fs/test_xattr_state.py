@@ -38,7 +38,8 @@ def state(path) -> str:
 
 
 def test_state_and_rev_follow_a_file(mounts, user, vault):
-    m = mounts(extra=("--settle", "600"))          # nothing uploads until asked
+    # Nothing new uploads until asked, nor a file open for writing until it is closed.
+    m = mounts(extra=("--settle", "600", "--quiet", "600"))
     f = m.path / "notes.txt"
     f.write_text("first")
     (m.path / "dir").mkdir()
@@ -63,19 +64,22 @@ def test_state_and_rev_follow_a_file(mounts, user, vault):
     assert g.read_text() == "first"
     assert state(g) == "synced"
 
-    # A local change: pending until uploaded, then a newer revision.
+    # A local change: pending until uploaded (held here while the file is open for
+    # writing; an edit of a closed file starts uploading at once), then a newer revision.
     with open(f, "a") as fh:
         fh.write(", second")
-    assert state(f) == "pending"
+        fh.flush()
+        os.fsync(fh.fileno())
+        assert state(f) == "pending"
     m.sync()
     assert state(f) == "synced"
     assert int(getfattr(f, "user.gobi.rev")) > rev
 
-    # Removed while open: pending (the delete waits), then deleted.
+    # Removed while open: on its way (the delete goes at once), then deleted.
     fd = os.open(f, os.O_RDONLY)
     try:
         os.unlink(f)
-        assert os.getxattr(fd, "user.gobi.state") == b"pending"
+        assert os.getxattr(fd, "user.gobi.state") in (b"pending", b"uploading", b"deleted")
         m.sync()
         assert os.getxattr(fd, "user.gobi.state") == b"deleted"
     finally:
