@@ -166,6 +166,12 @@ class Kernel:
         # (``settled``), or an append would land at the old end of file.
         self._unsettled: dict[int, trio.Event] = {}
         self.delay = delay            # tests: hold notices this long, to widen that window
+        self._telling = 0             # notices being carried out right now
+
+    @property
+    def pending(self) -> int:
+        """Notices queued or being carried out (the kernel may still show the old state)."""
+        return len(self._items) + self._telling
 
     # -- what changed (called by the applier, on the trio thread) --------------------------------
 
@@ -211,7 +217,8 @@ class Kernel:
         return len(ready)
 
     def status(self) -> dict:
-        return {"kernel_notices": self.done, "kernel_materialised": self.materialised,
+        return {"kernel_notices": self.done, "kernel_notices_pending": self.pending,
+                "kernel_materialised": self.materialised,
                 "kernel_evicted": self.evicted, "kernel_fallbacks": self.failures}
 
     # -- the worker -------------------------------------------------------------------------------
@@ -224,12 +231,14 @@ class Kernel:
             if self.delay:
                 await trio.sleep(self.delay)
             items, self._items = self._items, []
+            self._telling = len(items)
             if self.enabled and self.port is not None:
                 log.debug("kernel notices: %s", items)
                 steps = self._plan(items)
                 if steps:
                     await trio.to_thread.run_sync(self._execute, steps)
                 self.done += len(items)
+            self._telling = 0
             # (Not mounted, yet or any more: nothing is cached, nothing to wait for.)
             for it in items:
                 event = self._unsettled.get(it.ino)

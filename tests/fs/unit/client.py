@@ -114,9 +114,11 @@ class Client:
                 await trio.sleep(0.01)
 
     async def caught_up(self, seq: int, limit: float = 30) -> None:
-        """The mirror has applied every server event up to ``seq``."""
+        """The mirror has applied every server event up to ``seq`` and the kernel has been
+        told (notices go out from a worker thread after the mirror changed)."""
+        kernel = self.layers.kernel
         with trio.fail_after(limit):
-            while self.layers.states.last_seq < seq:
+            while self.layers.states.last_seq < seq or kernel.pending:
                 await trio.sleep(0.01)
 
 
