@@ -290,7 +290,8 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=1.0, help="gobi mount --settle (default 1, the mount's)")
     ap.add_argument("--baseline-count", type=int, default=5)
     ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--fanout", default="1,10,100", help="subscriber counts ('' to skip)")
+    ap.add_argument("--fanout", default="1,10,100",
+                    help="subscriber counts, each at least 1 ('' or 0 to skip)")
     ap.add_argument("--fanout-commits", type=int, default=30)
     ap.add_argument("--work", help="work dir (default: a temp dir, removed)")
     args = ap.parse_args()
@@ -331,7 +332,7 @@ def main() -> int:
         if args.fanout:
             rows = []
             base_last = None
-            for n in [int(x) for x in args.fanout.split(",") if x]:
+            for n in [int(x) for x in args.fanout.split(",") if x and int(x) > 0]:
                 r = trio.run(fanout, gobi.url, gobi.token, gobi.vault, n, args.fanout_commits,
                              gobi.server_pid())
                 base_last = base_last or r["last_p50"]
