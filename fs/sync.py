@@ -646,13 +646,11 @@ class Sync:
                 "on_conflict": "strategy"}
         pushed = None
         chunks: list[tuple[str, bytes]] = []
+        maybe_sent = e.seq in self._maybe_sent or e.seq <= self._started_at_seq
         if row is not None and row.is_file and row.dirty and self.vfs.staged(row.ino):
             if self.vfs.writable_now(row.ino, self.quiet):
                 # Still being written: create it empty now, the content follows.
-                with self.tree.tx():
-                    if not self.journal.has_pending(e.node, "content"):
-                        self.journal.append("content", e.node)
-                self.vfs.queued.add(row.ino)
+                self._content_follows(row.ino, e.node)
             else:
                 pushed, chunks = await self._push(row.ino, upload=not batch)
                 refs, size, gen = pushed
@@ -672,7 +670,14 @@ class Sync:
             self._acked(node_id, node)
             if pushed is not None and row is not None:
                 refs, size, gen = pushed
-                self.vfs.uploaded(row.ino, gen, node.rev, node.content_rev or node.rev, refs, size)
+                if maybe_sent and (node.size, node.mtime_ns) != (size, args.get("mtime_ns")):
+                    # An earlier attempt made the node (the server answers a retried create
+                    # with what that attempt made), and the file changed between the two
+                    # attempts (every write moves its mtime): the server does not have this
+                    # attempt's content. A content upload follows, based on what it has.
+                    self._content_follows(row.ino, e.node)
+                else:
+                    self.vfs.uploaded(row.ino, gen, node.rev, node.content_rev or node.rev, refs, size)
             op.settle.append(node)
 
         def refused(exc: ApiError) -> bool:
@@ -688,6 +693,13 @@ class Sync:
 
         op = _Op(e, "create", None, args, finish, refused, chunks)
         return op
+
+    def _content_follows(self, ino: int, node_id: str) -> None:
+        """The file's content goes in a content upload of its own (queued unless one is)."""
+        with self.tree.tx():
+            if not self.journal.has_pending(node_id, "content"):
+                self.journal.append("content", node_id)
+        self.vfs.queued.add(ino)
 
     async def _prepare_move(self, e: Entry, batch: bool) -> _Op | None:
         a = e.args

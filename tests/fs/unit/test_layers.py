@@ -336,3 +336,38 @@ async def test_a_single_edit_on_an_idle_mount_uploads_without_yielding(account, 
                 await trio.sleep(0.005)
         assert sync.foreground_yields == yields
         assert account.data("notes.txt") == b"second version\n"
+
+
+async def test_a_create_whose_answer_was_lost_does_not_acknowledge_a_later_append(account, tmp_path):
+    """The create reached the server but its answer was lost (a link cut mid-answer); the
+    file was appended to before the retry. The retry carries the new content, and the
+    server answers it with the node the first attempt made: that answer must not mark the
+    appended content as uploaded (found by the long partition run: the writing mount kept
+    an append the server never got, clean in its mirror)."""
+    from gobi.fs.remote import Offline
+
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c",
+                           settle=0.0) as c:
+        sync = c.layers.sync
+        real = sync._call
+        lost = []
+
+        async def answer_lost(op, node, args):
+            outcome = await real(op, node, args)
+            if op == "create" and not lost:
+                lost.append(outcome)
+                ino = await c.ino("f.txt")
+                info = await c.ops.open(ino, os.O_WRONLY | os.O_APPEND, CTX)
+                await c.ops.write(info.fh, 6, b"appended\n")
+                await c.ops.release(info.fh)
+                raise Offline("connection reset while reading the answer")
+            return outcome
+
+        sync._call = answer_lost
+        await c.write_file("f.txt", b"first\n")
+        await c.synced()
+        assert lost, "the create was sent"
+        assert account.data("f.txt") == b"first\nappended\n"
+        await c.caught_up(account.head())
+        assert await c.read_file("f.txt") == b"first\nappended\n"
+        assert not c.tree.get(await c.ino("f.txt")).dirty
