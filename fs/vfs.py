@@ -137,6 +137,15 @@ class Handle:
     fetch_s: float = 0.0
 
 
+
+@dataclass
+class _Fetch:
+    """A chunk fetch in flight: its waiters wake on ``done`` and take ``data`` (None: it
+    failed or was cancelled)."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+
 class Vfs:
     def __init__(self, tree: Tree, cache: BlockCache, remote: Remote, link: Link,
                  uid: int, gid: int, spawn: Callable[..., None] | None = None):
@@ -157,7 +166,7 @@ class Vfs:
         self.queued: set[int] = set()          # dirty with a content upload queued
         self.mtimes: dict[int, int] = {}       # mtime of staged files not yet saved
         self.last_write: dict[int, float] = {}
-        self._fetching: dict[str, trio.Event] = {}
+        self._fetching: dict[str, _Fetch] = {}        # chunk hash -> its fetch in flight
         self._filling: dict[int, trio.Event] = {}     # ino -> materialize in progress
         self._orphans: set[int] = set()        # nodes that may be orphans waiting for a purge
         self.uploaded_gen: dict[int, int] = {}  # content generation the server has (sync barriers)
@@ -412,7 +421,13 @@ class Vfs:
     async def chunk(self, chunk_hash: str, size: int, pin: bool = False,
                     handle: Handle | None = None) -> bytes:
         """A whole chunk: from the cache, or fetched, verified and cached (``pin``: kept
-        out of eviction, for pinned files). ``handle`` is charged with the fetch."""
+        out of eviction, for pinned files). ``handle`` is charged with the fetch.
+
+        One fetch per chunk at a time; whoever asks meanwhile waits for it and gets its
+        bytes from it, not from the cache: with the cache full (its cap taken by staged or
+        pinned data) the chunk is not kept, and each waiter fetching it again in turn made
+        reads crawl (and two of them racing for the in-flight slot raised ``KeyError``).
+        A fetch that failed or was cancelled leaves its waiters to try themselves."""
         while True:
             data = self.cache.read(chunk_hash)
             if data is not None:
@@ -422,11 +437,13 @@ class Vfs:
             pending = self._fetching.get(chunk_hash)
             if pending is None:
                 break
-            await pending.wait()
-            if chunk_hash not in self.cache:
-                break       # the other fetch failed or could not cache: fetch ourselves
-        done = trio.Event()
-        self._fetching[chunk_hash] = done
+            await pending.done.wait()
+            if pending.data is not None:
+                if pin:
+                    self.cache.put(chunk_hash, pending.data, pin=True)
+                return pending.data
+        fetch = _Fetch()
+        self._fetching[chunk_hash] = fetch
         try:
             t0 = time.perf_counter()
             data = await self.server_read(self.remote.get_chunk, chunk_hash)
@@ -443,10 +460,11 @@ class Vfs:
                 handle.fetch_s += elapsed
             # False: the cap is taken by staged and pinned data; serve it anyway.
             self.cache.put(chunk_hash, data, pin=pin)
+            fetch.data = data
             return data
         finally:
             del self._fetching[chunk_hash]
-            done.set()
+            fetch.done.set()
 
     async def _prefetch(self, chunk_hash: str, size: int, handle: Handle) -> None:
         try:

@@ -126,9 +126,10 @@ class Client:
 async def open_client(server_url: str, token: str, vault: str, cache_dir: Path,
                       **config) -> AsyncIterator[Client]:
     cache_dir.mkdir(parents=True, exist_ok=True)
+    config.setdefault("cache_size", 1 << 30)
     cfg = MountConfig(server=server_url, token=token, vault=vault,
                       mountpoint=cache_dir / "not-mounted", cache_dir=cache_dir,
-                      cache_size=1 << 30, materialise=False, **config)
+                      materialise=False, **config)
     tree = Tree(cache_dir / "mirror.db")
     port = RecordingPort()
     try:

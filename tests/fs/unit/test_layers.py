@@ -371,3 +371,43 @@ async def test_a_create_whose_answer_was_lost_does_not_acknowledge_a_later_appen
         await c.caught_up(account.head())
         assert await c.read_file("f.txt") == b"first\nappended\n"
         assert not c.tree.get(await c.ino("f.txt")).dirty
+
+
+async def test_reads_with_the_cache_full_of_unsent_data_fetch_through(account, tmp_path):
+    """The cache's cap is taken by a file not uploaded yet: another file's chunks cannot be
+    kept, so every read fetches through. Many readers of the same chunks at once all get
+    the bytes (from the one fetch in flight), none fails, and the fetches are not repeated
+    once per waiter (issue 17: a KeyError in the fetch path, and reads that crawled)."""
+    other = account.api
+    remote_data = os.urandom(200 << 10)     # ~200 small chunks (the test helper's chunker)
+    create_file(other, account.vault, "remote.bin", remote_data)
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c",
+                           cache_size=64 << 10) as c:
+        await c.caught_up(account.head())
+        vfs, cache = c.layers.vfs, c.layers.cache
+        async with c.layers.sync.paused():
+            await c.write_file("unsent.bin", os.urandom(64 << 10))
+            assert cache.staged_bytes == 64 << 10 and cache.used >= cache.cap
+            ino = await c.ino("remote.bin")
+            got: dict[int, bytes] = {}
+
+            async def reader(i: int) -> None:
+                info = await c.ops.open(ino, os.O_RDONLY, CTX)
+                try:
+                    parts = []
+                    for off in range(0, len(remote_data), 32 << 10):
+                        parts.append(await c.ops.read(info.fh, off, 32 << 10))
+                    got[i] = b"".join(parts)
+                finally:
+                    await c.ops.release(info.fh)
+
+            async with trio.open_nursery() as n:
+                for i in range(6):
+                    n.start_soon(reader, i)
+            assert all(data == remote_data for data in got.values()) and len(got) == 6
+            assert cache.cached_bytes == 0           # nothing of it could be kept
+            chunks = len(c.tree.manifest(ino))
+            # Each reader's reads of one chunk share a fetch; far fewer than one per read.
+            assert chunks <= vfs.fetched_chunks <= 6 * chunks, (vfs.fetched_chunks, chunks)
+        await c.synced()
+        assert account.data("remote.bin") == remote_data
