@@ -112,8 +112,8 @@ class Operations(pyfuse3.Operations):
     def _attr_of(self, ino: int, kind: str, mode: int, size: int, mtime: int, ctime: int,
                  uid: int | None, gid: int | None) -> pyfuse3.EntryAttributes:
         """Attributes from the mirror's columns (``Tree.LISTING`` order). Hot: readdir
-        builds one per entry, so it avoids method calls; generation, nlink and rdev keep
-        EntryAttributes' defaults (0, 1, 0)."""
+        builds one per entry, so it avoids most method calls; generation and rdev keep
+        EntryAttributes' defaults (0, 0)."""
         a = pyfuse3.EntryAttributes()
         a.st_ino = ino
         a.entry_timeout = TIMEOUT
@@ -127,6 +127,7 @@ class Operations(pyfuse3.Operations):
                 size = staged
         mtime = vfs.mtimes.get(ino, mtime)
         a.st_mode = _KIND[kind] | mode
+        a.st_nlink = self.tree.nlink(ino, kind)
         a.st_uid = vfs.uid if uid is None else uid
         a.st_gid = vfs.gid if gid is None else gid
         a.st_size = size
@@ -241,12 +242,22 @@ class Operations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, row[1].encode(), self._row_attr(row), offset):
                     return
             return
-        after, sent, want = start_id, 0, self._readdir_rows
+        # Offsets: 1 after ".", 2 after "..", then a child's inode + 2 (inodes of children
+        # are >= 2, so they never collide with the dots). The kernel takes no lookup for
+        # the dots from a READDIRPLUS reply, so they are not remembered.
+        if start_id < 2:
+            e = self.tree.get(fh)
+            dots = [(b".", e, 1), (b"..", self.tree.get(e.parent if e.parent is not None else fh), 2)]
+            for name, d, offset in dots[start_id:]:
+                if not pyfuse3.readdir_reply(token, name, self._attr(d), offset):
+                    return
+            start_id = 2
+        after, sent, want = start_id - 2, 0, self._readdir_rows
         attr, reply, remember = self._attr_of, pyfuse3.readdir_reply, self.vfs.remember
         while True:
             batch = self.tree.listing(fh, after, want)
             for ino, name, kind, mode, size, mtime, ctime, uid, gid in batch:
-                if not reply(token, name.encode(), attr(ino, kind, mode, size, mtime, ctime, uid, gid), ino):
+                if not reply(token, name.encode(), attr(ino, kind, mode, size, mtime, ctime, uid, gid), ino + 2):
                     self._readdir_rows = max(16, min(READDIR_MAX, sent + 8))
                     return
                 remember(ino)

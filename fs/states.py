@@ -208,6 +208,8 @@ class ServerStates:
             if e is None:
                 self.tree.insert(id=node.id, **fields)
                 self.kernel.created(parent.ino, node.name)
+                if node.kind.value == "dir":
+                    self.kernel.attrs(parent.ino, bulk)     # its nlink (``find`` trusts it)
                 return "applied"
             if ack and (e.is_dir or e.kind == "symlink"):
                 # A directory's mtime moves here with every local change inside it, and a
@@ -224,6 +226,9 @@ class ServerStates:
                     self.kernel.moved(e.parent, e.name, parent.ino, node.name, e.ino)
                 else:
                     self.kernel.created(parent.ino, node.name)
+                if e.is_dir:
+                    for p in {e.parent, parent.ino} - {None}:
+                        self.kernel.attrs(p, bulk)          # their nlink
             if content_changed:
                 self.content_replaced(e.ino, bulk)
             elif attrs_changed:
@@ -256,6 +261,8 @@ class ServerStates:
             return False
         self.tree.orphan(e)
         self.kernel.removed(e.parent, e.name, ino)
+        if e.is_dir:
+            self.kernel.attrs(e.parent, bulk)               # its nlink
         self.vfs.maybe_purge(ino)
         return True
 

@@ -133,6 +133,7 @@ class Tree:
         self._ids: dict[str, int] = {}
         self._kids: dict[int, dict[str, int]] = {}        # live children: dir ino -> name -> ino
         self._order: dict[int, list[int] | None] = {}      # readdir order (by ino), built lazily
+        self._subdirs: dict[int, int] = {}                  # dir ino -> live child directories
         self._dirty: set[int] = set()
         self._orphans: set[int] = set()
         for values in snap.nodes.values():
@@ -224,6 +225,8 @@ class Tree:
         if e.parent is not None:
             self._kids.setdefault(e.parent, {})[e.name] = e.ino
             self._order.pop(e.parent, None)
+            if e.kind == "dir":
+                self._subdirs[e.parent] = self._subdirs.get(e.parent, 0) + 1
         elif e.ino != ROOT_INO:
             self._orphans.add(e.ino)
         if e.dirty:
@@ -237,6 +240,12 @@ class Tree:
             kids = self._kids.get(e.parent)
             if kids is not None and kids.get(e.name) == e.ino:
                 del kids[e.name]
+                if e.kind == "dir":
+                    left = self._subdirs[e.parent] - 1
+                    if left:
+                        self._subdirs[e.parent] = left
+                    else:
+                        del self._subdirs[e.parent]
             self._order.pop(e.parent, None)
         self._orphans.discard(e.ino)
         self._dirty.discard(e.ino)
@@ -329,6 +338,14 @@ class Tree:
         while the directory changes)."""
         return [(e.ino, e.name, e.kind, e.mode, e.size, e.mtime_ns, e.ctime_ns, e.uid, e.gid)
                 for e in self.children(parent, after_ino, limit)]
+
+    def nlink(self, ino: int, kind: str) -> int:
+        """Links to a node as POSIX counts them: a directory has its name, its ``.`` and
+        each subdirectory's ``..``; a file or symlink its one name, none once unlinked
+        (an orphan kept for its open handles)."""
+        if kind == "dir":
+            return 2 + self._subdirs.get(ino, 0)
+        return 0 if ino in self._orphans else 1
 
     def has_children(self, ino: int) -> bool:
         return bool(self._kids.get(ino))

@@ -82,8 +82,9 @@ class Client:
         finally:
             await self.ops.release(info.fh)
 
-    async def listdir(self, path: str = "") -> list[str]:
-        """readdir as ``ls`` does it (readdirplus replies collected)."""
+    async def listdir(self, path: str = "", dots: bool = False) -> list[str]:
+        """readdir as ``ls`` does it (readdirplus replies collected); ``.`` and ``..`` only
+        with ``dots`` (``os.listdir`` leaves them out too)."""
         fh = await self.ops.opendir(await self.ino(path), CTX)
         names: list[str] = []
         token = object()
@@ -100,7 +101,7 @@ class Client:
         finally:
             pyfuse3.readdir_reply = real
             await self.ops.releasedir(fh)
-        return sorted(names)
+        return sorted(n for n in names if dots or n not in (".", ".."))
 
     # -- waiting ------------------------------------------------------------------------------
 

@@ -411,3 +411,79 @@ async def test_reads_with_the_cache_full_of_unsent_data_fetch_through(account, t
             assert chunks <= vfs.fetched_chunks <= 6 * chunks, (vfs.fetched_chunks, chunks)
         await c.synced()
         assert account.data("remote.bin") == remote_data
+
+
+async def test_directories_list_their_dots_and_count_links(account, tmp_path):
+    """readdir lists ``.`` and ``..`` first, and resumes at any offset it gave without
+    losing or repeating an entry; a directory's nlink is 2 + its subdirectories, a file
+    unlinked while open has none (issue 17, items 3 and 6)."""
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        ops = c.ops
+        d = (await ops.mkdir(ROOT_INO, b"d", 0o755, CTX)).st_ino
+        for name in (b"a", b"b"):
+            await ops.mkdir(d, name, 0o755, CTX)
+        for i in range(5):
+            await c.write_file(f"d/f{i}", b"x")
+        assert await c.listdir("d", dots=True) == [".", "..", "a", "b", "f0", "f1", "f2", "f3", "f4"]
+
+        # The kernel's buffer filling after each entry: every restart goes on from the last
+        # offset taken.
+        fh = await ops.opendir(d, CTX)
+        seen: list[tuple[str, int]] = []
+        real = pyfuse3.readdir_reply
+        start = 0
+        try:
+            while True:
+                taken = []
+
+                def one(tok, name, attr, next_id):
+                    if taken:
+                        return False
+                    taken.append((name.decode(), next_id, attr.st_ino))
+                    return True
+
+                pyfuse3.readdir_reply = one
+                await ops.readdir(fh, start, object())
+                if not taken:
+                    break
+                name, start, ino = taken[0]
+                seen.append((name, ino))
+        finally:
+            pyfuse3.readdir_reply = real
+        assert [n for n, _ in seen] == [".", "..", "a", "b", "f0", "f1", "f2", "f3", "f4"]
+        assert dict(seen)["."] == d and dict(seen)[".."] == ROOT_INO
+
+        assert (await ops.getattr(d, CTX)).st_nlink == 4
+        assert (await ops.getattr(ROOT_INO, CTX)).st_nlink == 3
+        await ops.rmdir(d, b"a", CTX)
+        assert (await ops.getattr(d, CTX)).st_nlink == 3
+        f = await c.ino("d/f0")
+        assert (await ops.getattr(f, CTX)).st_nlink == 1
+        info = await ops.open(f, os.O_RDONLY, CTX)
+        await ops.unlink(d, b"f0", CTX)
+        assert (await ops.getattr(f, CTX)).st_nlink == 0
+        await ops.release(info.fh)
+
+
+async def test_another_devices_subdirectory_updates_the_parents_link_count(account, tmp_path):
+    """A directory made, moved or removed elsewhere changes its parent's nlink here, and
+    the kernel is told to drop the parent's cached attributes (``find`` prunes by nlink)."""
+    other = account.api
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        a = mkdir(other, account.vault, "a")
+        b = mkdir(other, account.vault, "b")
+        await c.caught_up(account.head())
+        ia, ib = await c.ino("a"), await c.ino("b")
+        assert (await c.ops.getattr(ia, CTX)).st_nlink == 2
+        c.port.notices.clear()
+        sub = mkdir(other, account.vault, "sub", parent=a["id"])
+        await c.caught_up(account.head())
+        assert (await c.ops.getattr(ia, CTX)).st_nlink == 3
+        assert ("inode", ia, True) in c.port.notices
+        c.port.notices.clear()
+        r = other.patch(f"/vaults/{account.vault}/nodes/{sub['id']}",
+                        json={"parent": b["id"], "name": "sub", "base_rev": sub["rev"]})
+        assert r.status_code == 200, r.text
+        await c.caught_up(account.head())
+        assert [(await c.ops.getattr(i, CTX)).st_nlink for i in (ia, ib)] == [2, 3]
+        assert {("inode", ia, True), ("inode", ib, True)} <= set(c.port.notices)
