@@ -283,7 +283,7 @@ class Sync:
         if e.op == "content":
             return (row is not None and row.parent is not None and row.dirty
                     and self.vfs.staged(row.ino) and self.cache.staged_size(row.ino) <= SMALL_FILE
-                    and e.seq not in self._maybe_sent and e.seq > self._started_at_seq)
+                    and not self._maybe_sent_before(e))
         return False
 
     async def run_uploader(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -646,7 +646,7 @@ class Sync:
                 "on_conflict": "strategy"}
         pushed = None
         chunks: list[tuple[str, bytes]] = []
-        maybe_sent = e.seq in self._maybe_sent or e.seq <= self._started_at_seq
+        maybe_sent = self._maybe_sent_before(e)
         if row is not None and row.is_file and row.dirty and self.vfs.staged(row.ino):
             if self.vfs.writable_now(row.ino, self.quiet):
                 # Still being written: create it empty now, the content follows.
@@ -693,6 +693,11 @@ class Sync:
 
         op = _Op(e, "create", None, args, finish, refused, chunks)
         return op
+
+    def _maybe_sent_before(self, e: Entry) -> bool:
+        """Could an earlier attempt of this entry have reached the server (an answer lost
+        to a cut link, or an entry from before this start)?"""
+        return e.seq in self._maybe_sent or e.seq <= self._started_at_seq
 
     def _content_follows(self, ino: int, node_id: str) -> None:
         """The file's content goes in a content upload of its own (queued unless one is)."""
@@ -805,7 +810,7 @@ class Sync:
             return self._update_op(e, body)
         pushed, chunks = await self._push(row.ino, upload=not batch)
         refs, size, gen = pushed
-        maybe_sent = e.seq in self._maybe_sent or e.seq <= self._started_at_seq
+        maybe_sent = self._maybe_sent_before(e)
         # The base is the server content our local edit started from (``content_rev``), not
         # the node's rev: an ack of our own chmod or rename moves ``rev`` past another
         # device's content commit that this mount never saw, and that commit would then be
