@@ -12,6 +12,8 @@ Conventions:
 - times are integer nanoseconds since the epoch (``mtime_ns``), as FUSE and ``os.stat``
   use them; ``ts`` of an event is float seconds (server clock, informational).
 - ``mode`` carries permission bits only (``0o7777``); the kind says what the node is.
+- FIFOs, unix sockets and device nodes (``SPECIAL_KINDS``) are metadata only: kind, mode,
+  mtime and, for devices, ``rdev``; never content (size 0, no versions).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class ErrorCode(str, enum.Enum):
     RANGE_NOT_SATISFIABLE = "range_not_satisfiable"
     UNAVAILABLE = "unavailable"              # draining or a dependency is down: retry
     DELETE_HELD = "delete_held"              # mass delete held for the owner (details.hold)
+    NOT_A_FILE = "not_a_file"                # content/versions of a symlink, FIFO, socket, device
     INTERNAL = "internal"
 
 
@@ -76,6 +79,19 @@ class NodeKind(str, enum.Enum):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
+    FIFO = "fifo"           # named pipe (mkfifo)
+    SOCKET = "socket"       # unix socket (bind)
+    CHARDEV = "chardev"     # character device node (rdev: its device number)
+    BLOCKDEV = "blockdev"   # block device node (rdev: its device number)
+
+
+#: Special files: the vault keeps what makes them (kind, mode, mtime, rdev) and nothing
+#: else; what they do happens in the kernel of the machine that opens them.
+SPECIAL_KINDS = frozenset({NodeKind.FIFO, NodeKind.SOCKET, NodeKind.CHARDEV, NodeKind.BLOCKDEV})
+#: The special files that carry a device number.
+DEVICE_KINDS = frozenset({NodeKind.CHARDEV, NodeKind.BLOCKDEV})
+#: Largest ``rdev``: FUSE (``fuse_attr.rdev``) and the kernel's ``dev_t`` on disk are 32 bits.
+MAX_RDEV = 2**32 - 1
 
 
 class EventType(str, enum.Enum):
@@ -204,6 +220,7 @@ SymlinkTarget = Annotated[str, AfterValidator(_validate_target)]
 # so `"replace_rev": false` or `"dry_run": 0` is refused rather than read as 0 / False.
 Mode = Annotated[int, Field(ge=0, le=0o7777, strict=True)]
 NonNegInt = Annotated[int, Field(ge=0, strict=True)]
+Rdev = Annotated[int, Field(ge=0, le=MAX_RDEV, strict=True)]
 Flag = Annotated[bool, Field(strict=True)]
 # Signed 64-bit nanoseconds: a few centuries either side of 1970.
 TimeNs = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, strict=True)]
@@ -319,16 +336,17 @@ class Node(Model):
     name: str             # "" for the root
     kind: NodeKind
     rev: int              # seq of the last change to this node
-    size: int = 0         # files: content size; symlinks: target length; dirs: 0
+    size: int = 0         # files: content size; symlinks: target length; others: 0
     mtime_ns: int = 0
     mode: int = 0o644
     target: str | None = None      # symlinks only
+    rdev: int = 0                  # chardev/blockdev: device number (st_rdev); 0 otherwise
     content_rev: int | None = None  # files: rev of the current content version
     deleted: bool = False
 
 
 class CreateNodeRequest(Model):
-    """Create a file, directory or symlink.
+    """Create a file, directory, symlink or special file (FIFO, socket, device node).
 
     ``id``: optional client-chosen node id. A client that creates nodes while offline
     picks ids up front; a retried create with the same id, parent and name returns the
@@ -342,6 +360,7 @@ class CreateNodeRequest(Model):
     mode: Mode = 0o644
     mtime_ns: TimeNs | None = None
     target: SymlinkTarget | None = None     # required for symlinks, refused otherwise
+    rdev: Rdev = 0                           # chardev/blockdev only (400 otherwise unless 0)
     content: Manifest | None = None          # files only; default: empty file
     on_conflict: OnConflict = "fail"          # name taken / parent deleted: see OnConflict
 

@@ -29,6 +29,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.USERNAME_TAKEN: 409,
     ErrorCode.NOT_A_DIRECTORY: 409,
     ErrorCode.IS_A_DIRECTORY: 409,
+    ErrorCode.NOT_A_FILE: 409,
     ErrorCode.DIRECTORY_NOT_EMPTY: 409,
     ErrorCode.DELETE_HELD: 409,
     ErrorCode.CURSOR_EXPIRED: 410,

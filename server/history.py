@@ -74,7 +74,8 @@ class History:
             if node is None:
                 raise ServiceError(ErrorCode.NOT_FOUND, "node not found", node=node_id)
             if node.kind is not NodeKind.FILE:
-                raise ServiceError(ErrorCode.IS_A_DIRECTORY, "only files have versions", node=node_id)
+                raise ServiceError(ErrorCode.IS_A_DIRECTORY if node.kind is NodeKind.DIR
+                                   else ErrorCode.NOT_A_FILE, "only files have versions", node=node_id)
             if node.deleted:
                 raise conflict_error(node, "the file is deleted: restore it from the trash first")
             if req.base_rev is not None and not (node.content_rev or 0) <= req.base_rev <= node.rev:

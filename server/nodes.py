@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from gobi.protocol import (
+    DEVICE_KINDS,
     ROOT_ID,
     CommitContentRequest,
     ConflictInfo,
@@ -63,6 +64,16 @@ T = TypeVar("T")
 
 def new_node_id() -> str:
     return new_id("n")
+
+
+def no_content(node: Node) -> ServiceError:
+    """The refusal of content (a commit, a version, the bytes) for a node that is no file:
+    a directory is ``is_a_directory``; a symlink or special file ``not_a_file``."""
+    if node.kind is NodeKind.DIR:
+        return ServiceError(ErrorCode.IS_A_DIRECTORY, "only files have content", node=node.id)
+    what = "a symlink" if node.kind is NodeKind.SYMLINK else f"a special file ({node.kind.value})"
+    return ServiceError(ErrorCode.NOT_A_FILE, f"{what} has no content: only files have content",
+                        node=node.id, kind=node.kind.value)
 
 
 class Nodes:
@@ -114,6 +125,8 @@ class Nodes:
             raise ServiceError(ErrorCode.BAD_REQUEST, "only symlinks have a target")
         if req.kind is not NodeKind.FILE and req.content is not None:
             raise ServiceError(ErrorCode.BAD_REQUEST, "only files have content")
+        if req.rdev and req.kind not in DEVICE_KINDS:
+            raise ServiceError(ErrorCode.BAD_REQUEST, "only device nodes (chardev, blockdev) have an rdev")
         content = req.content
         if content is not None:
             check_chunks_sum(content.chunks, content.size)
@@ -162,6 +175,7 @@ class Nodes:
                 mtime_ns=req.mtime_ns if req.mtime_ns is not None else time.time_ns(),
                 mode=req.mode,
                 target=req.target,
+                rdev=req.rdev,
             )
             node = await w.save(node, EventType.CREATE)
             if node.kind is NodeKind.FILE:
@@ -200,8 +214,7 @@ class Nodes:
             if node is None:
                 raise ServiceError(ErrorCode.NOT_FOUND, "node not found", node=node_id)
             if node.kind is not NodeKind.FILE:
-                raise ServiceError(ErrorCode.IS_A_DIRECTORY if node.kind is NodeKind.DIR
-                                   else ErrorCode.BAD_REQUEST, "only files have content")
+                raise no_content(node)
             if node.deleted:
                 if not strategy:
                     # Deleted since the caller last looked: the tombstone is the head, so a
@@ -416,7 +429,7 @@ class Nodes:
     ) -> VersionRecord:
         node = await self.get(actor, vault_id, node_id)
         if node.kind is not NodeKind.FILE:
-            raise ServiceError(ErrorCode.IS_A_DIRECTORY, "only files have content")
+            raise no_content(node)
         want = rev if rev is not None else node.content_rev
         version = await self.store.version(vault_id, node_id, want or 0)
         if version is None:

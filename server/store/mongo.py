@@ -158,6 +158,7 @@ def _node_doc(vault_id: str, node: Node, ts: float) -> dict[str, Any]:
         "target": node.target,
         "content_rev": node.content_rev,
         "deleted": bool(node.deleted),
+        "rdev": node.rdev,
     }
 
 
@@ -174,6 +175,8 @@ def _node(doc: dict[str, Any]) -> Node:
         target=doc["target"],
         content_rev=doc["content_rev"],
         deleted=bool(doc["deleted"]),
+        # Documents written before device nodes existed have no rdev: none was a device.
+        rdev=doc.get("rdev", 0),
     )
 
 

@@ -46,7 +46,7 @@ from .base import (
 T = TypeVar("T")
 
 CURRENT = 2**63 - 1  # seq_to of a node's current row
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 READERS = 4          # read connections (threads) in the pool
 MAX_BATCH = 128      # write jobs per group commit
 
@@ -98,6 +98,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     target TEXT,
     content_rev INTEGER,
     deleted INTEGER NOT NULL,
+    rdev INTEGER NOT NULL DEFAULT 0,   -- device nodes' st_rdev (schema version 3)
     PRIMARY KEY (vault_id, id, seq_from)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS nodes_live_name
@@ -157,7 +158,7 @@ CREATE INDEX IF NOT EXISTS chunks_unreferenced ON chunks(vault_id, ts) WHERE ref
 CREATE INDEX IF NOT EXISTS chunks_doomed ON chunks(vault_id, hash) WHERE doomed IS NOT NULL;
 """
 
-_NODE_COLS = "id, seq_from, parent, name, kind, size, mtime_ns, mode, target, content_rev, deleted"
+_NODE_COLS = "id, seq_from, parent, name, kind, size, mtime_ns, mode, target, content_rev, deleted, rdev"
 _VAULT_COLS = "id, name, owner_id, head_seq, created_at, history_floor"
 _VERSION_COLS = "rev, size, mtime_ns, chunks, ts, device, username, origin"
 _RECORD_COLS = "kind, id, key, state, ts, body"
@@ -167,6 +168,7 @@ def _node(row: Sequence[Any]) -> Node:
     return Node(
         id=row[0], rev=row[1], parent=row[2], name=row[3], kind=NodeKind(row[4]), size=row[5],
         mtime_ns=row[6], mode=row[7], target=row[8], content_rev=row[9], deleted=bool(row[10]),
+        rdev=row[11],
     )
 
 
@@ -198,8 +200,11 @@ def _add_refs(db: sqlite3.Connection, vault_id: str, hashes: Sequence[str], delt
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a version 1 database to version 2: chunk reference counts and doom marks,
-    version origins. Reference counts are computed from the kept versions."""
+    """Bring an older database to ``SCHEMA_VERSION``. Version 2: chunk reference counts and
+    doom marks, version origins (reference counts are computed from the kept versions).
+    Version 3: the nodes' ``rdev`` (device nodes); every row older than it is no device
+    node, so 0 is right for all of them. Each step checks the columns, not the recorded
+    version, so a step interrupted before the version was written is simply redone."""
     cols = {r[1] for r in db.execute("PRAGMA table_info(chunks)")}
     if "refs" not in cols:
         db.execute("BEGIN IMMEDIATE")
@@ -214,6 +219,8 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("COMMIT")
     if "origin" not in {r[1] for r in db.execute("PRAGMA table_info(versions)")}:
         db.execute("ALTER TABLE versions ADD COLUMN origin TEXT")
+    if "rdev" not in {r[1] for r in db.execute("PRAGMA table_info(nodes)")}:
+        db.execute("ALTER TABLE nodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0")
     db.executescript(_SCHEMA_2)
     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                (str(SCHEMA_VERSION),))
@@ -278,10 +285,12 @@ def _save_node(db: sqlite3.Connection, vault_id: str, node: Node, ts: float) -> 
     )
     db.execute(
         "INSERT INTO nodes (vault_id, id, seq_from, seq_to, ts_from, ts_to, parent, name, kind, "
-        "size, mtime_ns, mode, target, content_rev, deleted) VALUES (?,?,?,?,?,NULL,?,?,?,?,?,?,?,?,?)",
+        "size, mtime_ns, mode, target, content_rev, deleted, rdev) "
+        "VALUES (?,?,?,?,?,NULL,?,?,?,?,?,?,?,?,?,?)",
         (
             vault_id, node.id, node.rev, CURRENT, ts, node.parent, node.name, node.kind.value,
             node.size, node.mtime_ns, node.mode, node.target, node.content_rev, int(node.deleted),
+            node.rdev,
         ),
     )
 

@@ -61,10 +61,11 @@ def test_nodes_of_another_vault_are_not_reachable(alice, vault):
 
 def test_unknown_fields_and_wrong_types(alice, vault):
     for body in ({"parent": "root", "name": "x", "kind": "dir", "owner": "me"},
-                 {"parent": "root", "name": "x", "kind": "socket"},
+                 {"parent": "root", "name": "x", "kind": "hardlink"},
                  {"parent": "root", "name": 5, "kind": "dir"},
                  {"parent": "root", "name": "x", "kind": "file", "mode": 0o77777},
-                 {"parent": "root", "name": "x", "kind": "file", "mtime_ns": 2**70}):
+                 {"parent": "root", "name": "x", "kind": "file", "mtime_ns": 2**70},
+                 {"parent": "root", "name": "x", "kind": "chardev", "rdev": -1}):
         r = alice.post(f"/vaults/{vault}/nodes", json=body)
         assert r.status_code == 400, (body, r.text)
         assert "error" in r.json()

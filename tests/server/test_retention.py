@@ -27,7 +27,7 @@ from gobi.server.history import plan_thinning
 from gobi.server.maintenance import history_round
 from gobi.server.service import Services
 from gobi.server.store.base import VersionRecord
-from gobi.server.store.sqlite import SqliteStore
+from gobi.server.store.sqlite import SCHEMA_VERSION, SqliteStore
 from gobi.server.writes import SYSTEM
 
 pytestmark = pytest.mark.asyncio
@@ -243,7 +243,7 @@ async def test_sqlite_schema_1_is_migrated(tmp_path):
     finally:
         await store.close()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     assert json.loads(db.execute("SELECT chunks FROM versions WHERE rev=1").fetchone()[0])[0][0] == h1
     db.close()
     await asyncio.sleep(0)
