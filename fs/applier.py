@@ -50,7 +50,7 @@ from .logs import oplog
 from .notify import Change
 from .remote import ApiError, Offline, Remote, RemoteError
 from .states import ServerStates
-from .tree import ROOT_INO, Tree
+from .tree import KIND_BITS, ROOT_INO, Tree
 from .vfs import Link
 
 log = logging.getLogger(__name__)
@@ -251,9 +251,10 @@ class Applier:
             return None
         new_path = f"{parent_path}/{node.name}"
         if e is None:
-            kind = {"file": "create", "dir": "mkdir", "symlink": "symlink"}[node.kind.value]
+            kind = {"file": "create", "dir": "mkdir", "symlink": "symlink"}.get(node.kind.value, "mknod")
+            mode = node.mode | KIND_BITS[node.kind.value] if kind == "mknod" else node.mode
             return Change(kind, new_path, parent.ino, node.name, apply, target=node.target or "",
-                          mode=node.mode)
+                          mode=mode, rdev=node.rdev)
         if e.parent is None or (e.parent == parent.ino and e.name == node.name):
             return None
         old_path = self.tree.path_of(e)

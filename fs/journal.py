@@ -8,7 +8,7 @@ mount makes it survive a power cut too; the next mount replays the queue.
 
 Ops, each naming a node by its (client-chosen or server) id:
 
-``create``  {parent, name, kind, mode, mtime_ns, target}  (ref = parent)
+``create``  {parent, name, kind, mode, mtime_ns, target, rdev?}  (ref = parent; rdev: devices only)
 ``move``    {parent, name, replace}                      (ref = new parent)
 ``attr``    {fields}  which of mode / mtime changed (default both): their current values are sent
 ``content`` {}    the node's current staged content is chunked, uploaded, committed

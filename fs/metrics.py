@@ -196,7 +196,7 @@ class MountCollector:
         yield self.gauge("gobi_mount_server_head_seq", "Newest vault seq the mount has heard of", head)
         yield self.gauge("gobi_mount_event_lag", "Vault events known on the server but not "
                          "applied here yet (server head seq - last applied seq)", head - last)
-        yield self.gauge("gobi_mount_nodes", "Files, directories and symlinks in the mirror",
+        yield self.gauge("gobi_mount_nodes", "Nodes in the mirror (files, directories, symlinks, special files)",
                          st.get("nodes", 0))
         yield self.counter("gobi_mount_verify_runs", "Comparisons of the mirror with the server "
                            "(gobi verify and the self-checks)", st.get("verify_runs", 0))

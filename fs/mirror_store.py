@@ -10,7 +10,7 @@ acknowledged change) without a SQLite transaction per operation. ``durable()`` â
 
 A **group commit** (``flush``, run by the mirror's flusher off the request path, in a
 worker thread) writes the logged changes of closed segments into the SQLite snapshot
-(``mirror.db``, same schema as before: old caches load as they are) in one transaction
+(``mirror.db``; older caches are brought up to date when opened, see ``migrate``) in one transaction
 with ``synchronous=FULL``, then deletes those segments. At start-up ``load()`` reads the
 snapshot and replays the segments left behind (a crash, a kill -9) in order; a torn last
 line (the process died in the middle of a write) is ignored: that transaction never
@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS nodes(
     id TEXT NOT NULL UNIQUE,
     parent INTEGER,                 -- parent inode; NULL for the root and for orphans
     name TEXT NOT NULL,
-    kind TEXT NOT NULL,             -- file | dir | symlink
+    kind TEXT NOT NULL,             -- file | dir | symlink | fifo | socket | chardev | blockdev
     mode INTEGER NOT NULL,          -- permission bits
     size INTEGER NOT NULL DEFAULT 0,
     mtime_ns INTEGER NOT NULL,
@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS nodes(
     rev INTEGER NOT NULL DEFAULT 0,          -- last rev the server acknowledged (0: not yet)
     content_rev INTEGER,                     -- server content version of files
     manifest_rev INTEGER,                    -- content version whose chunk list is stored
-    dirty INTEGER NOT NULL DEFAULT 0         -- staged content not yet committed
+    dirty INTEGER NOT NULL DEFAULT 0,        -- staged content not yet committed
+    rdev INTEGER NOT NULL DEFAULT 0          -- device nodes' st_rdev
 );
 CREATE TABLE IF NOT EXISTS chunks(
     ino INTEGER NOT NULL, idx INTEGER NOT NULL, off INTEGER NOT NULL,
@@ -87,7 +88,30 @@ DROP_OLD = ["nodes_name", "nodes_children", "nodes_dirty", "journal_node", "jour
             "held_parent", "held_hold"]
 
 COLUMNS = ("ino", "id", "parent", "name", "kind", "mode", "size", "mtime_ns", "ctime_ns", "target",
-           "uid", "gid", "rev", "content_rev", "manifest_rev", "dirty")
+           "uid", "gid", "rev", "content_rev", "manifest_rev", "dirty", "rdev")
+#: Columns added to ``nodes`` after the first mirrors were written, with their definition.
+#: Rows older than a column get its default (no mirror had a device node before ``rdev``).
+ADDED_COLUMNS = {"rdev": "INTEGER NOT NULL DEFAULT 0"}
+
+
+def full_row(value: list | tuple) -> list | tuple:
+    """A node record logged by an older version (a log left by a crash, replayed after an
+    upgrade) lacks the columns added since: they take their default, 0 for each of them."""
+    missing = len(COLUMNS) - len(value)
+    return [*value, *([0] * missing)] if missing > 0 else value
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a mirror written by an older version up to ``SCHEMA``: ``CREATE TABLE IF NOT
+    EXISTS`` leaves an existing table as it is, so added columns are added here, and the
+    secondary indexes older mirrors had are dropped. Each step looks at what the database
+    has, so running it again (or after a step was interrupted) changes nothing."""
+    have = {r[1] for r in db.execute("PRAGMA table_info(nodes)")}
+    for column, definition in ADDED_COLUMNS.items():
+        if column not in have:
+            db.execute(f"ALTER TABLE nodes ADD COLUMN {column} {definition}")
+    for index in DROP_OLD:
+        db.execute(f"DROP INDEX IF EXISTS {index}")
 
 
 class Snapshot:
@@ -115,7 +139,7 @@ class Snapshot:
                     self.chunks.pop(key, None)
                     self.xattrs.pop(key, None)
                 else:
-                    self.nodes[key] = tuple(value)
+                    self.nodes[key] = tuple(full_row(value))
             elif kind == "c":
                 if value is None:
                     self.chunks.pop(key, None)
@@ -156,8 +180,7 @@ class MirrorStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
-        for index in DROP_OLD:
-            self.db.execute(f"DROP INDEX IF EXISTS {index}")
+        migrate(self.db)
         self._fd: int | None = None                 # the segment being appended to
         self._segment = 0
         self._new_file = False
@@ -307,7 +330,7 @@ class MirrorStore:
                 if value is None:
                     gone.append(key)
                 else:
-                    nodes.append(value)
+                    nodes.append(full_row(value))
             else:
                 {"c": chunks, "x": xattrs, "m": meta, "j": journal, "p": pins, "h": held,
                  "H": holds}[kind].append((key, value))

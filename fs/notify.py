@@ -109,7 +109,9 @@ class _Step:
 class Change:
     """A remote structural change to make through the mount (``Kernel.materialise``).
 
-    ``kind``: ``create`` | ``mkdir`` | ``symlink`` | ``unlink`` | ``rmdir`` | ``rename``.
+    ``kind``: ``create`` | ``mkdir`` | ``symlink`` | ``mknod`` | ``unlink`` | ``rmdir`` |
+    ``rename``. For ``mknod`` (a special file) ``mode`` carries the type bits and ``rdev``
+    the device number.
     ``parent``/``name`` (and ``new_parent``/``new_name`` for a rename) are what the
     handler must see; ``apply()`` makes the mirror show the change and returns True, or
     False when it cannot (then the handler refuses and nothing changed)."""
@@ -124,6 +126,7 @@ class Change:
     new_name: str = ""
     target: str = ""
     mode: int = 0o644
+    rdev: int = 0
     applied: bool = False
 
 
@@ -376,6 +379,10 @@ class Kernel:
                     os.mkdir(root + c.path, c.mode & 0o7777)
                 elif c.kind == "symlink":
                     os.symlink(c.target, root + c.path)
+                elif c.kind == "mknod":
+                    # A device node needs CAP_MKNOD: without it this fails and the change
+                    # is applied directly, with invalidations (no inotify event).
+                    os.mknod(root + c.path, c.mode, c.rdev)
                 elif c.kind == "unlink":
                     os.unlink(root + c.path)
                 elif c.kind == "rmdir":

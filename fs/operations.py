@@ -14,9 +14,10 @@ requests for its inodes (above ``VIRTUAL_BASE``) and handles are passed to it, a
 change under ``.gobi`` is ``EROFS``.
 
 Refused with a clear errno (documented in docs/client.md): hard links (``EPERM``, as on
-FAT and most network filesystems), device nodes, FIFOs and sockets (``EPERM``),
-``RENAME_EXCHANGE`` (``EINVAL``), xattrs outside ``user.*`` (``EOPNOTSUPP``; the xattr
-namespaces are ``gobi.fs.xattrs``' job).
+FAT and most network filesystems), ``RENAME_EXCHANGE`` (``EINVAL``), xattrs outside
+``user.*`` (``EOPNOTSUPP``; the xattr namespaces are ``gobi.fs.xattrs``' job). FIFOs,
+sockets and device nodes are nodes (``mknod``); their attributes carry the type bits and
+``st_rdev``, and the kernel opens them itself (a pipe, a socket, a device driver).
 
 Cheap on purpose where the kernel asks often: ``readdir`` (readdirplus: every entry comes
 with its attributes, and counts as a lookup) fetches about as many rows as the kernel's
@@ -41,7 +42,7 @@ from .metrics import FuseStats
 from .notify import Change, Kernel, Expected
 from .timetravel import NAME as TT_NAME
 from .timetravel import TimeTravel, is_virtual
-from .tree import ROOT_INO, Entry, FsError, Tree
+from .tree import KIND_BITS, ROOT_INO, Entry, FsError, Tree
 from .vfs import Vfs
 from .xattrs import Xattrs
 
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 #: mount updates its caches itself; remote changes are pushed with invalidations.
 TIMEOUT = 300.0
 BLKSIZE = 128 * 1024
-_KIND = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK}
 #: readdir: rows fetched per request at first and at most (the kernel's buffer takes
 #: ~25 entries per 4 KiB page; the first request tells how many fit).
 READDIR_FIRST, READDIR_MAX = 64, 2048
@@ -107,13 +107,15 @@ class Operations(pyfuse3.Operations):
     # -- attributes -------------------------------------------------------------------------
 
     def _attr(self, e: Entry) -> pyfuse3.EntryAttributes:
-        return self._attr_of(e.ino, e.kind, e.mode, e.size, e.mtime_ns, e.ctime_ns, e.uid, e.gid)
+        return self._attr_of(e.ino, e.kind, e.mode, e.size, e.mtime_ns, e.ctime_ns, e.uid, e.gid,
+                             e.rdev)
 
     def _attr_of(self, ino: int, kind: str, mode: int, size: int, mtime: int, ctime: int,
-                 uid: int | None, gid: int | None) -> pyfuse3.EntryAttributes:
+                 uid: int | None, gid: int | None, rdev: int = 0) -> pyfuse3.EntryAttributes:
         """Attributes from the mirror's columns (``Tree.LISTING`` order). Hot: readdir
-        builds one per entry, so it avoids most method calls; generation and rdev keep
-        EntryAttributes' defaults (0, 0)."""
+        builds one per entry, so it avoids most method calls; generation keeps
+        EntryAttributes' default (0). The type bits and ``st_rdev`` are what make the
+        kernel treat a special file as a pipe, socket or device of its own."""
         a = pyfuse3.EntryAttributes()
         a.st_ino = ino
         a.entry_timeout = TIMEOUT
@@ -126,7 +128,8 @@ class Operations(pyfuse3.Operations):
             if staged is not None:
                 size = staged
         mtime = vfs.mtimes.get(ino, mtime)
-        a.st_mode = _KIND[kind] | mode
+        a.st_mode = KIND_BITS[kind] | mode
+        a.st_rdev = rdev
         a.st_nlink = self.tree.nlink(ino, kind)
         a.st_uid = vfs.uid if uid is None else uid
         a.st_gid = vfs.gid if gid is None else gid
@@ -256,8 +259,9 @@ class Operations(pyfuse3.Operations):
         attr, reply, remember = self._attr_of, pyfuse3.readdir_reply, self.vfs.remember
         while True:
             batch = self.tree.listing(fh, after, want)
-            for ino, name, kind, mode, size, mtime, ctime, uid, gid in batch:
-                if not reply(token, name.encode(), attr(ino, kind, mode, size, mtime, ctime, uid, gid), ino + 2):
+            for ino, name, kind, mode, size, mtime, ctime, uid, gid, rdev in batch:
+                if not reply(token, name.encode(),
+                             attr(ino, kind, mode, size, mtime, ctime, uid, gid, rdev), ino + 2):
                     self._readdir_rows = max(16, min(READDIR_MAX, sent + 8))
                     return
                 remember(ino)
@@ -287,8 +291,11 @@ class Operations(pyfuse3.Operations):
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         self._writable(parent_inode, name)
         if not stat.S_ISREG(mode):
-            # The vault holds files, directories and symlinks only.
-            raise FsError(errno.EPERM)
+            # A FIFO, socket (bind) or device node: metadata only, no staging copy.
+            e = self.tree.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
+            self.vfs.remember(e.ino)
+            self.vfs.changed.set()
+            return self._attr(e)
         fh, e = self.vfs.create(parent_inode, name, mode, ctx.uid, ctx.gid)
         await self.vfs.release(fh)
         self.vfs.remember(e.ino)
@@ -531,6 +538,11 @@ class LiveOperations(Operations):
     async def symlink(self, parent_inode, name, target, ctx):
         if self._change(ctx, "symlink", parent_inode, name) is None:
             return await super().symlink(parent_inode, name, target, ctx)
+        return self._entry(parent_inode, name)
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        if self._change(ctx, "mknod", parent_inode, name) is None:
+            return await super().mknod(parent_inode, name, mode, rdev, ctx)
         return self._entry(parent_inode, name)
 
     async def unlink(self, parent_inode, name, ctx):

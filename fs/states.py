@@ -203,7 +203,7 @@ class ServerStates:
             fields = dict(
                 parent=parent.ino, name=node.name, kind=node.kind.value, mode=node.mode,
                 size=node.size, mtime_ns=node.mtime_ns, target=node.target, rev=node.rev,
-                content_rev=node.content_rev,
+                content_rev=node.content_rev, rdev=node.rdev,
             )
             if e is None:
                 self.tree.insert(id=node.id, **fields)

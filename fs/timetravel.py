@@ -25,7 +25,9 @@ directories with the same content (a directory inode must have one name only).
 
 File content is read lazily like any clean file: the version's chunk list
 (``GET /nodes/{id}/content?rev=``) at open, then the chunks through ``Vfs.read_chunks``
-(block cache, fetch, SHA-256 verification, read-ahead).
+(block cache, fetch, SHA-256 verification, read-ahead). FIFOs, sockets and device nodes
+show with their type bits and ``st_rdev``; the kernel opens those itself, never through
+this layer.
 
 Errors (``FsError``; the FUSE adapter converts them): every change under ``.gobi`` is
 ``EROFS``; a name that does not parse, a seq ahead of the head, a time in the future or
@@ -48,7 +50,7 @@ from datetime import datetime
 
 import trio
 
-from gobi.protocol import ROOT_ID, Node
+from gobi.protocol import ROOT_ID, SPECIAL_KINDS, Node
 
 from .logs import oplog
 from .remote import ApiError
@@ -73,7 +75,7 @@ CALL_TIMEOUT = 20.0
 #: A time later than now by more than this is "the future" (clock skew allowance).
 FUTURE_SLACK = 2.0
 
-#: Rows in ``Tree.LISTING`` order: (ino, name, kind, mode, size, mtime_ns, ctime_ns, uid, gid).
+#: Rows in ``Tree.LISTING`` order: (ino, name, kind, mode, size, mtime_ns, ctime_ns, uid, gid, rdev).
 Row = tuple
 
 _SEQ = re.compile(r"@?([0-9]{1,18})")
@@ -218,10 +220,10 @@ class TimeTravel:
         n = snap.nodes[i]
         ino = VIRTUAL_BASE + (slot << SLOT_BITS) + i
         return (ino, n.name if name is None else name, n.kind.value, n.mode, n.size,
-                n.mtime_ns, n.mtime_ns, None, None)
+                n.mtime_ns, n.mtime_ns, None, None, n.rdev)
 
     def _dir_row(self, ino: int, name: str) -> Row:
-        return (ino, name, "dir", 0o555, 0, self.started_ns, self.started_ns, None, None)
+        return (ino, name, "dir", 0o555, 0, self.started_ns, self.started_ns, None, None, 0)
 
     def root_entry(self) -> Row:
         """``.gobi`` itself (the adapter asks only when the mirror has no such name)."""
@@ -286,6 +288,8 @@ class TimeTravel:
         n = snap.nodes[i]
         if n.kind.value == "dir":
             raise FsError(errno.EISDIR)
+        if n.kind in SPECIAL_KINDS:
+            raise FsError(errno.ENXIO)      # no content; the kernel never asks for one
         manifest: list[tuple[int, int, str]] = []
         if n.size:
             _, chunks = await self._server(

@@ -27,6 +27,9 @@ Rules that make ordinary tools behave:
   is renamed over an existing file, it *adopts* the target's node id, so the server
   sees one new revision of ``f`` instead of a delete and a create.
 
+Special files (FIFOs, sockets, device nodes; ``SPECIAL``) are rows like symlinks: kind,
+mode and ``rdev``, never content, never dirty.
+
 Errors are ``FsError(errno)``; only the FUSE adapter turns them into ``FUSEError``.
 """
 
@@ -50,6 +53,18 @@ from .journal import Journal
 from .mirror_store import MirrorStore
 
 ROOT_INO = 1
+
+#: ``st_mode`` type bits of each kind (``gobi.protocol.NodeKind`` values).
+KIND_BITS = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,
+             "fifo": stat.S_IFIFO, "socket": stat.S_IFSOCK, "chardev": stat.S_IFCHR,
+             "blockdev": stat.S_IFBLK}
+#: Special files: metadata only; the kernel opens them itself (pipes, sockets, devices).
+SPECIAL = frozenset({"fifo", "socket", "chardev", "blockdev"})
+#: The special files whose ``rdev`` (device number) means something.
+DEVICES = frozenset({"chardev", "blockdev"})
+_KIND_OF_TYPE = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "chardev",
+                 stat.S_IFBLK: "blockdev"}
+
 
 class FsError(Exception):
     """A filesystem error with the errno a local filesystem would give."""
@@ -79,6 +94,8 @@ class Entry(NamedTuple):
     content_rev: int | None
     manifest_rev: int | None
     dirty: int
+    #: Device nodes' device number. Last and defaulted: rows logged before it existed load.
+    rdev: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -89,9 +106,12 @@ class Entry(NamedTuple):
         return self.kind == "file"
 
     @property
+    def is_special(self) -> bool:
+        return self.kind in SPECIAL
+
+    @property
     def st_mode(self) -> int:
-        kind = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK}[self.kind]
-        return kind | self.mode
+        return KIND_BITS[self.kind] | self.mode
 
     @property
     def manifest_known(self) -> bool:
@@ -331,17 +351,17 @@ class Tree:
         return [self._rows[ino] for ino in order[i:i + limit]]
 
     #: Columns of ``listing`` rows: what a directory entry's attributes need, nothing more.
-    LISTING = "ino, name, kind, mode, size, mtime_ns, ctime_ns, uid, gid"
+    LISTING = "ino, name, kind, mode, size, mtime_ns, ctime_ns, uid, gid, rdev"
 
     def listing(self, parent: int, after_ino: int, limit: int) -> list[tuple]:
         """Children as ``LISTING``-shaped tuples, for readdir, in inode order (stable offsets
         while the directory changes)."""
-        return [(e.ino, e.name, e.kind, e.mode, e.size, e.mtime_ns, e.ctime_ns, e.uid, e.gid)
+        return [(e.ino, e.name, e.kind, e.mode, e.size, e.mtime_ns, e.ctime_ns, e.uid, e.gid, e.rdev)
                 for e in self.children(parent, after_ino, limit)]
 
     def nlink(self, ino: int, kind: str) -> int:
         """Links to a node as POSIX counts them: a directory has its name, its ``.`` and
-        each subdirectory's ``..``; a file or symlink its one name, none once unlinked
+        each subdirectory's ``..``; any other node its one name, none once unlinked
         (an orphan kept for its open handles)."""
         if kind == "dir":
             return 2 + self._subdirs.get(ino, 0)
@@ -401,11 +421,11 @@ class Tree:
     def insert(self, *, id: str, parent: int, name: str, kind: str, mode: int, size: int = 0,
                mtime_ns: int, target: str | None = None, uid: int | None = None,
                gid: int | None = None, rev: int = 0, content_rev: int | None = None,
-               dirty: int = 0) -> Entry:
+               dirty: int = 0, rdev: int = 0) -> Entry:
         with self.tx():
             ino = self._next_ino
             e = Entry(ino, id, parent, name, kind, mode, size, mtime_ns, time.time_ns(), target, uid,
-                      gid, rev, content_rev, None, dirty)
+                      gid, rev, content_rev, None, dirty, rdev)
             self._put(e)
             self._next_ino += 1
             self._undo.append((self._unallocate, ino))
@@ -526,8 +546,8 @@ class Tree:
             raise FsError(errno.EEXIST)
 
     def make(self, parent: int, name: bytes, kind: str, mode: int, uid: int, gid: int,
-             target: str | None = None) -> Entry:
-        """mkdir / create / symlink: a new node, created locally, queued for upload."""
+             target: str | None = None, rdev: int = 0) -> Entry:
+        """mkdir / create / symlink / mknod: a new node, created locally, queued for upload."""
         text = check_name(name)
         with self.tx():
             p = self._dir(parent)
@@ -536,12 +556,13 @@ class Tree:
             e = self.insert(
                 id=new_id(), parent=parent, name=text, kind=kind, mode=mode & 0o7777,
                 size=len(target.encode()) if target else 0, mtime_ns=now, target=target,
-                uid=uid, gid=gid, dirty=1 if kind == "file" else 0,
+                uid=uid, gid=gid, dirty=1 if kind == "file" else 0, rdev=rdev,
             )
-            self.journal.append("create", e.id, {
-                "parent": p.id, "name": text, "kind": kind, "mode": e.mode, "mtime_ns": now,
-                "target": target,
-            }, ref=p.id)
+            args = {"parent": p.id, "name": text, "kind": kind, "mode": e.mode, "mtime_ns": now,
+                    "target": target}
+            if rdev:
+                args["rdev"] = rdev
+            self.journal.append("create", e.id, args, ref=p.id)
             self.update(parent, mtime_ns=now, ctime_ns=now)
             return e
 
@@ -555,6 +576,16 @@ class Tree:
         if not text:
             raise FsError(errno.ENOENT)
         return self.make(parent, name, "symlink", 0o777, uid, gid, target=text)
+
+    def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Entry:
+        """mknod(2) of a special file (FIFO, socket, character or block device): a node
+        with no content. Regular files are created by ``Vfs.create`` (they get staging)."""
+        kind = _KIND_OF_TYPE.get(stat.S_IFMT(mode))
+        if kind is None:
+            # The kernel sends regular files to create() and refuses other types itself.
+            raise FsError(errno.EINVAL)
+        # mknod(2) ignores the device number of a FIFO or socket; so does the vault.
+        return self.make(parent, name, kind, mode, uid, gid, rdev=rdev if kind in DEVICES else 0)
 
     def _retire(self, e: Entry) -> bool:
         """Drop what the journal would still send about a node that is going away.

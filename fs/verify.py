@@ -3,7 +3,8 @@
 A sync tool that silently shows two machines different files is the failure users never
 forgive, so the mount can prove it agrees: ``Verifier.verify`` compares the mirror with the
 server's tree at the seq the mirror has reached — names, parents, kinds, modes, sizes,
-content versions, file mtimes, symlink targets, revisions — and the local bytes a read would
+content versions, mtimes of files and special files, symlink targets, device numbers
+(``rdev``), revisions — and the local bytes a read would
 be served from (a staging copy of a file that has nothing to upload must hold the server's
 content). With ``repair`` it puts every difference right from the server's state.
 
@@ -236,9 +237,11 @@ class Verifier:
         if row.is_file:
             cmp("size", n.size, row.size)
             cmp("content version", n.content_rev, row.content_rev)
+        if row.is_file or row.is_special:
             cmp("mtime_ns", n.mtime_ns, row.mtime_ns)
         if row.kind == "symlink":
             cmp("target", n.target, row.target)
+        cmp("rdev", n.rdev, row.rdev)
         return "; ".join(out)
 
     async def _stale_copy(self, row: Entry, n: Node) -> str:

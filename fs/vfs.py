@@ -488,6 +488,10 @@ class Vfs:
         e = self.tree.get(ino)
         if e.is_dir:
             raise FsError(errno.EISDIR)
+        if e.is_special:
+            # The kernel opens FIFOs, sockets and devices itself and never asks; they have
+            # no content to stage or fetch, whoever asks.
+            raise FsError(errno.ENXIO)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writable:
             if flags & os.O_TRUNC:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -236,8 +237,9 @@ def read(m: Mount, rel: str) -> bytes | None:
 
 
 def listing(m: Mount) -> dict[str, tuple]:
-    """rel path → (kind, content or target, mode) of everything under the mount. A read
-    error names the file, the errno, what a second try gives and the mount's status."""
+    """rel path → (kind, content or target or rdev, mode) of everything under the mount. A
+    read error names the file, the errno, what a second try gives and the mount's status.
+    Special files are never opened (a FIFO's open would wait for a writer)."""
     out = {}
     for dirpath, dirs, files in os.walk(m.path):
         for name in dirs + files:
@@ -248,6 +250,8 @@ def listing(m: Mount) -> dict[str, tuple]:
                 out[rel] = ("symlink", os.readlink(p), None)
             elif os.path.isdir(p):
                 out[rel] = ("dir", None, st.st_mode & 0o7777)
+            elif not stat.S_ISREG(st.st_mode):
+                out[rel] = (stat.filemode(st.st_mode)[0], st.st_rdev, st.st_mode & 0o7777)
             else:
                 try:
                     with open(p, "rb") as f:

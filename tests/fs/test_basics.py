@@ -1,11 +1,13 @@
 """The mount as a folder: bytes round-trip to the server, restarts, second mounts,
-editors' safe-save, delta uploads, fsync durability across kill -9."""
+special files on a second mount, editors' safe-save, delta uploads, fsync durability
+across kill -9."""
 
 from __future__ import annotations
 
 import os
+import stat
 
-from .mounts import server_file, server_node, server_tree
+from .mounts import eventually, server_file, server_node, server_tree
 
 
 def test_files_reach_the_server_and_a_second_mount(mnt, mounts, user, vault):
@@ -34,6 +36,34 @@ def test_files_reach_the_server_and_a_second_mount(mnt, mounts, user, vault):
     assert os.readlink(q / "docs" / "link") == "deep/big.bin"
     s = os.stat(q / "hello.txt")
     assert s.st_mode & 0o7777 == 0o600 and s.st_mtime_ns == 1_600_000_000_123_456_789
+
+
+def test_special_files_reach_a_second_mount(mnt, mounts, user, vault):
+    """A FIFO and a device node made on one mount appear on a running second mount (live)
+    and on a new one (listed), as what they are; a rename and a delete follow."""
+    other = mounts("second")
+    p, q = mnt.path, other.path
+    os.mkfifo(p / "pipe", 0o640)
+    os.mknod(p / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    os.chmod(p / "null", 0o666)         # (past the umask) a chmod travels too
+    mnt.sync()
+    pipe, null = server_node(user, vault, "pipe"), server_node(user, vault, "null")
+    assert (pipe["kind"], pipe["rdev"], pipe["size"], pipe["content_rev"]) == ("fifo", 0, 0, None)
+    assert (null["kind"], null["rdev"]) == ("chardev", os.makedev(1, 3))
+
+    def kinds(root) -> dict:
+        return {name: (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_rdev)
+                for name in os.listdir(root) for st in (os.lstat(root / name),)}
+
+    want = {"pipe": (stat.S_IFIFO, 0o640, 0), "null": (stat.S_IFCHR, 0o666, os.makedev(1, 3))}
+    assert kinds(p) == want
+    eventually(lambda: kinds(q) == want, "the special files on the second mount")
+    assert kinds(mounts("third").path) == want      # a fresh mount lists them
+    os.rename(p / "pipe", p / "pipe2")
+    os.unlink(p / "null")
+    mnt.sync()
+    eventually(lambda: kinds(q) == {"pipe2": want["pipe"]}, "the rename and delete on the second mount")
+    assert other.verify()["difference_count"] == 0
 
 
 def test_remount_serves_from_the_mirror(mnt, user, vault):

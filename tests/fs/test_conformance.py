@@ -1,17 +1,22 @@
 """POSIX conformance of the mount, written from the Linux man pages (issue 17, item 7), each
 scenario run side by side on the mount and on a local directory: the same calls must give
 the same results. This module grows with issue 17; what the mount still refuses on purpose
-(hard links, special files) is in tests/fs/test_posix.py.
+(hard links) is in tests/fs/test_posix.py.
 
 So far: directory listings with ``.`` and ``..`` (getdents(2), readdir(3)); link counts
 (stat(2) ``st_nlink``: a directory has 2 + one per subdirectory; a file unlinked while open
-has 0, fstat(2) through the open descriptor).
+has 0, fstat(2) through the open descriptor); special files (mkfifo(3), mknod(2) of a
+character device, bind(2) of a unix socket: their type bits and ``st_rdev``, ``ls -l``,
+a FIFO passing bytes, a socket accepting a connection, rename over another name, unlink).
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import stat
 import subprocess
+import threading
 from pathlib import Path
 
 
@@ -63,6 +68,98 @@ def _listing(root: Path) -> list:
     found = subprocess.run(["find", str(d)], capture_output=True, text=True, check=True).stdout.split()
     out.append(("find", sorted(os.path.relpath(p, d) for p in found)))
     return out
+
+
+def _through_fifo(path: Path, data: bytes) -> bytes:
+    """A writer thread and a reader pass ``data`` through the FIFO at ``path``. The reader
+    opens first without blocking and the writer says when it is open, so a FIFO that does
+    not behave as one fails the test instead of hanging it."""
+    rfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    opened = threading.Event()
+    failed: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            wfd = os.open(path, os.O_WRONLY)
+        except BaseException as exc:
+            failed.append(exc)
+            opened.set()
+            return
+        opened.set()
+        try:
+            os.write(wfd, data)
+        finally:
+            os.close(wfd)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert opened.wait(60), "the writer never opened the FIFO"
+        if failed:
+            raise failed[0]
+        os.set_blocking(rfd, True)
+        out = b""
+        while chunk := os.read(rfd, 65536):     # until the writer closes
+            out += chunk
+        return out
+    finally:
+        t.join(60)
+        os.close(rfd)
+
+
+def _special(root: Path) -> list:
+    out = []
+    d = root / "sp"
+    d.mkdir()
+    # A short address for bind(2) (sun_path holds 108 bytes) whatever the test's path.
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.mkfifo(d / "fifo", 0o640)
+        os.mknod(d / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(f"/proc/self/fd/{dfd}/sock")
+        server.listen(1)
+        for name in ("fifo", "null", "sock"):
+            st = os.stat(d / name)
+            out.append((name, stat.S_IFMT(st.st_mode), oct(stat.S_IMODE(st.st_mode)), st.st_rdev,
+                        st.st_size, st.st_nlink))
+            st = os.lstat(d / name)
+            out.append((name, "lstat", stat.S_IFMT(st.st_mode), st.st_rdev))
+        ls = subprocess.run(["ls", "-l", str(d)], capture_output=True, text=True, check=True).stdout
+        out.append(("ls -l types", sorted((line.split()[-1], line[0]) for line in ls.splitlines()[1:])))
+        out.append(("listdir", sorted(os.listdir(d))))
+        out.append(("through the FIFO", _through_fifo(d / "fifo", b"through the pipe\n" * 1000)))
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(f"/proc/self/fd/{dfd}/sock")
+        conn, _ = server.accept()
+        client.sendall(b"over the socket")
+        client.close()
+        out.append(("through the socket", conn.recv(100)))
+        conn.close()
+        server.close()
+        # rename(2) of a FIFO over another name: the target goes, the FIFO takes its name
+        os.mkfifo(d / "other", 0o600)
+        os.rename(d / "fifo", d / "other")
+        st = os.stat(d / "other")
+        out.append(("renamed over", sorted(os.listdir(d)), stat.S_IFMT(st.st_mode), oct(stat.S_IMODE(st.st_mode))))
+        out.append(("still a FIFO", _through_fifo(d / "other", b"again")))
+        subprocess.run(["rm", str(d / "other"), str(d / "null"), str(d / "sock")], check=True)
+        out.append(("rm", os.listdir(d)))
+    finally:
+        os.close(dfd)
+    return out
+
+
+def test_special_files_match_a_local_filesystem(mnt, tmp_path):
+    local = tmp_path / "local"
+    local.mkdir()
+    got = _special(mnt.path)
+    assert got == _special(local)
+    assert ("ls -l types", [("fifo", "p"), ("null", "c"), ("sock", "s")]) in got
+    # What reached the server: nodes without content, renamed and deleted like any node.
+    st = mnt.sync()
+    assert st["pending_ops"] == 0
+    assert mnt.verify()["difference_count"] == 0
 
 
 def test_link_counts_match_a_local_filesystem(mnt, tmp_path):

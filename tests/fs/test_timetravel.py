@@ -102,6 +102,30 @@ def test_view_at_an_old_seq_and_time_is_the_vault_as_it_was(mounts, tmp_path):
     print(f"\nlisting a view of 6 nodes: {list_ms:.1f} ms")
 
 
+def test_special_files_in_the_view_are_what_they_were(mounts, tmp_path):
+    m = mounts()
+    os.mkfifo(m.path / "pipe", 0o640)
+    os.mknod(m.path / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    seq = m.sync()["synced_seq"]
+    os.unlink(m.path / "pipe")
+    os.unlink(m.path / "null")
+    m.sync()
+    view = m.path / ".gobi" / "at" / f"@{seq}"
+
+    def kinds(root) -> dict:
+        return {name: (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_rdev, st.st_size)
+                for name in os.listdir(root) for st in (os.lstat(root / name),)}
+
+    want = {"pipe": (stat.S_IFIFO, 0o640, 0, 0), "null": (stat.S_IFCHR, 0o600, os.makedev(1, 3), 0)}
+    assert kinds(view) == want
+    ls = subprocess.run(["ls", "-l", str(view)], capture_output=True, text=True, check=True).stdout
+    assert sorted(line[0] + line.split()[-1] for line in ls.splitlines()[1:]) == ["cnull", "ppipe"]
+    assert _errno_of(os.mkfifo, view / "new") == errno.EROFS
+    # cp -a makes them again (mkfifo, mknod) from what the view shows.
+    subprocess.run(["cp", "-a", str(view), str(tmp_path / "copy")], check=True)
+    assert kinds(tmp_path / "copy") == want
+
+
 def test_the_view_is_read_only_and_hidden(mounts):
     m = mounts()
     (m.path / "f").write_bytes(b"x")
