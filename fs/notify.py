@@ -194,6 +194,10 @@ class Kernel:
             with trio.move_on_after(limit):
                 await event.wait()
 
+    def unsettled(self, ino: int) -> bool:
+        """Is a notice of a change of ``ino`` still to be carried out?"""
+        return ino in self._unsettled
+
     def created(self, parent: int, name: str) -> None:
         self._add(_Item("entry", parent, name))
 

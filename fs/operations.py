@@ -565,9 +565,33 @@ class LiveOperations(Operations):
             # Close-to-open consistency: a file whose content changed remotely opens once
             # the kernel knows its new size (see Kernel.settled).
             await self.kernel.settled(inode)
+            if (not is_virtual(inode) and (flags & os.O_ACCMODE) != os.O_RDONLY
+                    and not flags & os.O_TRUNC):
+                await self._copy_settled(inode)
             return await super().open(inode, flags, ctx)
         self._check_inode(exp, inode)
         return pyfuse3.FileInfo(fh=self.kernel.new_fh(exp), keep_cache=False)
+
+    async def _copy_settled(self, inode: int) -> None:
+        """Before a file is opened to be changed in place: its staging copy made, and the
+        kernel told of any remote change applied while the copy was fetched.
+
+        The copy awaits the network, and the file is not held until the handle exists: a
+        commit from another device applied meanwhile is copied (the mirror moved, the fill
+        fetches again), but its notice is still queued. Once the handle exists the notice
+        is refused (the file is open for writing), so the kernel kept the old size (the
+        writeback cache trusts its own): the writer read the old content, wrote over it,
+        and the upload claimed the new version as its base, replacing another device's
+        write without a conflict (three mounts appending to shared files lost appends).
+        So the notice is carried out before the handle exists (bounded: a few rounds)."""
+        try:
+            for _ in range(3):
+                await self.vfs.materialize(inode)
+                if not self.kernel.unsettled(inode):
+                    return
+                await self.kernel.settled(inode)
+        except FsError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
 
     async def flush(self, fh):
         if fh in self.kernel.own_fhs:

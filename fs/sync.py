@@ -124,6 +124,9 @@ class Sync:
         # Entries that may have reached the server already (present when the mount started,
         # or whose answer was lost): their commits are checked against our own first.
         self._maybe_sent: set[int] = set()
+        # node id -> the chunk lists of its commits whose answer was lost: a later commit
+        # that meets one of them as the head meets our own older content, not a conflict.
+        self._unanswered: dict[str, list[list[str]]] = {}
         self._started_at_seq = self.journal.last_seq()
         self.uploaded_ops = 0
         self.uploaded_chunks = 0
@@ -403,6 +406,7 @@ class Sync:
                 await self._send(op)
         except Offline as exc:
             self._maybe_sent.add(entry.seq)
+            self._unanswered_commit(op)
             self._offline(exc)
             self.journal.inflight.discard(entry.seq)
             self._ended(entry, "offline", str(exc))
@@ -445,6 +449,8 @@ class Sync:
             self.journal.done(entry.seq)
         self._maybe_sent.discard(entry.seq)
         self.uploaded_ops += 1
+        if op is not None and op.op == "commit":
+            self._unanswered.pop(op.node, None)     # answered: the head is known now
         if op is not None:
             for node in op.settle:
                 self.states.apply_node(node, ack=True)
@@ -557,6 +563,8 @@ class Sync:
             results = await self.remote.ops(frames) if frames else []
             self.batches += 1
         except Offline as exc:
+            for op in ops:
+                self._unanswered_commit(op)
             for e in entries:
                 self._maybe_sent.add(e.seq)
                 self.journal.inflight.discard(e.seq)
@@ -810,7 +818,7 @@ class Sync:
             return self._update_op(e, body)
         pushed, chunks = await self._push(row.ino, upload=not batch)
         refs, size, gen = pushed
-        maybe_sent = self._maybe_sent_before(e)
+        maybe_sent = self._maybe_sent_before(e) or e.node in self._unanswered
         # The base is the server content our local edit started from (``content_rev``), not
         # the node's rev: an ack of our own chmod or rename moves ``rev`` past another
         # device's content commit that this mount never saw, and that commit would then be
@@ -846,13 +854,27 @@ class Sync:
                  retry_with_strategy=maybe_sent)
         return op
 
+    def _unanswered_commit(self, op: _Op | None) -> None:
+        """A commit whose answer was lost may have been applied: remember what it sent."""
+        if op is not None and op.op == "commit" and op.node is not None:
+            self._unanswered.setdefault(op.node, []).append([c["hash"] for c in op.args["chunks"]])
+
     async def _own_replay(self, op: _Op, exc: ApiError) -> bool:
-        """A commit that may have been applied before met a conflict: is the head ours?"""
+        """A commit that may have been applied before met a conflict: is the head ours?
+
+        The head is this very commit: done. The head is an earlier commit of ours whose
+        answer was lost (the file changed again before the retry): that is our own older
+        content, not another device's, so the commit is based on it instead of meeting the
+        conflict strategy, which kept our older bytes under the name and put the newer
+        ones in a conflicted copy (found by the long partition run)."""
         head = exc.head
         if head is None or head.deleted:
             return False
         _, theirs = await self.remote.manifest(op.entry.node)
-        if [c["hash"] for c in op.args["chunks"]] != [c.hash for c in theirs]:
+        hashes = [c.hash for c in theirs]
+        if [c["hash"] for c in op.args["chunks"]] != hashes:
+            if hashes in self._unanswered.get(op.entry.node, []):
+                op.args["base_rev"] = head.content_rev or head.rev
             return False
         row = self.tree.by_id(op.entry.node)
         if row is not None:

@@ -373,6 +373,91 @@ async def test_a_create_whose_answer_was_lost_does_not_acknowledge_a_later_appen
         assert not c.tree.get(await c.ino("f.txt")).dirty
 
 
+async def test_a_commit_whose_answer_was_lost_does_not_conflict_with_the_next_one(account, tmp_path):
+    """A content commit reached the server but its answer was lost; the file was written
+    again before the retry. The retry meets the lost commit as the head: that is this
+    mount's own older content, so the newer content takes the name (no conflicted copy
+    holding the newer bytes while the older keep the name; found by the long partition
+    run)."""
+    from gobi.fs.remote import Offline
+
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c",
+                           settle=0.0) as c:
+        await c.write_file("f.txt", b"first\n")
+        await c.synced()
+        sync = c.layers.sync
+        real = sync._call
+        lost = []
+
+        async def answer_lost(op, node, args):
+            outcome = await real(op, node, args)
+            if op == "commit" and not lost:
+                lost.append(outcome)
+                ino = await c.ino("f.txt")
+                info = await c.ops.open(ino, os.O_WRONLY | os.O_TRUNC, CTX)
+                await c.ops.write(info.fh, 0, b"third\n")
+                await c.ops.release(info.fh)
+                raise Offline("connection reset while reading the answer")
+            return outcome
+
+        sync._call = answer_lost
+        info = await c.ops.open(await c.ino("f.txt"), os.O_WRONLY | os.O_TRUNC, CTX)
+        await c.ops.write(info.fh, 0, b"second\n")
+        await c.ops.release(info.fh)
+        await c.synced()
+        assert lost, "the commit was sent"
+        assert account.data("f.txt") == b"third\n"
+        r = account.api.get(f"/vaults/{account.vault}/nodes/root/children")
+        r.raise_for_status()
+        names = sorted(n["name"] for n in r.json()["nodes"])
+        assert names == ["f.txt"], names
+        await c.caught_up(account.head())
+        assert await c.read_file("f.txt") == b"third\n"
+        assert not c.tree.get(await c.ino("f.txt")).dirty
+
+
+async def test_an_open_for_writing_returns_once_the_kernel_knows_a_commit_applied_during_it(account, tmp_path):
+    """Another device's commit is applied while an open for writing fetches the file's
+    content (the file is not held yet). Its kernel notice must be carried out before the
+    open returns: once the handle exists a materialising notice is refused (the file is
+    open for writing), the kernel keeps the old size, the writer reads the old content and
+    its commit, based on the new version, replaces the other device's write without a
+    conflict (three mounts appending to shared files lost appends)."""
+    from gobi.fs.operations import LiveOperations
+
+    other = account.api
+    node = create_file(other, account.vault, "f.txt", b"v1\n")
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        await c.caught_up(account.head())
+        layers = c.layers
+        kernel = layers.kernel
+        ops = LiveOperations(layers.vfs, layers.status, lambda v: None, kernel=kernel)
+        ino = await c.ino("f.txt")
+        real = layers.vfs.manifest
+        committed = []
+
+        async def manifest(e):
+            got = await real(e)
+            if not committed:
+                r = await trio.to_thread.run_sync(lambda: commit(other, account.vault, node, b"v1\nv2\n"))
+                assert r.status_code == 200, r.text
+                committed.append(r.json())
+                kernel.delay = 0.3          # the notice is still queued when the fill ends
+                with trio.fail_after(10):
+                    while c.tree.get(ino).size != 6:
+                        await trio.sleep(0.005)
+            return got
+
+        layers.vfs.manifest = manifest
+        info = await ops.open(ino, os.O_RDWR, CTX)
+        try:
+            assert committed
+            assert not kernel.unsettled(ino), "the open returned before the kernel was told"
+            assert await ops.read(info.fh, 0, 100) == b"v1\nv2\n"
+        finally:
+            await ops.release(info.fh)
+
+
 async def test_reads_with_the_cache_full_of_unsent_data_fetch_through(account, tmp_path):
     """The cache's cap is taken by a file not uploaded yet: another file's chunks cannot be
     kept, so every read fetches through. Many readers of the same chunks at once all get
