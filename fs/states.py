@@ -33,6 +33,7 @@ Errors: ``apply_node`` raises nothing of its own; ``restore_subtree`` lets
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 from gobi.protocol import ROOT_ID, ErrorCode, HoldInfo, Node
@@ -178,7 +179,9 @@ class ServerStates:
                 # Descendants at a later rev than the delete changed after it (e.g. our own
                 # create in it, acknowledged before this older event arrived): the server
                 # kept them (and their directories, revived by later events); they stay.
-                self.remove_local(e.ino, bulk, keep_after=node.rev)
+                old_parent = e.parent
+                if self.remove_local(e.ino, bulk, keep_after=node.rev):
+                    self._dir_changed(old_parent, bulk)
                 return "applied"
             parent = self.tree.by_id(node.parent or ROOT_ID)
             if parent is None or not parent.is_dir or (parent.parent is None and parent.ino != ROOT_INO):
@@ -208,8 +211,7 @@ class ServerStates:
             if e is None:
                 self.tree.insert(id=node.id, **fields)
                 self.kernel.created(parent.ino, node.name)
-                if node.kind.value == "dir":
-                    self.kernel.attrs(parent.ino, bulk)     # its nlink (``find`` trusts it)
+                self._dir_changed(parent.ino, bulk)         # and its nlink (``find`` trusts it)
                 return "applied"
             if ack and (e.is_dir or e.kind == "symlink"):
                 # A directory's mtime moves here with every local change inside it, and a
@@ -226,14 +228,24 @@ class ServerStates:
                     self.kernel.moved(e.parent, e.name, parent.ino, node.name, e.ino)
                 else:
                     self.kernel.created(parent.ino, node.name)
-                if e.is_dir:
-                    for p in {e.parent, parent.ino} - {None}:
-                        self.kernel.attrs(p, bulk)          # their nlink
+                for p in {e.parent, parent.ino} - {None}:
+                    self._dir_changed(p, bulk)              # times, and nlink for a directory
             if content_changed:
                 self.content_replaced(e.ino, bulk)
             elif attrs_changed:
                 self.kernel.attrs(e.ino, bulk)
             return "applied"
+
+    def _dir_changed(self, ino: int, bulk: bool) -> None:
+        """A name came into or left directory ``ino`` from the server: its mtime and ctime
+        move here too, as they did on the device that made the change (``ls -lt``, ``make``
+        and ``find -newer`` see a directory change the same way on every mount), and the
+        kernel drops its cached attributes (times, and nlink for a subdirectory). Not for a
+        bulk re-list or long replay: those set up the tree as the server has it."""
+        if not bulk:
+            now = time.time_ns()
+            self.tree.update(ino, mtime_ns=now, ctime_ns=now)
+        self.kernel.attrs(ino, bulk)
 
     def content_replaced(self, ino: int, bulk: bool = False, *, even_if_open: bool = False) -> None:
         """The mirror shows other content for ``ino`` than the local copy: a clean staging

@@ -64,6 +64,38 @@ def test_changes_propagate_both_ways(mounts):
     assert sorted(server_tree(a.user, a.vault)) == sorted(listing(a))
 
 
+def test_a_directory_changes_its_times_on_every_mount(mounts):
+    """A name made, renamed or removed in a directory moves the directory's mtime and ctime
+    on the mount that made the change and on every other one (``make``, ``ls -lt``,
+    ``find -newer`` read them; issue 17, item 3)."""
+    a, b = mounts("a"), mounts("b")
+    for d in ("d", "e"):
+        (a.path / d).mkdir()
+    caught_up(a, b)
+
+    def times(m, d="d"):
+        st = os.stat(m.path / d)
+        return st.st_mtime_ns, st.st_ctime_ns
+
+    steps = [
+        ("create", lambda: (a.path / "d" / "f").write_bytes(b"x"), ["d"]),
+        ("mkdir", lambda: (a.path / "d" / "sub").mkdir(), ["d"]),
+        ("rename within", lambda: os.rename(a.path / "d" / "f", a.path / "d" / "g"), ["d"]),
+        ("move out", lambda: os.rename(a.path / "d" / "g", a.path / "e" / "g"), ["d", "e"]),
+        ("unlink", lambda: os.unlink(a.path / "e" / "g"), ["e"]),
+        ("rmdir", lambda: os.rmdir(a.path / "d" / "sub"), ["d"]),
+    ]
+    for what, change, dirs in steps:
+        before = {(m.path, d): times(m, d) for m in (a, b) for d in dirs}
+        time.sleep(0.01)
+        change()
+        caught_up(a, b)
+        for m in (a, b):
+            for d in dirs:
+                old, new = before[(m.path, d)], times(m, d)
+                assert new[0] > old[0] and new[1] > old[1], (what, m.path.name, d, old, new)
+
+
 def test_three_mounts_converge(mounts):
     ms = [mounts(f"m{i}") for i in range(3)]
     for i, m in enumerate(ms):
