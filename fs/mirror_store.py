@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS nodes(
     content_rev INTEGER,                     -- server content version of files
     manifest_rev INTEGER,                    -- content version whose chunk list is stored
     dirty INTEGER NOT NULL DEFAULT 0,        -- staged content not yet committed
-    rdev INTEGER NOT NULL DEFAULT 0          -- device nodes' st_rdev
+    rdev INTEGER NOT NULL DEFAULT 0,         -- device nodes' st_rdev
+    atime_ns INTEGER NOT NULL DEFAULT 0      -- local access time (0: never read; gobi.fs.atime)
 );
 CREATE TABLE IF NOT EXISTS chunks(
     ino INTEGER NOT NULL, idx INTEGER NOT NULL, off INTEGER NOT NULL,
@@ -88,10 +89,10 @@ DROP_OLD = ["nodes_name", "nodes_children", "nodes_dirty", "journal_node", "jour
             "held_parent", "held_hold"]
 
 COLUMNS = ("ino", "id", "parent", "name", "kind", "mode", "size", "mtime_ns", "ctime_ns", "target",
-           "uid", "gid", "rev", "content_rev", "manifest_rev", "dirty", "rdev")
+           "uid", "gid", "rev", "content_rev", "manifest_rev", "dirty", "rdev", "atime_ns")
 #: Columns added to ``nodes`` after the first mirrors were written, with their definition.
 #: Rows older than a column get its default (no mirror had a device node before ``rdev``).
-ADDED_COLUMNS = {"rdev": "INTEGER NOT NULL DEFAULT 0"}
+ADDED_COLUMNS = {"rdev": "INTEGER NOT NULL DEFAULT 0", "atime_ns": "INTEGER NOT NULL DEFAULT 0"}
 
 
 def full_row(value: list | tuple) -> list | tuple:

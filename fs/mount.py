@@ -36,6 +36,7 @@ from pathlib import Path
 
 import trio
 
+from . import atime
 from .applier import Applier
 from .blocks import BlockCache
 from .events import Live
@@ -225,6 +226,7 @@ async def open_layers(cfg: MountConfig, tree: Tree, port: KernelPort | None) -> 
     remote = Remote(servers, cfg.token, vault=vault_id, device=device)
     try:
         vfs = Vfs(tree, cache, remote, link, os.getuid(), os.getgid())
+        vfs.atime, _ = atime.split_options(cfg.fuse_options)
         # GOBI_TEST_NOTICE_DELAY: tests hold kernel notices back to show what a late one does.
         kernel = Kernel(tree, cfg.mountpoint, materialise=cfg.materialise, port=port,
                         delay=float(os.environ.get("GOBI_TEST_NOTICE_DELAY", "0")))
@@ -286,7 +288,8 @@ async def _run(cfg: MountConfig) -> int:
                              stats=services.fuse_stats)
         # Source gobi:<vault id>: unambiguous (names need not be), and what the fstab
         # helper (deploy/mount.fuse.gobi) recognises as already mounted.
-        fuse_init(ops, str(cfg.mountpoint), mount_options(f"gobi:{vault_id}", cfg.fuse_options))
+        _, kernel_options = atime.split_options(cfg.fuse_options)
+        fuse_init(ops, str(cfg.mountpoint), mount_options(f"gobi:{vault_id}", kernel_options))
         mounted = True
         kernel.enabled = True
         try:

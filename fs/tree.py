@@ -96,6 +96,8 @@ class Entry(NamedTuple):
     dirty: int
     #: Device nodes' device number. Last and defaulted: rows logged before it existed load.
     rdev: int = 0
+    #: Local access time (``gobi.fs.atime``; 0: never read, shown as the mtime).
+    atime_ns: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -351,13 +353,13 @@ class Tree:
         return [self._rows[ino] for ino in order[i:i + limit]]
 
     #: Columns of ``listing`` rows: what a directory entry's attributes need, nothing more.
-    LISTING = "ino, name, kind, mode, size, mtime_ns, ctime_ns, uid, gid, rdev"
+    LISTING = "ino, name, kind, mode, size, mtime_ns, ctime_ns, uid, gid, rdev, atime_ns"
 
     def listing(self, parent: int, after_ino: int, limit: int) -> list[tuple]:
         """Children as ``LISTING``-shaped tuples, for readdir, in inode order (stable offsets
         while the directory changes)."""
-        return [(e.ino, e.name, e.kind, e.mode, e.size, e.mtime_ns, e.ctime_ns, e.uid, e.gid, e.rdev)
-                for e in self.children(parent, after_ino, limit)]
+        return [(e.ino, e.name, e.kind, e.mode, e.size, e.mtime_ns, e.ctime_ns, e.uid, e.gid, e.rdev,
+                 e.atime_ns) for e in self.children(parent, after_ino, limit)]
 
     def nlink(self, ino: int, kind: str) -> int:
         """Links to a node as POSIX counts them: a directory has its name, its ``.`` and

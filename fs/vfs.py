@@ -33,6 +33,7 @@ import trio
 
 from gobi.protocol import ChunkRef
 
+from . import atime
 from .blocks import BlockCache, CacheFull
 from .foreground import Foreground
 from .logs import oplog
@@ -180,6 +181,7 @@ class Vfs:
         self._spare_used = trio.Event()        # spares running low (keep_spares)
         self._spares_until = 0                 # spares made for inode numbers below this
         self.foreground = Foreground()         # how busy the kernel keeps us (the uploader yields)
+        self.atime = atime.DEFAULT             # when reads move the atime (``-o``; gobi.fs.atime)
 
     # -- attributes and lookup counts -------------------------------------------------------
 
@@ -190,6 +192,17 @@ class Vfs:
 
     def mtime_of(self, e: Entry) -> int:
         return self.mtimes.get(e.ino, e.mtime_ns)
+
+    def accessed(self, ino: int) -> None:
+        """A read of ``ino``'s content (or listing): its atime moves if the mount's rule says
+        so. Local: the mirror keeps it, nothing is uploaded. Hot (every read): one lookup and
+        a comparison unless it moves."""
+        e = self.tree.get_opt(ino)
+        if e is None or e.parent is None and ino != ROOT_INO:
+            return
+        now = time.time_ns()
+        if atime.due(self.atime, e.atime_ns, self.mtimes.get(ino, e.mtime_ns), e.ctime_ns, now):
+            self.tree.update(ino, atime_ns=now)
 
     def remember(self, ino: int) -> None:
         if ino != ROOT_INO:

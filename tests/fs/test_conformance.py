@@ -17,6 +17,7 @@ import socket
 import stat
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 
@@ -176,3 +177,68 @@ def test_listings_with_dots_match_a_local_filesystem(mnt, tmp_path):
     names = subprocess.run(["ls", "-a", str(mnt.path)], capture_output=True, text=True,
                            check=True).stdout.split()
     assert names[:2] == [".", ".."]
+
+
+def _atimes(root: Path) -> list:
+    """How reads, writes, listings and utimensat(2) move access times (relatime, the
+    default of both the mount and the local disk): whether each step moved the atime."""
+    out = []
+    f = root / "read-me"
+    f.write_bytes(b"x" * 10_000)
+
+    def atime(p=f) -> int:
+        return os.stat(p).st_atime_ns
+
+    def step(what: str, action) -> None:
+        before = atime()
+        time.sleep(0.02)
+        action()
+        out.append((what, atime() > before))
+
+    step("first read after the write", lambda: f.read_bytes())
+    step("read again", lambda: f.read_bytes())
+    step("write", lambda: f.write_bytes(b"y" * 10_000))
+    step("read after the write", lambda: f.read_bytes())
+    step("stat", lambda: os.stat(f))
+    os.utime(f, ns=(1_000_000_000_123_456_789, 1_600_000_000_000_000_000))
+    st = os.stat(f)
+    out.append(("utime sets both", st.st_atime_ns, st.st_mtime_ns))
+    step("read after an old atime was set", lambda: f.read_bytes())
+    d = root / "dir"
+    d.mkdir()
+    (d / "child").write_bytes(b"")
+    before = atime(d)
+    time.sleep(0.02)
+    os.listdir(d)
+    out.append(("a listing reads the directory", atime(d) > before))
+    return out
+
+
+def test_access_times_match_a_local_filesystem(mnt, tmp_path):
+    """atime as on a local disk with relatime (issue 17, item 3), kept locally: no read
+    makes an upload, and the mirror keeps it across a remount."""
+    local = tmp_path / "local"
+    local.mkdir()
+    mnt.sync()
+    uploads = mnt.status()["uploaded_ops"]
+    got = _atimes(mnt.path)
+    assert got == _atimes(local)
+    st = mnt.sync()
+    # The utime and the two writes are uploads; the reads and the listing are not.
+    assert st["uploaded_ops"] - uploads <= 6, (uploads, st["uploaded_ops"])
+    kept = os.stat(mnt.path / "read-me").st_atime_ns
+    mnt.umount()
+    mnt.start()
+    assert os.stat(mnt.path / "read-me").st_atime_ns == kept
+
+
+def test_noatime_reads_leave_the_atime(mounts):
+    m = mounts("n", extra=("-o", "noatime"))
+    f = m.path / "f"
+    f.write_bytes(b"data")
+    before = os.stat(f).st_atime_ns
+    time.sleep(0.02)
+    assert f.read_bytes() == b"data"
+    assert os.stat(f).st_atime_ns == before
+    assert "noatime" in subprocess.run(["findmnt", "-n", "-o", "OPTIONS", str(m.path)],
+                                       capture_output=True, text=True, check=True).stdout

@@ -41,7 +41,7 @@ async def _overwrite(c, path: str, token: bytes) -> bytes:
         size = (await c.ops.getattr(ino, CTX)).st_size
         before = await c.ops.read(info.fh, 0, size + 1)
         await c.ops.setattr(ino, SimpleNamespace(st_size=0),
-                            SimpleNamespace(update_size=True, update_mode=False, update_mtime=False,
+                            SimpleNamespace(update_size=True, update_mode=False, update_mtime=False, update_atime=False,
                                             update_uid=False, update_gid=False), info.fh, CTX)
         await c.ops.write(info.fh, 0, token)
         await c.ops.flush(info.fh)
