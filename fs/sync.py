@@ -275,6 +275,8 @@ class Sync:
         return picks, wait
 
     def _batchable(self, e: Entry) -> bool:
+        if e.node in self._unanswered:
+            return False        # its conflicts are checked against our lost commits, alone
         if e.op in ("move", "attr", "delete"):
             return True
         row = self.tree.by_id(e.node)
@@ -449,7 +451,7 @@ class Sync:
             self.journal.done(entry.seq)
         self._maybe_sent.discard(entry.seq)
         self.uploaded_ops += 1
-        if op is not None and op.op == "commit":
+        if op is not None and op.op in ("commit", "delete"):
             self._unanswered.pop(op.node, None)     # answered: the head is known now
         if op is not None:
             for node in op.settle:
@@ -764,8 +766,11 @@ class Sync:
 
     async def _prepare_delete(self, e: Entry, batch: bool) -> _Op | None:
         row = self.tree.by_id(e.node)
+        # After a commit of ours whose answer was lost, a conflict may be with our own
+        # content: asked to fail first, then checked (``_own_replay``).
+        ours = e.node in self._unanswered
         args = {"base_rev": row.rev if row is not None else 0, "recursive": False,
-                "on_conflict": "strategy", "seen_seq": self.states.seen_seq(),
+                "on_conflict": "fail" if ours else "strategy", "seen_seq": self.states.seen_seq(),
                 "at_ns": int(e.ts * 1e9)}
         kind = row.kind if row is not None else None
 
@@ -801,7 +806,7 @@ class Sync:
                 return True
             return False
 
-        op = _Op(e, "delete", e.node, args, finish, refused)
+        op = _Op(e, "delete", e.node, args, finish, refused, retry_with_strategy=ours)
         return op
 
     async def _prepare_content(self, e: Entry, batch: bool) -> _Op | None:
@@ -860,21 +865,26 @@ class Sync:
             self._unanswered.setdefault(op.node, []).append([c["hash"] for c in op.args["chunks"]])
 
     async def _own_replay(self, op: _Op, exc: ApiError) -> bool:
-        """A commit that may have been applied before met a conflict: is the head ours?
+        """A commit or delete that may have been applied before, or that follows a commit
+        of ours whose answer was lost, met a conflict: is the head ours?
 
         The head is this very commit: done. The head is an earlier commit of ours whose
-        answer was lost (the file changed again before the retry): that is our own older
-        content, not another device's, so the commit is based on it instead of meeting the
-        conflict strategy, which kept our older bytes under the name and put the newer
-        ones in a conflicted copy (found by the long partition run)."""
+        answer was lost (the file changed, or was deleted, before the retry): that is our
+        own older content, not another device's, so the operation is based on it instead
+        of meeting the conflict strategy, which kept our older bytes under the name and
+        put the newer ones in a conflicted copy, or brought a deleted file back as a
+        modification that survives the delete (both found by the long partition run)."""
         head = exc.head
         if head is None or head.deleted:
             return False
+        ours = self._unanswered.get(op.entry.node, [])
+        if op.op != "commit" and not ours:
+            return False
         _, theirs = await self.remote.manifest(op.entry.node)
         hashes = [c.hash for c in theirs]
-        if [c["hash"] for c in op.args["chunks"]] != hashes:
-            if hashes in self._unanswered.get(op.entry.node, []):
-                op.args["base_rev"] = head.content_rev or head.rev
+        if op.op != "commit" or [c["hash"] for c in op.args["chunks"]] != hashes:
+            if hashes in ours:
+                op.args["base_rev"] = (head.content_rev or head.rev) if op.op == "commit" else head.rev
             return False
         row = self.tree.by_id(op.entry.node)
         if row is not None:

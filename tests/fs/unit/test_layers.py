@@ -416,6 +416,43 @@ async def test_a_commit_whose_answer_was_lost_does_not_conflict_with_the_next_on
         assert not c.tree.get(await c.ino("f.txt")).dirty
 
 
+async def test_a_delete_after_a_commit_whose_answer_was_lost_deletes(account, tmp_path):
+    """A content commit reached the server but its answer was lost; the file was deleted
+    before the retry. The delete meets that commit as a modification the mount never
+    saw: it is the mount's own, so the file goes (it came back as "the modification
+    survives the delete"; found by the long partition run, seed 516702364)."""
+    from gobi.fs.remote import Offline
+
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c",
+                           settle=0.0) as c:
+        await c.write_file("f.txt", b"first\n")
+        await c.synced()
+        sync = c.layers.sync
+        real = sync._call
+        lost = []
+
+        async def answer_lost(op, node, args):
+            outcome = await real(op, node, args)
+            if op == "commit" and not lost:
+                lost.append(outcome)
+                await c.ops.unlink(ROOT_INO, b"f.txt", CTX)
+                raise Offline("connection reset while reading the answer")
+            return outcome
+
+        sync._call = answer_lost
+        info = await c.ops.open(await c.ino("f.txt"), os.O_WRONLY | os.O_TRUNC, CTX)
+        await c.ops.write(info.fh, 0, b"second\n")
+        await c.ops.release(info.fh)
+        await c.synced()
+        assert lost, "the commit was sent"
+        assert account.data("f.txt") is None
+        r = account.api.get(f"/vaults/{account.vault}/nodes/root/children")
+        r.raise_for_status()
+        assert r.json()["nodes"] == []
+        await c.caught_up(account.head())
+        assert await c.listdir("") == []
+
+
 async def test_an_open_for_writing_returns_once_the_kernel_knows_a_commit_applied_during_it(account, tmp_path):
     """Another device's commit is applied while an open for writing fetches the file's
     content (the file is not held yet). Its kernel notice must be carried out before the
