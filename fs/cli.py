@@ -221,6 +221,8 @@ def _run_foreground(args, server, token, mountpoint, cache_dir) -> int:
         quiet=args.quiet, drain_timeout=args.drain_timeout, on_ready=on_ready, metrics=args.metrics,
         metrics_textfile=Path(args.metrics_textfile).resolve() if args.metrics_textfile else None,
     )
+    if args.self_check is not None:
+        cfg.self_check = args.self_check
     try:
         return trio.run(run, cfg)
     except FuseInitError as exc:
@@ -244,6 +246,8 @@ def _daemonize(args: argparse.Namespace, cache_dir: Path) -> int:
             "--settle", str(args.settle), "--quiet", str(args.quiet),
             "--drain-timeout", str(args.drain_timeout),
             "--log-format", args.log_format]
+    if args.self_check is not None:
+        argv += ["--self-check", str(args.self_check)]
     if args.server:
         argv += ["--server", args.server]
     if args.credentials:
@@ -729,6 +733,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "is closed; default 2)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="after unmount, seconds to keep uploading pending changes (default 30)")
+    p.add_argument("--self-check", type=float, metavar="SECONDS",
+                   help="after a reconnect or a re-list, compare the mirror with the server and "
+                        "repair what differs, at most once per SECONDS (default 300); "
+                        "0 turns the self-check off (each one lists the whole vault; "
+                        "`gobi verify` still works)")
     p.add_argument("--metrics", metavar="ADDR",
                    help="serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464")
     p.add_argument("--metrics-textfile", metavar="FILE",

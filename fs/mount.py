@@ -56,7 +56,7 @@ from .services import ServiceError, Services
 from .states import ServerStates
 from .sync import Sync
 from .tree import Tree
-from .verify import SelfCheck, Verifier
+from .verify import SELF_CHECK_INTERVAL, SelfCheck, Verifier
 from .vfs import Link, Vfs
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class MountConfig:
     settle: float = 1.0
     quiet: float = 2.0
     drain_timeout: float = 30.0
+    self_check: float = SELF_CHECK_INTERVAL   # seconds between self-checks at most; 0: none
     poll_interval: float = 30.0         # cheap head-seq reconciliation of the live stream
     materialise: bool = True            # remote changes through the mount (inotify, sizes)
     on_ready: Callable[[], None] | None = None
@@ -243,7 +244,7 @@ async def open_layers(cfg: MountConfig, tree: Tree, port: KernelPort | None) -> 
         sync = Sync(tree, vfs, cache, remote, link, device, states, live, settle=cfg.settle,
                     quiet=cfg.quiet)
         verifier = Verifier(tree, vfs, applier, states, sync, remote)
-        self_check = SelfCheck(verifier, live, applier, sync)
+        self_check = SelfCheck(verifier, live, applier, sync, interval=cfg.self_check)
     except BaseException:
         await remote.aclose()
         raise

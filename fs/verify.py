@@ -24,8 +24,10 @@ go to the server's chunks. Every repair is logged and counted.
 
 **Self-check.** ``SelfCheck`` runs a verify with repair after every (re)connection of the
 live stream (the first one at mount start included) and after every re-list, once the
-uploader is idle, at most once per ``SELF_CHECK_INTERVAL``, so a divergence cannot persist
-unnoticed; its figures are in ``gobi status`` and the metrics.
+uploader is idle, at most once per ``SELF_CHECK_INTERVAL`` (``gobi mount --self-check
+SECONDS``; 0 turns it off: each check lists the whole vault, which a very large vault may not
+want after every reconnect), so a divergence cannot persist unnoticed; its figures are in
+``gobi status`` and the metrics.
 
 Errors: ``VerifyError`` (the server cannot be reached, uploads do not settle); the mount's
 state is never changed by a failed verify.
@@ -328,6 +330,8 @@ class SelfCheck:
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        if self.interval <= 0:
+            return          # turned off (``gobi mount --self-check 0``)
         seen = (0, 0)
         last_run = -self.interval
         while True:
