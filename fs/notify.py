@@ -170,6 +170,7 @@ class Kernel:
         self._unsettled: dict[int, trio.Event] = {}
         self.delay = delay            # tests: hold notices this long, to widen that window
         self._telling = 0             # notices being carried out right now
+        self._drained = trio.Event()  # set (and replaced) each time no notice is left
 
     @property
     def pending(self) -> int:
@@ -246,6 +247,9 @@ class Kernel:
                     await trio.to_thread.run_sync(self._execute, steps)
                 self.done += len(items)
             self._telling = 0
+            if not self._items:
+                self._drained.set()
+                self._drained = trio.Event()
             # (Not mounted, yet or any more: nothing is cached, nothing to wait for.)
             for it in items:
                 event = self._unsettled.get(it.ino)
@@ -363,12 +367,24 @@ class Kernel:
         changed: the caller applies it directly)."""
         if not self.can_materialise():
             return False
+        await self._notices_out()
         ok = await trio.to_thread.run_sync(self._structural, change)
         if ok and change.applied:
             self.materialised += 1
             return True
         self.failures += 1
         return False
+
+    async def _notices_out(self, limit: float = 2.0) -> None:
+        """Wait (bounded) until the notices queued so far are carried out. They name
+        entries by the parent and name the mirror showed when they were planned; a rename or
+        delete made through the mount before them moves the kernel's entry away from under
+        an eviction, and a file evicted to show a new size (the kernel trusts its own size
+        of a cached file) kept its old one for good (found by the long partition run: a
+        bulk catch-up's append, then the file's rename)."""
+        with trio.move_on_after(limit):
+            while self.pending:
+                await self._drained.wait()
 
     def _structural(self, c: Change) -> bool:
         assert self.mountpoint is not None

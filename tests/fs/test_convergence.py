@@ -541,3 +541,36 @@ def test_chmod_riding_on_a_content_upload_that_another_upload_made_moot(proxied,
     assert server_file(user, b.vault, "f") == b"first\nsecond\n"
     assert (b.path / "f").stat().st_mode & 0o7777 == 0o600
     assert b.verify()["difference_count"] == 0
+
+
+def test_a_rename_made_through_the_mount_waits_for_earlier_kernel_notices(mounts, proxied):
+    """B has seen a file (its kernel caches the inode and, with the writeback cache, trusts
+    its own size of it), misses A's append and many more changes while its link is down,
+    and applies them as a bulk page on reconnecting: the append is told to the kernel by
+    evicting the file's entry, by the name the mirror had then. A's rename of the file,
+    arriving right after, is made through B's mount: before the fix it could run before
+    that eviction, the entry moved away from under it, and B read the old length for
+    good (the long partition run, seed 245772752). Notices are held back 1.5 s here so the
+    rename always arrives while the eviction is pending."""
+    a = mounts("a")
+    b, proxy = proxied("b", env={"GOBI_TEST_NOTICE_DELAY": "1.5"})
+    (a.path / "d").mkdir()
+    (a.path / "d" / "f.txt").write_bytes(b"before\n" * 10)
+    caught_up(a, b)
+    assert (b.path / "d" / "f.txt").read_bytes() == b"before\n" * 10
+    proxy.freeze()
+    eventually(lambda: not b.status()["online"], "B to notice its link is down")
+    with open(a.path / "d" / "f.txt", "ab") as f:
+        f.write(b"appended on A\n")
+    for k in range(80):         # enough events that B applies them as a bulk page
+        (a.path / "d" / f"other{k}").write_bytes(b"%d" % k)
+    head = a.sync()["synced_seq"]
+    proxy.restore()
+    eventually(lambda: b.status()["last_seq"] >= head, "B to apply the bulk page")
+    os.rename(a.path / "d" / "f.txt", a.path / "d" / "g.txt")
+    caught_up(a, b)
+    want = b"before\n" * 10 + b"appended on A\n"
+    assert not (b.path / "d" / "f.txt").exists()
+    assert os.stat(b.path / "d" / "g.txt").st_size == len(want)
+    assert (b.path / "d" / "g.txt").read_bytes() == want
+
