@@ -204,6 +204,7 @@ class Live:
                 connects = self.connects
                 delay = None
                 try:
+                    started = time.monotonic()
                     await self._session(url)
                 except _GoingAway:
                     self.going_away += 1
@@ -231,7 +232,16 @@ class Live:
                     self.remote.servers.failed(url)
                     why = f"{type(exc).__name__}: {exc}"
                     self._set_state("disconnected", why)
-                    if self.link is not None and _network_failure(exc):
+                    # Evidence of a dead link since the later of the session's start and
+                    # its last frame (or, for a socket refused at once, the last few
+                    # seconds); a REST answer after that says the server is there
+                    # (the socket alone failed: a handshake stuck behind a partition that
+                    # has healed, a proxy without WebSockets), and reads must not fail fast
+                    # with ENETUNREACH meanwhile (seen in the long partition run: a mount's
+                    # reads failed for 2 s while its fetches were being answered).
+                    since = min(max(started, self.last_frame_at), time.monotonic() - PONG_TIMEOUT)
+                    if self.link is not None and _network_failure(exc) and \
+                            not self.link.answered_since(since):
                         self.link.down(f"live stream: {why}")
                 finally:
                     self._fail_pending(Offline("the live connection closed"))

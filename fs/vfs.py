@@ -24,6 +24,7 @@ import bisect
 import errno
 import hashlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -97,9 +98,11 @@ class Link:
         self.online = False
         self.last_error = ""
         self.since = time.time()
+        self.answered_at = -math.inf     # monotonic time of the server's last answer
         self.changed = trio.Event()
 
     def up(self) -> None:
+        self.answered_at = time.monotonic()
         if not self.online:
             oplog("link", state="online", offline_s=round(time.time() - self.since, 1))
             self.online, self.since, self.last_error = True, time.time(), ""
@@ -111,6 +114,10 @@ class Link:
             oplog("link", state="offline", error=why)
             self.online, self.since = False, time.time()
             self._wake()
+
+    def answered_since(self, t: float) -> bool:
+        """Did the server answer a request after monotonic time ``t``?"""
+        return self.answered_at > t
 
     def poke(self) -> None:
         """Someone wants the server tried again now (``gobi sync``, unmount)."""
