@@ -17,7 +17,9 @@ Ops, each naming a node by its (client-chosen or server) id:
 The uploader (``gobi.fs.sync``) replays them in order (``content`` may wait for a file
 to be closed or quiet). Entries can be dropped before they are sent: a node created and
 deleted before upload never reaches the server ("coalescing"). An entry being sent is
-*in flight* and is never dropped or rewritten.
+*in flight* and is never dropped or rewritten. An entry that *may have reached* the server
+(its answer was lost, or it is left from before this start) is no longer in flight but is
+not coalesced away either: a create of it may have made the node there.
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ class Journal:
             op, node, ref, args, ts = rows[seq]
             self._index(Entry(seq, op, node, ref, args, ts))
         self._next = max_seq + 1
+        # Entries that may have reached the server although they were not acknowledged:
+        # every entry left from before this start (a crash or kill between sending and
+        # the answer), and those whose answer was lost to the link (``lost_answer``).
+        self._replayed_upto = max(rows, default=0)
+        self._lost_answers: set[int] = set()
 
     # -- the index (the only code that changes it) ------------------------------------------
 
@@ -127,6 +134,14 @@ class Journal:
     def _unallocate(self, seq: int) -> None:
         self._next = min(self._next, seq)
 
+    def lost_answer(self, seq: int) -> None:
+        """The entry was sent and its answer was lost: it may have been applied."""
+        self._lost_answers.add(seq)
+
+    def may_have_reached(self, e: Entry) -> bool:
+        """Could an attempt of this entry have reached the server unacknowledged?"""
+        return e.seq in self._lost_answers or e.seq <= self._replayed_upto
+
     def pending(self, node: str) -> list[Entry]:
         """Entries of a node that are not in flight, oldest first."""
         return [self._entries[s] for s in self._by_node.get(node, ()) if s not in self.inflight]
@@ -182,6 +197,7 @@ class Journal:
             if seq in self._entries:
                 self._put(seq, None)
         self.inflight.discard(seq)
+        self._lost_answers.discard(seq)
 
     def entries(self, after: int = 0, limit: int = 200) -> list[Entry]:
         out = []

@@ -123,11 +123,9 @@ class Sync:
         self._tasks = 0
         # Entries that may have reached the server already (present when the mount started,
         # or whose answer was lost): their commits are checked against our own first.
-        self._maybe_sent: set[int] = set()
         # node id -> the chunk lists of its commits whose answer was lost: a later commit
         # that meets one of them as the head meets our own older content, not a conflict.
         self._unanswered: dict[str, list[list[str]]] = {}
-        self._started_at_seq = self.journal.last_seq()
         self.uploaded_ops = 0
         self.uploaded_chunks = 0
         self.uploaded_bytes = 0
@@ -407,7 +405,7 @@ class Sync:
             if op is not None:
                 await self._send(op)
         except Offline as exc:
-            self._maybe_sent.add(entry.seq)
+            self.journal.lost_answer(entry.seq)
             self._unanswered_commit(op)
             self._offline(exc)
             self.journal.inflight.discard(entry.seq)
@@ -449,10 +447,10 @@ class Sync:
         self._backoff = BACKOFF_MIN
         with self.tree.tx():
             self.journal.done(entry.seq)
-        self._maybe_sent.discard(entry.seq)
         self.uploaded_ops += 1
-        if op is not None and op.op in ("commit", "delete"):
-            self._unanswered.pop(op.node, None)     # answered: the head is known now
+        if op is not None and op.op in ("commit", "delete", "create"):
+            # answered: the head is known now
+            self._unanswered.pop(op.node or op.args.get("id"), None)
         if op is not None:
             for node in op.settle:
                 self.states.apply_node(node, ack=True)
@@ -568,7 +566,7 @@ class Sync:
             for op in ops:
                 self._unanswered_commit(op)
             for e in entries:
-                self._maybe_sent.add(e.seq)
+                self.journal.lost_answer(e.seq)
                 self.journal.inflight.discard(e.seq)
                 self._ended(e, "offline", str(exc))
             self._offline(exc)
@@ -707,7 +705,7 @@ class Sync:
     def _maybe_sent_before(self, e: Entry) -> bool:
         """Could an earlier attempt of this entry have reached the server (an answer lost
         to a cut link, or an entry from before this start)?"""
-        return e.seq in self._maybe_sent or e.seq <= self._started_at_seq
+        return self.journal.may_have_reached(e)
 
     def _content_follows(self, ino: int, node_id: str) -> None:
         """The file's content goes in a content upload of its own (queued unless one is)."""
@@ -860,9 +858,17 @@ class Sync:
         return op
 
     def _unanswered_commit(self, op: _Op | None) -> None:
-        """A commit whose answer was lost may have been applied: remember what it sent."""
-        if op is not None and op.op == "commit" and op.node is not None:
+        """A commit or a file's create whose answer was lost may have been applied:
+        remember the chunks it sent (a later delete or commit meeting that content as the
+        head knows it is ours, ``_own_replay``)."""
+        if op is None:
+            return
+        if op.op == "commit" and op.node is not None:
             self._unanswered.setdefault(op.node, []).append([c["hash"] for c in op.args["chunks"]])
+        elif op.op == "create" and op.args.get("kind") == "file":
+            content = op.args.get("content") or {"chunks": []}
+            self._unanswered.setdefault(op.args["id"], []).append(
+                [c["hash"] for c in content["chunks"]])
 
     async def _own_replay(self, op: _Op, exc: ApiError) -> bool:
         """A commit or delete that may have been applied before, or that follows a commit

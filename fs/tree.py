@@ -49,6 +49,7 @@ import trio
 
 from gobi.protocol import MAX_NAME_BYTES, MAX_SYMLINK_TARGET, ROOT_ID, ChunkRef, has_control
 
+from .journal import Entry as JournalEntry
 from .journal import Journal
 from .mirror_store import MirrorStore
 
@@ -596,11 +597,26 @@ class Tree:
         there too; False when the node never left this machine.
         """
         pending = self.journal.pending(e.id)
-        if any(p.op == "create" for p in pending) and not self.journal.referenced(e.id):
+        if self._never_left(e.id, pending):
             self.journal.drop(pending)
             return False
-        self.journal.drop([p for p in pending if p.op in ("content", "attr")])
+        # A create that may have reached the server (its answer was lost) goes too: the
+        # delete that follows removes what it made, and is refused as "not found" when it
+        # made nothing. (Unless other entries name the node as their parent: they need it
+        # made first.)
+        referenced = self.journal.referenced(e.id)
+        self.journal.drop([p for p in pending if p.op in ("content", "attr")
+                           or (p.op == "create" and not referenced)])
         return True
+
+    def _never_left(self, node_id: str, pending: list[JournalEntry]) -> bool:
+        """Is the node's create still queued, unsent (so the server has never heard of
+        it)? Not when an attempt of it may have reached the server: coalescing it away
+        then left the node there, and it came back on every mount (found by the long
+        partition run, seed 1264219: a create whose answer was lost, then an unlink)."""
+        creates = [p for p in pending if p.op == "create"]
+        return bool(creates) and not self.journal.referenced(node_id) and \
+            not any(self.journal.may_have_reached(p) for p in creates)
 
     def orphan(self, e: Entry) -> None:
         # The name column must stay unique only among live children; orphans use their id.
@@ -675,8 +691,7 @@ class Tree:
             return self.get(src.ino), dst
 
     def _adoptable(self, src: Entry) -> bool:
-        pending = self.journal.pending(src.id)
-        return any(p.op == "create" for p in pending) and not self.journal.referenced(src.id)
+        return self._never_left(src.id, self.journal.pending(src.id))
 
     def _adopt(self, src: Entry, dst: Entry, parent: int, name: str) -> None:
         """Safe-save: ``src`` (never uploaded) takes over ``dst``'s node id."""

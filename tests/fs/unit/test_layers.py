@@ -453,6 +453,45 @@ async def test_a_delete_after_a_commit_whose_answer_was_lost_deletes(account, tm
         assert await c.listdir("") == []
 
 
+async def test_a_delete_after_a_create_whose_answer_was_lost_deletes(account, tmp_path):
+    """A file's create reached the server but its answer was lost; the file was deleted
+    before the retry. The create may have made the node, so it is not coalesced away with
+    the delete: the delete goes and removes it (the file came back on every mount; found
+    by the long partition run, seed 1264219). Twice: a create with content, and one of an
+    empty file."""
+    from gobi.fs.remote import Offline
+
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c",
+                           settle=0.0) as c:
+        sync = c.layers.sync
+        real = sync._call
+        lost = []
+
+        async def answer_lost(op, node, args):
+            outcome = await real(op, node, args)
+            if op == "create" and args.get("name") in ("f.txt", "empty.txt") and \
+                    args["name"] not in lost:
+                lost.append(args["name"])
+                raise Offline("connection reset while reading the answer")
+            return outcome
+
+        sync._call = answer_lost
+        for name, data in (("f.txt", b"made, then deleted\n"), ("empty.txt", b"")):
+            await c.write_file(name, data)
+            while name not in lost or sync.journal.inflight:
+                await trio.sleep(0.01)
+            # Deleted while the uploader waits to retry (the create is queued, not in
+            # flight: the case that was coalesced away).
+            await c.ops.unlink(ROOT_INO, name.encode(), CTX)
+            await c.synced()
+        assert lost == ["f.txt", "empty.txt"], "the creates were sent"
+        r = account.api.get(f"/vaults/{account.vault}/nodes/root/children")
+        r.raise_for_status()
+        assert r.json()["nodes"] == []
+        await c.caught_up(account.head())
+        assert await c.listdir("") == []
+
+
 async def test_an_open_for_writing_returns_once_the_kernel_knows_a_commit_applied_during_it(account, tmp_path):
     """Another device's commit is applied while an open for writing fetches the file's
     content (the file is not held yet). Its kernel notice must be carried out before the
