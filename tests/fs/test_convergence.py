@@ -574,3 +574,25 @@ def test_a_rename_made_through_the_mount_waits_for_earlier_kernel_notices(mounts
     assert os.stat(b.path / "d" / "g.txt").st_size == len(want)
     assert (b.path / "d" / "g.txt").read_bytes() == want
 
+
+
+def test_reads_go_on_while_only_the_live_stream_is_refused(mounts, proxied):
+    """The server answers requests but the WebSocket is refused (a proxy without
+    WebSockets, or a handshake stuck behind a partition that has healed): the mount must
+    not call itself offline and fail reads fast with ENETUNREACH while its fetches are
+    being answered (seen in the long partition run: a mount's reads failed for 2 s at the
+    end of a run)."""
+    a = mounts("a")
+    b, proxy = proxied("b")
+    (a.path / "d").mkdir()
+    for k in range(150):
+        (a.path / "d" / f"f{k}").write_bytes(b"file %d\n" % k)
+    caught_up(a, b)
+    proxy.refuse_websockets = True
+    proxy.reset()                   # the live socket goes; reconnecting is refused (503)
+    eventually(lambda: b.status()["live"] != "live", "B's live stream to go")
+    for k in range(150):            # none cached yet: every read is a fetch
+        assert (b.path / "d" / f"f{k}").read_bytes() == b"file %d\n" % k
+        time.sleep(0.02)
+    assert b.status()["online"]
+    proxy.refuse_websockets = False
