@@ -230,7 +230,8 @@ async def open_layers(cfg: MountConfig, tree: Tree, port: KernelPort | None) -> 
         vfs.atime, _ = atime.split_options(cfg.fuse_options)
         # GOBI_TEST_NOTICE_DELAY: tests hold kernel notices back to show what a late one does.
         kernel = Kernel(tree, cfg.mountpoint, materialise=cfg.materialise, port=port,
-                        delay=float(os.environ.get("GOBI_TEST_NOTICE_DELAY", "0")))
+                        delay=float(os.environ.get("GOBI_TEST_NOTICE_DELAY", "0")),
+                        held_open=lambda ino: ino in vfs.opens)
         states = ServerStates(tree, vfs, remote, device, kernel)
         applier = Applier(tree, states, remote, link, device)
         send, receive = trio.open_memory_channel(math.inf)

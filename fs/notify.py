@@ -140,7 +140,7 @@ class Expected:
 class Kernel:
     def __init__(self, tree: Tree, mountpoint: Path | None = None, materialise: bool = True,
                  busy: Callable[[int], bool] | None = None, delay: float = 0.0,
-                 port: KernelPort | None = None):
+                 port: KernelPort | None = None, held_open: Callable[[int], bool] | None = None):
         self.tree = tree
         # How notices reach the kernel: the FUSE adapter's (``gobi.fs.operations``), plugged
         # in by the composition root; none means not mounted (tests of the layers below).
@@ -148,6 +148,9 @@ class Kernel:
         self.mountpoint = Path(mountpoint) if mountpoint else None
         self.materialising = materialise and mountpoint is not None
         self.busy = busy or (lambda ino: False)      # local changes: do not materialise
+        # Files open here: an eviction cannot drop an inode in use, and the kernel keeps
+        # its own size of it, so a change of one is materialised even in bulk.
+        self.held_open = held_open or (lambda ino: False)
         self._items: list[_Item] = []
         self._wake = trio.Event()
         self._expect: dict[int, Expected] = {}        # thread id of a materialising call -> what
@@ -284,7 +287,7 @@ class Kernel:
             return _Step("inode", ino=ino, content=content)
         if not e.is_file or e.parent is None:
             return _Step("inode", ino=ino, content=content)
-        if self.materialising and not bulk and not self.busy(ino):
+        if self.materialising and (not bulk or self.held_open(ino)) and not self.busy(ino):
             path = self.tree.path_of(e)
             if path.startswith("/"):
                 return _Step("materialise", e.parent, e.name, ino, path=path, size=e.size,

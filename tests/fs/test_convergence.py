@@ -596,3 +596,33 @@ def test_reads_go_on_while_only_the_live_stream_is_refused(mounts, proxied):
         time.sleep(0.02)
     assert b.status()["online"]
     proxy.refuse_websockets = False
+
+
+def test_a_file_open_for_reading_shows_a_change_applied_in_bulk(mounts, proxied):
+    """A reader keeps a file open on B (``tail -f``, a viewer) while B's link is down; A
+    appends to it and makes many more changes, and B catches up in one bulk page. An
+    eviction cannot drop an inode in use and the kernel keeps its own size of a cached
+    file, so the reader would see the old length for as long as it keeps the file open:
+    a bulk change of an open file is materialised like a live one."""
+    a = mounts("a")
+    b, proxy = proxied("b")
+    (a.path / "d").mkdir()
+    (a.path / "d" / "log.txt").write_bytes(b"line 1\n")
+    caught_up(a, b)
+    with open(b.path / "d" / "log.txt", "rb") as reader:
+        assert reader.read() == b"line 1\n"
+        proxy.freeze()
+        eventually(lambda: not b.status()["online"], "B to notice its link is down")
+        for k in range(100):        # enough events that B applies them as a bulk page
+            (a.path / "d" / f"other{k}").write_bytes(b"%d" % k)
+            if k == 20:
+                a.sync()
+                with open(a.path / "d" / "log.txt", "ab") as f:
+                    f.write(b"line 2\n")
+                a.sync()
+        a.sync()
+        proxy.restore()
+        caught_up(a, b)
+        eventually(lambda: os.fstat(reader.fileno()).st_size == 14, "the reader to see the new size")
+        assert reader.read() == b"line 2\n"
+    assert (b.path / "d" / "log.txt").read_bytes() == b"line 1\nline 2\n"
