@@ -87,6 +87,14 @@ class ObjectInfo:
     mtime: float | None = None
 
 
+@dataclass(frozen=True)
+class Space:
+    """What a backend can hold: its size and the bytes still free, as it reports them."""
+
+    total: int
+    free: int
+
+
 class StorageDriver(abc.ABC):
     """Async key → bytes store. See the module docstring for the contract."""
 
@@ -163,6 +171,19 @@ class StorageDriver(abc.ABC):
         except ObjectNotFound:
             return False
         return True
+
+    async def space(self) -> Space | None:
+        """The backend's size and free bytes; None when it cannot tell (an object store).
+
+        A wrapper answers for what it wraps: the least free space among its children (a
+        replicated write needs room on every target), None if any of them cannot tell."""
+        inner = self.children()
+        if not inner:
+            return None
+        spaces = [await c.space() for c in inner]
+        if any(sp is None for sp in spaces):
+            return None
+        return min(spaces, key=lambda sp: sp.free)   # type: ignore[union-attr]
 
     def children(self) -> tuple["StorageDriver", ...]:
         """The drivers this one wraps (empty for a real backend)."""

@@ -23,6 +23,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +35,7 @@ import anyio.to_thread
 from .base import (
     ObjectInfo,
     ObjectNotFound,
+    Space,
     StorageDriver,
     StorageError,
     StoragePermissionError,
@@ -287,6 +289,10 @@ class LocalDriver(StorageDriver):
             return await anyio.to_thread.run_sync(fn, *args)
         except OSError as exc:
             raise _translate(exc, key) from None
+
+    async def space(self) -> Space:
+        usage = await anyio.to_thread.run_sync(shutil.disk_usage, self.root)
+        return Space(total=usage.total, free=usage.free)
 
     async def put(self, key: str, data: bytes) -> None:
         check_key(key)

@@ -54,6 +54,7 @@ from .operations import (
 from .remote import ApiError, Offline, Remote, Servers
 from .services import ServiceError, Services
 from .states import ServerStates
+from .space import SpaceWatch
 from .sync import Sync
 from .tree import Tree
 from .verify import SELF_CHECK_INTERVAL, SelfCheck, Verifier
@@ -176,6 +177,7 @@ class Layers:
     verifier: Verifier
     self_check: SelfCheck
     receive: trio.MemoryReceiveChannel
+    space: SpaceWatch
 
     def status(self) -> dict:
         return {**self.sync.status(), **self.applier.status(), **self.live.status(),
@@ -183,7 +185,7 @@ class Layers:
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start the layers' tasks (mirror flusher, spare staging files, notifier, applier,
-        uploader, live stream, self-check) in ``nursery``."""
+        uploader, live stream, self-check, storage space) in ``nursery``."""
         self.vfs.spawn = nursery.start_soon
         await nursery.start(self.tree.run_flusher)
         await nursery.start(self.vfs.keep_spares)
@@ -192,6 +194,7 @@ class Layers:
         await nursery.start(self.sync.run_uploader)
         await nursery.start(self.live.run)
         await nursery.start(self.self_check.run)
+        await nursery.start(self.space.run)
 
 
 async def open_layers(cfg: MountConfig, tree: Tree, port: KernelPort | None) -> Layers:
@@ -250,7 +253,7 @@ async def open_layers(cfg: MountConfig, tree: Tree, port: KernelPort | None) -> 
         await remote.aclose()
         raise
     return Layers(tree, device, vault_id, servers, link, cache, remote, vfs, kernel, states,
-                  applier, live, sync, verifier, self_check, receive)
+                  applier, live, sync, verifier, self_check, receive, SpaceWatch(remote, link, cache))
 
 
 async def _run(cfg: MountConfig) -> int:
@@ -287,7 +290,7 @@ async def _run(cfg: MountConfig) -> int:
         except ServiceError as exc:
             raise MountError(str(exc)) from None
         ops = LiveOperations(vfs, status, control, kernel, xattrs=services.xattrs,
-                             stats=services.fuse_stats)
+                             stats=services.fuse_stats, space=layers.space)
         # Source gobi:<vault id>: unambiguous (names need not be), and what the fstab
         # helper (deploy/mount.fuse.gobi) recognises as already mounted.
         _, kernel_options = atime.split_options(cfg.fuse_options)

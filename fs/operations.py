@@ -40,6 +40,7 @@ import pyfuse3
 
 from .metrics import FuseStats
 from .notify import Change, Kernel, Expected
+from .space import SpaceWatch
 from .timetravel import NAME as TT_NAME
 from .timetravel import TimeTravel, is_virtual
 from .tree import KIND_BITS, ROOT_INO, Entry, FsError, Tree
@@ -95,9 +96,11 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = True
 
     def __init__(self, vfs: Vfs, status: Callable[[], dict], control: Callable[[bytes], None],
-                 xattrs: Xattrs | None = None, stats: FuseStats | None = None):
+                 xattrs: Xattrs | None = None, stats: FuseStats | None = None,
+                 space: SpaceWatch | None = None):
         super().__init__()
         self.vfs = vfs
+        self.space = space
         self.tree: Tree = vfs.tree
         self.xattrs = xattrs or Xattrs(vfs.tree, vfs, status, control)
         self.stats = stats or FuseStats()
@@ -397,10 +400,14 @@ class Operations(pyfuse3.Operations):
     async def statfs(self, ctx):
         s = pyfuse3.StatvfsData()
         cache = self.vfs.cache
+        if self.space is not None:
+            total, free = self.space.figures()       # the server's storage (gobi.fs.space)
+        else:
+            total, free = cache.cap, max(0, cache.cap - cache.staged_bytes)
         s.f_bsize = BLKSIZE
         s.f_frsize = 4096
-        s.f_blocks = cache.cap // 4096
-        s.f_bfree = max(0, cache.cap - cache.staged_bytes) // 4096
+        s.f_blocks = total // 4096
+        s.f_bfree = free // 4096
         s.f_bavail = s.f_bfree
         s.f_files = 1 << 32
         s.f_ffree = (1 << 32) - self.tree.count()

@@ -39,6 +39,7 @@ from gobi.protocol import (
     EventPage,
     HoldInfo,
     Node,
+    StorageSpace,
     TreePage,
     Vault,
     VaultSettings,
@@ -227,6 +228,10 @@ class Remote:
     async def vault_info(self) -> Vault:
         r = await self._request("GET", self._v(""))
         return Vault.model_validate(r.json())
+
+    async def space(self) -> StorageSpace:
+        r = await self._request("GET", self._v("/space"))
+        return StorageSpace.model_validate(r.json())
 
     async def settings(self) -> VaultSettings:
         r = await self._request("GET", self._v("/settings"))

@@ -293,6 +293,14 @@ class Vault(Model):
     created_at: float
 
 
+class StorageSpace(Model):
+    """What the server's storage can hold, as its backend reports it (``df`` on the mount
+    shows it). None: the backend cannot tell (an object store such as S3)."""
+
+    total_bytes: NonNegInt | None = None
+    free_bytes: NonNegInt | None = None
+
+
 class Member(Model):
     username: str
     role: Role

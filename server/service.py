@@ -99,7 +99,7 @@ class Services:
             fanout=fanout,
             keys=keys,
             accounts=accounts,
-            vaults=Vaults(store, fanout),
+            vaults=Vaults(store, fanout, driver),
             nodes=Nodes(store, fanout, metrics, holds=holds, conflicts=conflicts),
             chunks=chunks,
             events=EventLog(store, fanout, config.poll_interval),

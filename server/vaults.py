@@ -5,7 +5,18 @@ from __future__ import annotations
 import secrets
 import time
 
-from gobi.protocol import ROOT_ID, ErrorCode, Event, EventType, Member, Node, NodeKind, Vault
+from gobi.drivers.base import StorageDriver
+from gobi.protocol import (
+    ROOT_ID,
+    ErrorCode,
+    Event,
+    EventType,
+    Member,
+    Node,
+    NodeKind,
+    StorageSpace,
+    Vault,
+)
 
 from .access import Actor, require_role
 from .errors import ServiceError
@@ -18,9 +29,19 @@ def new_vault_id() -> str:
 
 
 class Vaults:
-    def __init__(self, store: MetadataStore, fanout: Fanout):
+    def __init__(self, store: MetadataStore, fanout: Fanout, driver: StorageDriver | None = None):
         self.store = store
         self.fanout = fanout
+        self.driver = driver
+
+    async def space(self, actor: Actor, vault_id: str) -> StorageSpace:
+        """The storage's size and free bytes (every vault shares them: there is no
+        per-vault quota), for ``df`` on a mount."""
+        await require_role(self.store, actor, vault_id, "read")
+        sp = await self.driver.space() if self.driver is not None else None
+        if sp is None:
+            return StorageSpace()
+        return StorageSpace(total_bytes=sp.total, free_bytes=sp.free)
 
     async def _view(self, vault: VaultRecord, role: str) -> Vault:
         owner = await self.store.user_by_id(vault.owner_id)

@@ -11,6 +11,7 @@ from gobi.protocol import (
     ErrorCode,
     Member,
     SetMemberRequest,
+    StorageSpace,
     Vault,
     VaultList,
     MemberList,
@@ -63,6 +64,14 @@ async def get(request: Request, vault_id: str) -> HTTPResponse:
 async def delete(request: Request, vault_id: str) -> HTTPResponse:
     await services(request).vaults.delete(request.ctx.actor, vault_id)
     return empty()
+
+
+@bp.get(f"/vaults/{VID}/space")
+@doc("The server storage's size and free bytes (null: the backend cannot tell)",
+     ok={200: StorageSpace})
+@authed
+async def space(request: Request, vault_id: str) -> HTTPResponse:
+    return model_response(await services(request).vaults.space(request.ctx.actor, vault_id))
 
 
 @bp.get(f"/vaults/{VID}/members")

@@ -141,3 +141,25 @@ async def test_large_object_and_streaming(driver):
     part = b"".join([b async for b in driver.iter_get("v1/large", 3 * MiB + 7, 2 * MiB, block_size=MiB)])
     assert part == data[3 * MiB + 7: 5 * MiB + 7]
     assert await driver.get("v1/large", 10 * MiB, MiB) == data[10 * MiB: 11 * MiB]
+
+
+async def test_space_is_the_backends_or_unknown(driver):
+    """``space()``: a filesystem backend (and every wrapper over only such backends) says
+    its size and free bytes, what ``df`` on its directory says; an object store, or a
+    wrapper over one, says it cannot tell (None)."""
+    import shutil
+
+    def backends(d):
+        inner = d.children()
+        return [d] if not inner else [b for c in inner for b in backends(c)]
+
+    roots = [getattr(b, "root", None) for b in backends(driver)]
+    sp = await driver.space()
+    if any(r is None for r in roots):
+        assert sp is None
+        return
+    assert sp is not None and 0 <= sp.free <= sp.total
+    usage = [shutil.disk_usage(r) for r in roots]
+    assert sp.total in {u.total for u in usage}
+    # Free space moves with other writers on a shared disk: the same order of magnitude.
+    assert min(u.free for u in usage) * 0.9 - 64 * MiB <= sp.free <= max(u.free for u in usage) * 1.1 + 64 * MiB

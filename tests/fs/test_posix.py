@@ -142,6 +142,29 @@ def test_locks_within_the_machine(mnt):
     os.close(b)
 
 
+def test_df_shows_the_servers_storage_and_the_cache_room(mnt, server):
+    """statfs: the size is the server storage's (``GET /vaults/{id}/space``: a local disk
+    here), the room left is the least of its free bytes and the cache's room for data not
+    uploaded yet (``--cache-size 1G`` in these tests)."""
+    import shutil
+    import subprocess
+    import time
+
+    disk = shutil.disk_usage(server.data_dir)
+    assert disk.total != 1 << 30, "the test needs a server disk of another size than the cache"
+    deadline = time.monotonic() + 30
+    while True:
+        st = os.statvfs(mnt.path)
+        if st.f_blocks * st.f_frsize == disk.total // 4096 * 4096 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert st.f_blocks * st.f_frsize == disk.total // 4096 * 4096
+    assert 0 < st.f_bavail * st.f_frsize <= min(disk.free + (256 << 20), 1 << 30)
+    df = subprocess.run(["df", "-B1", "--output=size,avail", str(mnt.path)], capture_output=True,
+                        text=True, check=True).stdout.split()
+    assert int(df[2]) == disk.total // 4096 * 4096, df
+
+
 def test_statfs_and_fsync(mnt):
     st = os.statvfs(mnt.path)
     assert st.f_namemax == 255 and st.f_blocks > 0
