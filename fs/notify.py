@@ -151,6 +151,12 @@ class Kernel:
         # Files open here: an eviction cannot drop an inode in use, and the kernel keeps
         # its own size of it, so a change of one is materialised even in bulk.
         self.held_open = held_open or (lambda ino: False)
+        # Files being opened to be changed in place (``LiveOperations._copy_settled``):
+        # the open holds the inode, so a change of one is materialised, never evicted.
+        self.opening: dict[int, int] = {}
+        # Files whose last notice was an eviction: if the kernel held the inode then, it
+        # kept its own (old) size; an open for writing has the size materialised first.
+        self.evicted_files: set[int] = set()
         self._items: list[_Item] = []
         self._wake = trio.Event()
         self._expect: dict[int, Expected] = {}        # thread id of a materialising call -> what
@@ -287,7 +293,8 @@ class Kernel:
             return _Step("inode", ino=ino, content=content)
         if not e.is_file or e.parent is None:
             return _Step("inode", ino=ino, content=content)
-        if self.materialising and (not bulk or self.held_open(ino)) and not self.busy(ino):
+        in_use = self.held_open(ino) or ino in self.opening
+        if self.materialising and (not bulk or in_use) and not self.busy(ino):
             path = self.tree.path_of(e)
             if path.startswith("/"):
                 return _Step("materialise", e.parent, e.name, ino, path=path, size=e.size,
@@ -308,6 +315,7 @@ class Kernel:
                     _quiet(self.port.invalidate_inode, s.ino, not s.content)
                     if self._materialise(s):
                         self.materialised += 1
+                        self.evicted_files.discard(s.ino)
                     else:
                         self.refused.add(s.ino)
                         self._evict(s)
@@ -319,6 +327,8 @@ class Kernel:
                 log.exception("kernel notification %s failed", s)
 
     def _evict(self, s: _Step) -> None:
+        if s.content:
+            self.evicted_files.add(s.ino)
         if _quiet(self.port.invalidate_entry, s.parent, s.name.encode()):
             self.evicted += 1
 

@@ -597,18 +597,33 @@ class LiveOperations(Operations):
         writeback cache trusts its own): the writer read the old content, wrote over it,
         and the upload claimed the new version as its base, replacing another device's
         write without a conflict (three mounts appending to shared files lost appends).
-        So the notice is carried out before the handle exists (bounded: a few rounds)."""
+        So the notice is carried out before the handle exists (bounded: a few rounds).
+
+        Carried out as a materialisation (the size set through the mount): an eviction
+        (how bulk changes are told) cannot drop the inode this open holds, so the kernel
+        kept the old size and the append landed at the old end (the long partition run,
+        seed 549945219). A file whose last notice was an eviction has its size
+        materialised again first."""
         e = self.tree.get_opt(inode)
         if e is None or not e.is_file:
             return              # the adapter's open answers for these
+        kernel = self.kernel
+        kernel.opening[inode] = kernel.opening.get(inode, 0) + 1
         try:
             for _ in range(3):
                 await self.vfs.materialize(inode)
-                if not self.kernel.unsettled(inode):
+                if inode in kernel.evicted_files and kernel.can_materialise():
+                    kernel.evicted_files.discard(inode)
+                    kernel.content(inode)
+                if not kernel.unsettled(inode):
                     return
-                await self.kernel.settled(inode)
+                await kernel.settled(inode)
         except FsError as exc:
             raise pyfuse3.FUSEError(exc.errno) from None
+        finally:
+            kernel.opening[inode] -= 1
+            if not kernel.opening[inode]:
+                del kernel.opening[inode]
 
     async def flush(self, fh):
         if fh in self.kernel.own_fhs:
