@@ -77,6 +77,12 @@ BATCH_BYTES = 6 * 1024 * 1024
 CHUNK_RETRIES = 5
 
 
+def _identity(chunks: list[dict]) -> list[list]:
+    """What a commit's manifest is, comparable with another's: ``[hash, size]`` per entry
+    (a hole has no hash, so its size says which hole it is)."""
+    return [[c.get("hash"), c["size"]] for c in chunks]
+
+
 class _Changed(Exception):
     """The staged file changed while it was being uploaded: try again later."""
 
@@ -862,7 +868,7 @@ class Sync:
     def _unanswered_commit(self, op: _Op | None) -> None:
         """A commit whose answer was lost may have been applied: remember what it sent."""
         if op is not None and op.op == "commit" and op.node is not None:
-            self._unanswered.setdefault(op.node, []).append([c["hash"] for c in op.args["chunks"]])
+            self._unanswered.setdefault(op.node, []).append(_identity(op.args["chunks"]))
 
     async def _own_replay(self, op: _Op, exc: ApiError) -> bool:
         """A commit or delete that may have been applied before, or that follows a commit
@@ -881,8 +887,8 @@ class Sync:
         if op.op != "commit" and not ours:
             return False
         _, theirs = await self.remote.manifest(op.entry.node)
-        hashes = [c.hash for c in theirs]
-        if op.op != "commit" or [c["hash"] for c in op.args["chunks"]] != hashes:
+        hashes = _identity([c.model_dump() for c in theirs])
+        if op.op != "commit" or _identity(op.args["chunks"]) != hashes:
             if hashes in ours:
                 op.args["base_rev"] = (head.content_rev or head.rev) if op.op == "commit" else head.rev
             return False

@@ -66,6 +66,22 @@ _KIND_OF_TYPE = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "c
                  stat.S_IFBLK: "blockdev"}
 
 
+#: The hash of a hole's row in a manifest layout: a hole (``ChunkRef.hole``, a run of
+#: zeros) has no chunk. A string, not None, because mirror.db's ``chunks.hash`` column is
+#: NOT NULL and an empty string is no SHA-256.
+HOLE = ""
+
+
+def layout(chunks: list[ChunkRef]) -> list[tuple[int, int, str]]:
+    """``(offset, size, hash)`` of each manifest entry, ``HOLE`` for a hole: the shape the
+    mirror keeps and reads walk."""
+    off, out = 0, []
+    for c in chunks:
+        out.append((off, c.size, HOLE if c.hole else c.hash))
+        off += c.size
+    return out
+
+
 class FsError(Exception):
     """A filesystem error with the errno a local filesystem would give."""
 
@@ -464,17 +480,12 @@ class Tree:
             self._manifests[ino] = old
 
     def set_manifest(self, ino: int, content_rev: int, chunks: list[ChunkRef]) -> None:
-        off = 0
-        rows = []
-        for c in chunks:
-            rows.append((off, c.size, c.hash))
-            off += c.size
         with self.tx():
-            self._set_chunks(ino, rows)
+            self._set_chunks(ino, layout(chunks))
             self.update(ino, manifest_rev=content_rev)
 
     def manifest(self, ino: int) -> list[tuple[int, int, str]]:
-        """(offset, size, hash) of the stored chunk list, in order."""
+        """(offset, size, hash) of the stored chunk list, in order (``HOLE``: zeros)."""
         return list(self._manifests.get(ino, ()))
 
     # -- xattrs and pins --------------------------------------------------------------------

@@ -9,7 +9,8 @@ Content of a file is in exactly one of two places:
 
 - **clean**: the server's chunk list is in the mirror; reads fetch the covering chunks
   (verified against their SHA-256) into the block cache, with read-ahead on sequential
-  access.
+  access. A hole of the manifest (``HOLE``) reads as zeros, with no fetch and no cache
+  entry; a staging copy filled from the manifest leaves it unwritten (a hole again).
 - **staged**: a full local copy in ``staging/<ino>`` that reads and writes go to at disk
   speed. A file is staged when it is created or opened for writing (its chunks are
   copied in once). The uploader (``gobi.fs.sync``) commits staged content and, when the
@@ -39,7 +40,7 @@ from .foreground import Foreground
 from .logs import oplog
 from .metrics import Histogram
 from .remote import ApiError, Offline, Remote
-from .tree import ROOT_INO, Entry, FsError, Tree
+from .tree import HOLE, ROOT_INO, Entry, FsError, Tree, layout
 
 log = logging.getLogger(__name__)
 
@@ -362,6 +363,8 @@ class Vfs:
             try:
                 try:
                     for off, size, h in manifest:
+                        if h == HOLE:
+                            continue    # left unwritten: the copy keeps the hole
                         data = await self.chunk(h, size)
                         os.pwrite(fd, data, off)
                     os.ftruncate(fd, e.size)
@@ -409,14 +412,7 @@ class Vfs:
         self.link.up()
         return result
 
-    @staticmethod
-    def layout(chunks: list[ChunkRef]) -> list[tuple[int, int, str]]:
-        """``(offset, size, hash)`` of each chunk: the shape reads walk."""
-        off, out = 0, []
-        for c in chunks:
-            out.append((off, c.size, c.hash))
-            off += c.size
-        return out
+    layout = staticmethod(layout)
 
     async def manifest(self, e: Entry) -> list[tuple[int, int, str]]:
         if e.size == 0:
@@ -555,7 +551,8 @@ class Vfs:
         while pos < end and i < len(h.manifest):
             c_off, c_size, c_hash = h.manifest[i]
             lo, hi = pos - c_off, min(end, c_off + c_size) - c_off
-            data = self.cache.read(c_hash, lo, hi - lo)
+            # A hole is zeros: no fetch, no cache entry.
+            data = bytes(hi - lo) if c_hash == HOLE else self.cache.read(c_hash, lo, hi - lo)
             if data is None:
                 self.cache_misses += 1
                 data = (await self.chunk(c_hash, c_size, handle=h))[lo:hi]
@@ -567,7 +564,7 @@ class Vfs:
         if self.spawn is not None and off == h.last_end:
             j = max(0, bisect.bisect_right(h.offsets, end) - 1)
             for c_off, c_size, c_hash in h.manifest[j + 1:j + 1 + READ_AHEAD]:
-                if c_hash not in self.cache and c_hash not in self._fetching:
+                if c_hash != HOLE and c_hash not in self.cache and c_hash not in self._fetching:
                     self.spawn(self._prefetch, c_hash, c_size, h)
         h.last_end = end
         return b"".join(out)
@@ -693,7 +690,7 @@ class Vfs:
         if clean and ino not in self.opens:
             # A one-chunk file's copy is that chunk: kept as its cache entry (reads after
             # the upload, e.g. a build after ``tar x``, stay local).
-            one = chunks[0] if len(chunks) == 1 and chunks[0].size == size else None
+            one = chunks[0] if len(chunks) == 1 and chunks[0].size == size and not chunks[0].hole else None
             self.drop_staging(ino, keep_as=one.hash if one is not None else None)
         if clean:
             self.content_clean.set()
