@@ -2,16 +2,20 @@
 
 Files committed with holes are read through the mount byte for byte, with no chunk
 request for a hole (counted in the server's access log); a sparse file opened for writing
-keeps working; and the time-travel view reads holes too.
+keeps working; and the time-travel view reads holes too. A sparse file made on the mount
+(``truncate -s 1T`` and a few writes) is uploaded as holes and a few data chunks, and a
+dense file's chunks are what they always were.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 
+from gobi.chunking import pieces_of_bytes
 from tests.server.util import upload
 
-from .mounts import caught_up, eventually, server_file, server_node
+from .mounts import caught_up, chunk_uploads, eventually, server_file, server_node
 
 MIB = 1 << 20
 
@@ -93,3 +97,73 @@ def test_time_travel_reads_holes(server, user, vault, mounts):
     assert (m.path / "old.img").read_bytes() == b"now"
     old = m.path / ".gobi" / "at" / str(seq) / "old.img"
     assert eventually(lambda: old.read_bytes() == expected, "the old version through time travel")
+
+
+TIB = 1 << 40
+GIB = 1 << 30
+
+
+def server_manifest(user, vault, path: str) -> list[dict]:
+    node = server_node(user, vault, path)
+    r = user.api.get(f"/vaults/{vault}/nodes/{node['id']}/content")
+    r.raise_for_status()
+    return r.json()["chunks"]
+
+
+def server_range(user, vault, path: str, off: int, n: int) -> bytes:
+    node = server_node(user, vault, path)
+    r = user.api.get(f"/vaults/{vault}/nodes/{node['id']}/data",
+                     headers={"Range": f"bytes={off}-{off + n - 1}"})
+    assert r.status_code == 206, r.text
+    return r.content
+
+
+def test_a_terabyte_sparse_file_uploads_its_holes_as_holes(server, user, vault, mounts):
+    # (A cap above the apparent size: what this test proves does not depend on how the
+    # cap counts a sparse copy; test_cache_cap_counts_blocks_held does.)
+    m = mounts(cache_size="2T")
+    path = m.path / "disk.img"
+    subprocess.run(["truncate", "-s", "1T", str(path)], check=True)
+    writes = {0: os.urandom(5000), 3 * GIB + 123: os.urandom(70_000),
+              500 * GIB: b"in the middle", TIB - 4096: os.urandom(4096)}
+    with open(path, "r+b") as f:
+        for off, data in writes.items():
+            f.seek(off)
+            f.write(data)
+    puts = chunk_uploads(server)
+    m.sync()
+    chunks = server_manifest(user, vault, "disk.img")
+    assert server_node(user, vault, "disk.img")["size"] == TIB
+    holes = [c for c in chunks if c.get("hole")]
+    data = [c for c in chunks if "hash" in c]
+    assert len(holes) == len(writes) - 1 and len(data) <= 2 * len(writes)
+    assert sum(c["size"] for c in data) < 1 << 20             # a few blocks, no zeros
+    assert chunk_uploads(server) - puts <= len(data)
+    assert m.verify()["difference_count"] == 0
+    for off, want in writes.items():
+        lo = max(0, off - 100)
+        hi = min(TIB, off + len(want) + 100)
+        got = server_range(user, vault, "disk.img", lo, hi - lo)
+        assert got == bytes(off - lo) + want + bytes(hi - off - len(want)), off
+    assert server_range(user, vault, "disk.img", 100 * GIB, 4096) == bytes(4096)
+    # A second mount reads the written offsets and the zeros around them.
+    m2 = mounts()
+    caught_up(m2)
+    assert (m2.path / "disk.img").stat().st_size == TIB
+    with open(m2.path / "disk.img", "rb") as f:
+        for off, want in writes.items():
+            f.seek(off)
+            assert f.read(len(want)) == want, off
+        f.seek(700 * GIB)
+        assert f.read(1 << 20) == bytes(1 << 20)
+
+
+def test_a_dense_file_keeps_its_chunks(server, user, vault, mounts):
+    """No holes: the manifest is exactly the chunks FastCDC cuts from the bytes (dedup
+    against content uploaded before holes existed is unchanged)."""
+    m = mounts()
+    data = os.urandom(5 * MIB + 7)
+    (m.path / "dense.bin").write_bytes(data)
+    m.sync()
+    chunks = server_manifest(user, vault, "dense.bin")
+    assert chunks == [{"hash": p.hash, "size": p.size} for p in pieces_of_bytes(data)]
