@@ -177,6 +177,7 @@ class Tree:
         for values in snap.nodes.values():
             self._index(Entry(*values))
         self._manifests = snap.chunks
+        self._data_memo: dict[int, tuple[list, int, int]] = {}   # data_bytes: (rows, size, data)
         self._xattrs = snap.xattrs
         self._meta = snap.meta
         self.pins = snap.pins                   # pinned inodes -> time (``gobi.fs.pins``)
@@ -467,6 +468,7 @@ class Tree:
 
     def _set_chunks(self, ino: int, chunks: list[tuple[int, int, str]] | None) -> None:
         old = self._manifests.get(ino)
+        self._data_memo.pop(ino, None)
         if chunks is None:
             self._manifests.pop(ino, None)
         else:
@@ -487,6 +489,19 @@ class Tree:
     def manifest(self, ino: int) -> list[tuple[int, int, str]]:
         """(offset, size, hash) of the stored chunk list, in order (``HOLE``: zeros)."""
         return list(self._manifests.get(ino, ()))
+
+    def data_bytes(self, ino: int, size: int) -> int:
+        """How much of a clean file of ``size`` bytes is data, not holes, by its stored
+        chunk list (``st_blocks``: ``du`` of a sparse file); ``size`` when the list is not
+        here or is of other content. Summed once per list (getattr is hot)."""
+        rows = self._manifests.get(ino)
+        if not rows:
+            return size
+        memo = self._data_memo.get(ino)
+        if memo is None or memo[0] is not rows:
+            memo = self._data_memo[ino] = (rows, rows[-1][0] + rows[-1][1],
+                                           sum(n for _, n, h in rows if h != HOLE))
+        return memo[2] if memo[1] == size else size
 
     # -- xattrs and pins --------------------------------------------------------------------
 

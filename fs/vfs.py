@@ -13,8 +13,10 @@ Content of a file is in exactly one of two places:
   entry; a staging copy filled from the manifest leaves it unwritten (a hole again).
 - **staged**: a full local copy in ``staging/<ino>`` that reads and writes go to at disk
   speed. A file is staged when it is created or opened for writing (its chunks are
-  copied in once). The uploader (``gobi.fs.sync``) commits staged content and, when the
-  file is closed and unchanged since, drops the staging copy.
+  copied in once). The copy is sparse where the file is (``truncate`` up makes a hole)
+  and the cache cap counts the blocks it holds (``BlockCache.reserve`` / ``measure``).
+  The uploader (``gobi.fs.sync``) commits staged content and, when the file is closed and
+  unchanged since, drops the staging copy.
 
 Errors are ``FsError(errno)``.
 """
@@ -35,7 +37,7 @@ import trio
 from gobi.protocol import ChunkRef
 
 from . import atime
-from .blocks import BlockCache, CacheFull
+from .blocks import BlockCache, CacheFull, held_bytes
 from .foreground import Foreground
 from .logs import oplog
 from .metrics import Histogram
@@ -286,7 +288,7 @@ class Vfs:
         if old is not None:
             os.close(old)
         self.fds[ino] = fd
-        self.cache.resize_staged(ino, 0)
+        self.cache.staged_empty(ino)
 
     async def keep_spares(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Keep empty staging files ready for the next ``SPARES`` inode numbers the mirror
@@ -368,6 +370,7 @@ class Vfs:
                         data = await self.chunk(h, size)
                         os.pwrite(fd, data, off)
                     os.ftruncate(fd, e.size)
+                    held = held_bytes(os.fstat(fd))
                 finally:
                     os.close(fd)
                 now = self.tree.get_opt(ino)
@@ -377,7 +380,7 @@ class Vfs:
                         return          # a new copy was made meanwhile (truncated to zero)
                     continue            # the mirror moved on: fetch what it shows now
                 try:
-                    self.cache.resize_staged(ino, e.size)
+                    self.cache.take_staged(ino, e.size, held)
                 except CacheFull:
                     raise FsError(errno.ENOSPC) from None
                 os.replace(tmp, path)
@@ -573,13 +576,13 @@ class Vfs:
         h = self.handles[fh]
         if not self.staged(h.ino):
             await self.materialize(h.ino)
-        new_end = off + len(buf)
-        if new_end > self.cache.staged_size(h.ino):
-            try:
-                self.cache.resize_staged(h.ino, new_end)
-            except CacheFull:
-                raise FsError(errno.ENOSPC) from None
-        n = os.pwrite(self._fd(h.ino), buf, off)
+        fd = self._fd(h.ino)
+        try:
+            self.cache.reserve(h.ino, fd, off, len(buf))
+        except CacheFull:
+            raise FsError(errno.ENOSPC) from None
+        n = os.pwrite(fd, buf, off)
+        self.cache.measure(h.ino, fd, max(off + n, self.cache.staged_size(h.ino)))
         self._changed(h.ino)
         return n
 
@@ -596,13 +599,11 @@ class Vfs:
                 self.new_staging(ino)
         else:
             await self.materialize(ino)
-            if size > self.cache.staged_size(ino):
-                try:
-                    self.cache.resize_staged(ino, size)
-                except CacheFull:
-                    raise FsError(errno.ENOSPC) from None
-            os.ftruncate(self._fd(ino), size)
-            self.cache.resize_staged(ino, size)
+            # Growing allocates nothing (the new part is a hole): no cap check. Shrinking
+            # frees the blocks past the end: counted again.
+            fd = self._fd(ino)
+            os.ftruncate(fd, size)
+            self.cache.measure(ino, fd, size)
         self._changed(ino)
         self.save_attrs(ino)
 

@@ -4,13 +4,17 @@ Files committed with holes are read through the mount byte for byte, with no chu
 request for a hole (counted in the server's access log); a sparse file opened for writing
 keeps working; and the time-travel view reads holes too. A sparse file made on the mount
 (``truncate -s 1T`` and a few writes) is uploaded as holes and a few data chunks, and a
-dense file's chunks are what they always were.
+dense file's chunks are what they always were. The cache cap counts a staging copy by the
+blocks it holds: a 1 TiB sparse file fits under an 8 MiB cap, ``du`` shows its data.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
+
+import pytest
 
 from gobi.chunking import pieces_of_bytes
 from tests.server.util import upload
@@ -119,9 +123,7 @@ def server_range(user, vault, path: str, off: int, n: int) -> bytes:
 
 
 def test_a_terabyte_sparse_file_uploads_its_holes_as_holes(server, user, vault, mounts):
-    # (A cap above the apparent size: what this test proves does not depend on how the
-    # cap counts a sparse copy; test_cache_cap_counts_blocks_held does.)
-    m = mounts(cache_size="2T")
+    m = mounts()
     path = m.path / "disk.img"
     subprocess.run(["truncate", "-s", "1T", str(path)], check=True)
     writes = {0: os.urandom(5000), 3 * GIB + 123: os.urandom(70_000),
@@ -167,3 +169,60 @@ def test_a_dense_file_keeps_its_chunks(server, user, vault, mounts):
     m.sync()
     chunks = server_manifest(user, vault, "dense.bin")
     assert chunks == [{"hash": p.hash, "size": p.size} for p in pieces_of_bytes(data)]
+
+
+def du_kib(path) -> int:
+    return int(subprocess.run(["du", "-k", str(path)], check=True, capture_output=True,
+                              text=True).stdout.split()[0])
+
+
+def test_cache_cap_counts_blocks_held(server, user, vault, mounts):
+    """An 8 MiB cap: a 1 TiB sparse file fits (its holes hold nothing), what is written
+    into it counts, and writing past the cap is still ENOSPC."""
+    cap = 8 * MIB
+    m = mounts(cache_size="8M", extra=("--settle", "600"))
+    path = m.path / "vm.img"
+    subprocess.run(["truncate", "-s", "1T", str(path)], check=True)
+    assert path.stat().st_size == TIB
+    ls = subprocess.run(["ls", "-l", str(path)], check=True, capture_output=True, text=True).stdout
+    assert str(TIB) in ls.split()
+    assert du_kib(path) < 64
+    writes = {10 * GIB: os.urandom(3 * MIB), 600 * GIB: os.urandom(MIB)}
+    with open(path, "r+b") as f:
+        for off, data in writes.items():
+            f.seek(off)
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    held = du_kib(path)
+    assert 4 * 1024 <= held < 4 * 1024 + 64                    # the 4 MiB written, no holes
+    st = m.status()
+    assert 4 * MIB <= st["cache_staged"] <= st["cache_used"] <= cap
+    vfs = os.statvfs(m.path)
+    assert vfs.f_bfree * vfs.f_frsize == (cap - st["cache_staged"]) // 4096 * 4096
+    # Past the cap: 6 MiB more into a hole does not fit next to the 4 MiB held.
+    with pytest.raises(OSError) as e:
+        with open(path, "r+b") as f:
+            f.seek(200 * GIB)
+            for _ in range(6):
+                f.write(os.urandom(MIB))
+            f.flush()
+            os.fsync(f.fileno())
+    assert e.value.errno == errno.ENOSPC
+    assert m.status()["cache_used"] <= cap
+    # Rewriting blocks the copy already holds needs no room, even with the cap taken.
+    with open(path, "r+b") as f:
+        f.seek(10 * GIB)
+        f.write(writes[10 * GIB][::-1])
+        f.flush()
+        os.fsync(f.fileno())
+    writes[10 * GIB] = writes[10 * GIB][::-1]
+    m.sync()
+    assert server_node(user, vault, "vm.img")["size"] == TIB
+    for off, data in writes.items():
+        assert server_range(user, vault, "vm.img", off, len(data)) == data
+    holes = [c for c in server_manifest(user, vault, "vm.img") if c.get("hole")]
+    assert sum(c["size"] for c in holes) > TIB - 16 * MIB
+    # Clean again (no staging copy once uploaded and closed): du still shows the data only.
+    eventually(lambda: m.status()["cache_staged"] == 0, "the staging copy dropped after upload")
+    assert du_kib(path) < 16 * 1024 and path.stat().st_size == TIB
