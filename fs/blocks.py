@@ -11,10 +11,15 @@
   thread): creating a file is then no file creation on the request path, which costs
   20–400 µs on a busy ext4 (its journal is shared with every other writer).
 
-Both count against one cap (``--cache-size``). Cached chunks make room for staged data;
-when staged data alone would exceed the cap, growing it fails with ``CacheFull`` (the FUSE
-layer answers ``ENOSPC``) instead of silently overrunning. Reads that cannot be cached
-because the cap is taken by staged data are still served, straight from the network.
+Both count against one cap (``--cache-size``). A staging copy counts with the blocks it
+holds (``st_blocks * 512``), not its apparent size: a sparse file (``truncate -s 1T``, a
+VM image) costs what was written into it, and its holes nothing (``staged_size`` stays the
+apparent size, which ``stat`` shows). Cached chunks make room for staged data; a write
+that may allocate more than fits (``reserve``: the blocks it touches that are not held
+yet) fails with ``CacheFull`` (the FUSE layer answers ``ENOSPC``) instead of silently
+overrunning, and after it the copy's blocks are counted again (``measure``). Reads that
+cannot be cached because the cap is taken by staged data are still served, straight from
+the network.
 
 **Pinned** chunks (content of files under a ``gobi pin``, see ``gobi.fs.pins``) are cached
 chunks that eviction skips: they live outside the LRU until unpinned. They count against
@@ -32,6 +37,16 @@ class CacheFull(Exception):
     """Staged (not yet uploaded) data would exceed the cache cap."""
 
 
+def held_bytes(st: os.stat_result) -> int:
+    """What a file holds on disk: its allocated blocks, holes excluded."""
+    return st.st_blocks * 512
+
+
+#: Allocation unit the write reservations round to (the filesystems a cache lives on use
+#: 4 KiB blocks; a larger one only makes a reservation a little short, never the count).
+BLOCK = 4096
+
+
 class BlockCache:
     def __init__(self, root: Path, cap: int):
         self.root = Path(root)
@@ -44,8 +59,9 @@ class BlockCache:
         self._pinned: dict[str, int] = {}    # chunk -> size: cached, never evicted
         self.pinned_bytes = 0
         self.cached_bytes = 0               # LRU and pinned chunks
-        self.staged_bytes = 0
-        self._staged: dict[int, int] = {}   # ino -> bytes counted for its staging file
+        self.staged_bytes = 0               # blocks held by staging copies (st_blocks * 512)
+        self._staged: dict[int, int] = {}   # ino -> apparent size of its staging file
+        self._held: dict[int, int] = {}     # ino -> bytes its staging file holds on disk
         self._subdirs: set[str] = set()     # blocks/<xx> directories known to exist
         self._spare_named: set[int] = set() # staged inodes whose copy is named s<ino>
         self.spares: dict[int, int] = {}    # ino -> fd of its empty spare, not taken yet
@@ -81,17 +97,21 @@ class BlockCache:
             if spare:
                 spare_named.append((ino, entry.path))
                 continue
-            size = entry.stat().st_size
-            self._staged[ino] = size
-            self.staged_bytes += size
+            self._count_staged(ino, entry.stat())
         for ino, path in spare_named:
             if ino in self._staged:
                 os.unlink(path)             # (both cannot be made; never keep two copies)
                 continue
-            size = os.stat(path).st_size
-            self._staged[ino] = size
-            self.staged_bytes += size
+            self._count_staged(ino, os.stat(path))
             self._spare_named.add(ino)
+
+    def _count_staged(self, ino: int, st: os.stat_result) -> None:
+        self._staged[ino] = st.st_size
+        self._set_held(ino, held_bytes(st))
+
+    def _set_held(self, ino: int, held: int) -> None:
+        self.staged_bytes += held - self._held.get(ino, 0)
+        self._held[ino] = held
 
     @property
     def used(self) -> int:
@@ -257,18 +277,59 @@ class BlockCache:
         return fd
 
     def staged_size(self, ino: int) -> int:
+        """The staging copy's apparent size (what ``stat`` shows as the file's size)."""
         return self._staged.get(ino, 0)
 
-    def resize_staged(self, ino: int, new_size: int) -> None:
-        """Account for a staging file growing or shrinking; ``CacheFull`` when it cannot grow."""
-        old = self._staged.get(ino, 0)
-        if new_size > old and not self._make_room(new_size - old):
-            raise CacheFull(f"cache cap of {self.cap} bytes is taken by data not yet uploaded")
-        self._staged[ino] = new_size
-        self.staged_bytes += new_size - old
+    def staged_held(self, ino: int) -> int:
+        """The bytes the staging copy holds on disk (what the cap is charged)."""
+        return self._held.get(ino, 0)
+
+    def _full(self) -> CacheFull:
+        return CacheFull(f"cache cap of {self.cap} bytes is taken by data not yet uploaded")
+
+    def reserve(self, ino: int, fd: int, offset: int, length: int) -> None:
+        """Before writing ``length`` bytes at ``offset`` into the staging copy: make room
+        for the blocks the write may allocate, or ``CacheFull``. A write that lands on
+        blocks the copy already holds (one ``SEEK_HOLE``: no hole in the range) needs none,
+        so rewriting a file at the cap still works, as it did when apparent sizes counted."""
+        if length <= 0:
+            return
+        end = offset + length
+        if end <= self._staged.get(ino, 0):
+            try:
+                if os.lseek(fd, offset, os.SEEK_HOLE) >= end:
+                    return
+            except OSError:
+                pass                        # cannot tell: assume it allocates
+        need = -(-end // BLOCK) * BLOCK - offset // BLOCK * BLOCK
+        if not self._make_room(need):
+            raise self._full()
+
+    def measure(self, ino: int, fd: int, size: int | None = None) -> None:
+        """Count the staging copy again after a change (``size``: its new apparent size,
+        when the caller knows it; else from ``fstat`` as well)."""
+        st = os.fstat(fd)
+        self._staged[ino] = st.st_size if size is None else size
+        self._set_held(ino, held_bytes(st))
+
+    def take_staged(self, ino: int, size: int, held: int) -> None:
+        """A complete copy was made for ``ino`` (apparent ``size``, ``held`` bytes on disk):
+        count it, or ``CacheFull`` (counting nothing) when its blocks do not fit."""
+        grow = held - self._held.get(ino, 0)
+        if grow > 0 and not self._make_room(grow):
+            raise self._full()
+        self._staged[ino] = size
+        self._set_held(ino, held)
+
+    def staged_empty(self, ino: int) -> None:
+        """The staging copy is empty now (a new file's spare, or truncated to zero): no
+        size, no blocks, without asking the filesystem (a create's hot path)."""
+        self._staged[ino] = 0
+        self._set_held(ino, 0)
 
     def drop_staged(self, ino: int) -> None:
-        self.staged_bytes -= self._staged.pop(ino, 0)
+        self._staged.pop(ino, None)
+        self.staged_bytes -= self._held.pop(ino, 0)
         try:
             os.unlink(self.staging_path(ino))
         except FileNotFoundError:
@@ -292,7 +353,7 @@ class BlockCache:
             return False
         del self._staged[ino]
         self._spare_named.discard(ino)
-        self.staged_bytes -= size
+        self.staged_bytes -= self._held.pop(ino, 0)
         self._add(chunk_hash, size, False)
         return True
 

@@ -125,12 +125,16 @@ class Operations(pyfuse3.Operations):
         a.entry_timeout = TIMEOUT
         a.attr_timeout = TIMEOUT
         vfs = self.vfs
+        held = size
         if kind == "dir":
-            size = 4096                     # as ext4 shows them
+            size = held = 4096              # as ext4 shows them
         else:
             staged = vfs.cache._staged.get(ino)
             if staged is not None:
-                size = staged
+                # A sparse copy's holes hold nothing: st_blocks is what it holds (du).
+                size, held = staged, vfs.cache._held.get(ino, 0)
+            elif kind == "file" and size:
+                held = self.tree.data_bytes(ino, size)
         mtime = vfs.mtimes.get(ino, mtime)
         a.st_mode = KIND_BITS[kind] | mode
         a.st_rdev = rdev
@@ -139,7 +143,7 @@ class Operations(pyfuse3.Operations):
         a.st_gid = vfs.gid if gid is None else gid
         a.st_size = size
         a.st_blksize = BLKSIZE
-        a.st_blocks = (size + 511) // 512
+        a.st_blocks = (held + 511) // 512
         a.st_atime_ns = atime or mtime
         a.st_mtime_ns = mtime
         a.st_ctime_ns = ctime if ctime > mtime else mtime

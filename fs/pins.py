@@ -30,7 +30,7 @@ import time
 import trio
 
 from .logs import oplog
-from .tree import ROOT_INO, Entry, FsError, Tree
+from .tree import HOLE, ROOT_INO, Entry, FsError, Tree
 from .vfs import first_of
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class Pins:
         wanted: set[str] = set()
         for e in self.tree.subtree(sorted(self.roots)):
             if e.is_file and e.manifest_rev is not None and e.manifest_rev == e.content_rev:
-                wanted.update(h for _, _, h in self.tree.manifest(e.ino))
+                wanted.update(h for _, _, h in self.tree.manifest(e.ino) if h != HOLE)
         return wanted
 
     def _release_unwanted(self) -> None:
@@ -270,7 +270,7 @@ class Pins:
                     limiter = trio.Semaphore(CHUNK_CONCURRENCY)
                     async with trio.open_nursery() as chunks:
                         for _, csize, h in self.tree.manifest(ino):
-                            if not self.cache.pin(h):
+                            if h != HOLE and not self.cache.pin(h):
                                 await limiter.acquire()
                                 chunks.start_soon(chunk, h, csize, limiter)
                 if not failure:

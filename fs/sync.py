@@ -12,9 +12,10 @@ are deferred (later entries go first), so a file is not uploaded half-written.
 **How each entry travels.** Metadata operations (create, rename/move, setattr, delete)
 go over the live WebSocket when it is connected (``gobi.fs.events``: an ``op`` frame with
 a request id, answered ``ack``/``nack``), else over REST. Content: FastCDC chunks of the
-staged copy (``gobi.chunking``), the missing ones uploaded (verified against their hash
-first, so a concurrent write cannot smuggle in wrong bytes), then the manifest committed
-with its base revision. When several small entries are ready at once (``tar x``, ``cp
+staged copy's data extents (``gobi.chunking.pieces_of_sparse_file``: its holes of 64 KiB
+and more become hole entries, never read, hashed or sent), the missing chunks uploaded
+(verified against their hash first, so a concurrent write cannot smuggle in wrong bytes),
+then the manifest committed with its base revision. When several small entries are ready at once (``tar x``, ``cp
 -r``, ``rm -r``), they go as one batch: their chunks in ``POST /chunks`` and the operations
 in ``POST /ops`` — two requests for up to ``BATCH_MAX`` files instead of two per file.
 
@@ -51,7 +52,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from gobi.chunking import pieces_of_stream
+from gobi.chunking import pieces_of_sparse_file
 from gobi.protocol import ROOT_ID, ChunkRef, ConflictInfo, ErrorCode, Node, WriteOutcome
 
 from .blocks import BlockCache
@@ -75,6 +76,27 @@ BATCH_MIN = 4                # this many small ready entries go as one batch
 BATCH_MAX = 500              # entries per batch (POST /ops takes 1000)
 BATCH_BYTES = 6 * 1024 * 1024
 CHUNK_RETRIES = 5
+
+
+def _cut(path, with_data: bool) -> list[tuple[int, int, str | None, bytes | None]]:
+    """``(offset, size, hash, bytes)`` of a staged copy's pieces; a hole's hash and bytes are
+    None. Runs in a worker thread. ``with_data`` False: the bytes are not kept."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return [(p.offset, p.size, p.hash, data if with_data else None)
+                for p, data in pieces_of_sparse_file(fd)]
+    finally:
+        os.close(fd)
+
+
+def _refs(pieces) -> list[ChunkRef]:
+    return [ChunkRef.zeros(p[1]) if p[2] is None else ChunkRef(hash=p[2], size=p[1]) for p in pieces]
+
+
+def _identity(chunks: list[dict]) -> list[list]:
+    """What a commit's manifest is, comparable with another's: ``[hash, size]`` per entry
+    (a hole has no hash, so its size says which hole it is)."""
+    return [[c.get("hash"), c["size"]] for c in chunks]
 
 
 class _Changed(Exception):
@@ -859,16 +881,15 @@ class Sync:
 
     def _unanswered_commit(self, op: _Op | None) -> None:
         """A commit or a file's create whose answer was lost may have been applied:
-        remember the chunks it sent (a later delete or commit meeting that content as the
+        remember the manifest it sent (a later delete or commit meeting that content as the
         head knows it is ours, ``_own_replay``)."""
         if op is None:
             return
         if op.op == "commit" and op.node is not None:
-            self._unanswered.setdefault(op.node, []).append([c["hash"] for c in op.args["chunks"]])
+            self._unanswered.setdefault(op.node, []).append(_identity(op.args["chunks"]))
         elif op.op == "create" and op.args.get("kind") == "file":
             content = op.args.get("content") or {"chunks": []}
-            self._unanswered.setdefault(op.args["id"], []).append(
-                [c["hash"] for c in content["chunks"]])
+            self._unanswered.setdefault(op.args["id"], []).append(_identity(content["chunks"]))
 
     async def _own_replay(self, op: _Op, exc: ApiError) -> bool:
         """A commit or delete that may have been applied before, or that follows a commit
@@ -887,8 +908,8 @@ class Sync:
         if op.op != "commit" and not ours:
             return False
         _, theirs = await self.remote.manifest(op.entry.node)
-        hashes = [c.hash for c in theirs]
-        if op.op != "commit" or [c["hash"] for c in op.args["chunks"]] != hashes:
+        hashes = _identity([c.model_dump() for c in theirs])
+        if op.op != "commit" or _identity(op.args["chunks"]) != hashes:
             if hashes in ours:
                 op.args["base_rev"] = (head.content_rev or head.rev) if op.op == "commit" else head.rev
             return False
@@ -969,17 +990,14 @@ class Sync:
         if self.cache.staged_size(ino) <= SMALL_FILE:
             return await self._push_small(ino, path, gen, upload)
 
-        def cut() -> list[tuple[int, int, str]]:
-            with open(path, "rb") as f:
-                return [(p.offset, p.size, p.hash) for p, _ in pieces_of_stream(f)]
-
-        pieces = await trio.to_thread.run_sync(cut)
+        pieces = [p[:3] for p in await trio.to_thread.run_sync(_cut, path, False)]
         size = sum(p[1] for p in pieces)
+        hashes = {p[2] for p in pieces if p[2] is not None}     # holes are no chunks
         if size <= SMALL_FILE or not upload:
             # Small: uploading its chunk is cheaper than asking whether to.
-            missing = {p[2] for p in pieces}
+            missing = hashes
         else:
-            missing = await self.remote.missing(sorted({p[2] for p in pieces}))
+            missing = await self.remote.missing(sorted(hashes))
         if self.progress is not None and upload:
             self.progress.pushing(ino, size, sum(n for _, n, h in {p[2]: p for p in pieces}.values()
                                                  if h in missing))
@@ -1013,7 +1031,7 @@ class Sync:
             seen: set[str] = set()
             async with trio.open_nursery() as nursery:
                 for off, n, h in pieces:
-                    if h in seen or (h not in missing and h in self.cache):
+                    if h is None or h in seen or (h not in missing and h in self.cache):
                         continue
                     seen.add(h)
                     await limiter.acquire()
@@ -1022,7 +1040,7 @@ class Sync:
             os.close(fd)
         if errors:
             raise errors[0]
-        return ([ChunkRef(hash=h, size=n) for _, n, h in pieces], size, gen), collected
+        return (_refs(pieces), size, gen), collected
 
     async def _push_small(self, ino: int, path, gen: int, upload: bool
                           ) -> tuple[tuple[list[ChunkRef], int, int], list[tuple[str, bytes]]]:
@@ -1030,14 +1048,12 @@ class Sync:
         bytes sent are the bytes hashed, so no second check is needed; a write meanwhile
         shows as a new generation). Every chunk goes: uploading it is cheaper than asking
         whether the server has it."""
-        def read_and_cut() -> list[tuple[int, int, str, bytes]]:
-            with open(path, "rb") as f:
-                return [(p.offset, p.size, p.hash, data) for p, data in pieces_of_stream(f)]
-
-        pieces = await trio.to_thread.run_sync(read_and_cut)
+        pieces = await trio.to_thread.run_sync(_cut, path, True)
         size = sum(p[1] for p in pieces)
         collected: dict[str, bytes] = {}
         for _, _, h, data in pieces:
+            if h is None:
+                continue                # a hole: nothing to send
             if len(pieces) > 1:
                 # (A one-chunk file's staging copy becomes its cache entry once the server
                 # has it: ``Vfs.uploaded``.)
@@ -1053,7 +1069,7 @@ class Sync:
                 if self.progress is not None:
                     self.progress.sent(ino, len(data))
             collected = {}
-        return ([ChunkRef(hash=h, size=n) for _, n, h, _ in pieces], size, gen), list(collected.items())
+        return (_refs(pieces), size, gen), list(collected.items())
 
     async def _put_chunk(self, h: str, data: bytes) -> None:
         for _ in range(CHUNK_RETRIES):

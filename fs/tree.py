@@ -67,6 +67,22 @@ _KIND_OF_TYPE = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "c
                  stat.S_IFBLK: "blockdev"}
 
 
+#: The hash of a hole's row in a manifest layout: a hole (``ChunkRef.hole``, a run of
+#: zeros) has no chunk. A string, not None, because mirror.db's ``chunks.hash`` column is
+#: NOT NULL and an empty string is no SHA-256.
+HOLE = ""
+
+
+def layout(chunks: list[ChunkRef]) -> list[tuple[int, int, str]]:
+    """``(offset, size, hash)`` of each manifest entry, ``HOLE`` for a hole: the shape the
+    mirror keeps and reads walk."""
+    off, out = 0, []
+    for c in chunks:
+        out.append((off, c.size, HOLE if c.hole else c.hash))
+        off += c.size
+    return out
+
+
 class FsError(Exception):
     """A filesystem error with the errno a local filesystem would give."""
 
@@ -162,6 +178,7 @@ class Tree:
         for values in snap.nodes.values():
             self._index(Entry(*values))
         self._manifests = snap.chunks
+        self._data_memo: dict[int, tuple[list, int, int]] = {}   # data_bytes: (rows, size, data)
         self._xattrs = snap.xattrs
         self._meta = snap.meta
         self.pins = snap.pins                   # pinned inodes -> time (``gobi.fs.pins``)
@@ -452,6 +469,7 @@ class Tree:
 
     def _set_chunks(self, ino: int, chunks: list[tuple[int, int, str]] | None) -> None:
         old = self._manifests.get(ino)
+        self._data_memo.pop(ino, None)
         if chunks is None:
             self._manifests.pop(ino, None)
         else:
@@ -465,18 +483,26 @@ class Tree:
             self._manifests[ino] = old
 
     def set_manifest(self, ino: int, content_rev: int, chunks: list[ChunkRef]) -> None:
-        off = 0
-        rows = []
-        for c in chunks:
-            rows.append((off, c.size, c.hash))
-            off += c.size
         with self.tx():
-            self._set_chunks(ino, rows)
+            self._set_chunks(ino, layout(chunks))
             self.update(ino, manifest_rev=content_rev)
 
     def manifest(self, ino: int) -> list[tuple[int, int, str]]:
-        """(offset, size, hash) of the stored chunk list, in order."""
+        """(offset, size, hash) of the stored chunk list, in order (``HOLE``: zeros)."""
         return list(self._manifests.get(ino, ()))
+
+    def data_bytes(self, ino: int, size: int) -> int:
+        """How much of a clean file of ``size`` bytes is data, not holes, by its stored
+        chunk list (``st_blocks``: ``du`` of a sparse file); ``size`` when the list is not
+        here or is of other content. Summed once per list (getattr is hot)."""
+        rows = self._manifests.get(ino)
+        if not rows:
+            return size
+        memo = self._data_memo.get(ino)
+        if memo is None or memo[0] is not rows:
+            memo = self._data_memo[ino] = (rows, rows[-1][0] + rows[-1][1],
+                                           sum(n for _, n, h in rows if h != HOLE))
+        return memo[2] if memo[1] == size else size
 
     # -- xattrs and pins --------------------------------------------------------------------
 

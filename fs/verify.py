@@ -36,12 +36,13 @@ state is never changed by a failed verify.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 
 import trio
 
-from gobi.chunking import pieces_of_stream
+from gobi.chunking import pieces_of_sparse_file
 from gobi.protocol import ROOT_ID, Node
 
 from .applier import Applier
@@ -258,15 +259,19 @@ class Verifier:
             return f"cannot read the server's chunk list ({exc})"
         path = self.vfs.cache.staging_path(row.ino)
 
-        def local_hashes() -> list[str]:
-            with open(path, "rb") as f:
-                return [p.hash for p, _ in pieces_of_stream(f)]
+        def local_pieces() -> list[tuple[str | None, int]]:
+            # Cut as the uploader cuts it (holes included), so an uploaded copy compares equal.
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                return [(p.hash, p.size) for p, _ in pieces_of_sparse_file(fd)]
+            finally:
+                os.close(fd)
 
         try:
-            mine = await trio.to_thread.run_sync(local_hashes)
+            mine = await trio.to_thread.run_sync(local_pieces)
         except OSError:
             return ""           # dropped meanwhile: reads go to the server's chunks
-        if mine != [c.hash for c in chunks]:
+        if mine != [(c.hash, c.size) for c in chunks]:
             return "the local copy reads are served from differs from the server's content"
         return ""
 

@@ -9,11 +9,14 @@ Content of a file is in exactly one of two places:
 
 - **clean**: the server's chunk list is in the mirror; reads fetch the covering chunks
   (verified against their SHA-256) into the block cache, with read-ahead on sequential
-  access.
+  access. A hole of the manifest (``HOLE``) reads as zeros, with no fetch and no cache
+  entry; a staging copy filled from the manifest leaves it unwritten (a hole again).
 - **staged**: a full local copy in ``staging/<ino>`` that reads and writes go to at disk
   speed. A file is staged when it is created or opened for writing (its chunks are
-  copied in once). The uploader (``gobi.fs.sync``) commits staged content and, when the
-  file is closed and unchanged since, drops the staging copy.
+  copied in once). The copy is sparse where the file is (``truncate`` up makes a hole)
+  and the cache cap counts the blocks it holds (``BlockCache.reserve`` / ``measure``).
+  The uploader (``gobi.fs.sync``) commits staged content and, when the file is closed and
+  unchanged since, drops the staging copy.
 
 Errors are ``FsError(errno)``.
 """
@@ -35,12 +38,12 @@ import trio
 from gobi.protocol import ChunkRef
 
 from . import atime
-from .blocks import BlockCache, CacheFull
+from .blocks import BlockCache, CacheFull, held_bytes
 from .foreground import Foreground
 from .logs import oplog
 from .metrics import Histogram
 from .remote import ApiError, Offline, Remote
-from .tree import ROOT_INO, Entry, FsError, Tree
+from .tree import HOLE, ROOT_INO, Entry, FsError, Tree, layout
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +295,7 @@ class Vfs:
         if old is not None:
             os.close(old)
         self.fds[ino] = fd
-        self.cache.resize_staged(ino, 0)
+        self.cache.staged_empty(ino)
 
     async def keep_spares(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Keep empty staging files ready for the next ``SPARES`` inode numbers the mirror
@@ -369,9 +372,12 @@ class Vfs:
             try:
                 try:
                     for off, size, h in manifest:
+                        if h == HOLE:
+                            continue    # left unwritten: the copy keeps the hole
                         data = await self.chunk(h, size)
                         os.pwrite(fd, data, off)
                     os.ftruncate(fd, e.size)
+                    held = held_bytes(os.fstat(fd))
                 finally:
                     os.close(fd)
                 now = self.tree.get_opt(ino)
@@ -381,7 +387,7 @@ class Vfs:
                         return          # a new copy was made meanwhile (truncated to zero)
                     continue            # the mirror moved on: fetch what it shows now
                 try:
-                    self.cache.resize_staged(ino, e.size)
+                    self.cache.take_staged(ino, e.size, held)
                 except CacheFull:
                     raise FsError(errno.ENOSPC) from None
                 os.replace(tmp, path)
@@ -416,14 +422,7 @@ class Vfs:
         self.link.up()
         return result
 
-    @staticmethod
-    def layout(chunks: list[ChunkRef]) -> list[tuple[int, int, str]]:
-        """``(offset, size, hash)`` of each chunk: the shape reads walk."""
-        off, out = 0, []
-        for c in chunks:
-            out.append((off, c.size, c.hash))
-            off += c.size
-        return out
+    layout = staticmethod(layout)
 
     async def manifest(self, e: Entry) -> list[tuple[int, int, str]]:
         if e.size == 0:
@@ -562,7 +561,8 @@ class Vfs:
         while pos < end and i < len(h.manifest):
             c_off, c_size, c_hash = h.manifest[i]
             lo, hi = pos - c_off, min(end, c_off + c_size) - c_off
-            data = self.cache.read(c_hash, lo, hi - lo)
+            # A hole is zeros: no fetch, no cache entry.
+            data = bytes(hi - lo) if c_hash == HOLE else self.cache.read(c_hash, lo, hi - lo)
             if data is None:
                 self.cache_misses += 1
                 data = (await self.chunk(c_hash, c_size, handle=h))[lo:hi]
@@ -574,7 +574,7 @@ class Vfs:
         if self.spawn is not None and off == h.last_end:
             j = max(0, bisect.bisect_right(h.offsets, end) - 1)
             for c_off, c_size, c_hash in h.manifest[j + 1:j + 1 + READ_AHEAD]:
-                if c_hash not in self.cache and c_hash not in self._fetching:
+                if c_hash != HOLE and c_hash not in self.cache and c_hash not in self._fetching:
                     self.spawn(self._prefetch, c_hash, c_size, h)
         h.last_end = end
         return b"".join(out)
@@ -583,13 +583,13 @@ class Vfs:
         h = self.handles[fh]
         if not self.staged(h.ino):
             await self.materialize(h.ino)
-        new_end = off + len(buf)
-        if new_end > self.cache.staged_size(h.ino):
-            try:
-                self.cache.resize_staged(h.ino, new_end)
-            except CacheFull:
-                raise FsError(errno.ENOSPC) from None
-        n = os.pwrite(self._fd(h.ino), buf, off)
+        fd = self._fd(h.ino)
+        try:
+            self.cache.reserve(h.ino, fd, off, len(buf))
+        except CacheFull:
+            raise FsError(errno.ENOSPC) from None
+        n = os.pwrite(fd, buf, off)
+        self.cache.measure(h.ino, fd, max(off + n, self.cache.staged_size(h.ino)))
         self._changed(h.ino)
         return n
 
@@ -606,13 +606,11 @@ class Vfs:
                 self.new_staging(ino)
         else:
             await self.materialize(ino)
-            if size > self.cache.staged_size(ino):
-                try:
-                    self.cache.resize_staged(ino, size)
-                except CacheFull:
-                    raise FsError(errno.ENOSPC) from None
-            os.ftruncate(self._fd(ino), size)
-            self.cache.resize_staged(ino, size)
+            # Growing allocates nothing (the new part is a hole): no cap check. Shrinking
+            # frees the blocks past the end: counted again.
+            fd = self._fd(ino)
+            os.ftruncate(fd, size)
+            self.cache.measure(ino, fd, size)
         self._changed(ino)
         self.save_attrs(ino)
 
@@ -700,7 +698,7 @@ class Vfs:
         if clean and ino not in self.opens:
             # A one-chunk file's copy is that chunk: kept as its cache entry (reads after
             # the upload, e.g. a build after ``tar x``, stay local).
-            one = chunks[0] if len(chunks) == 1 and chunks[0].size == size else None
+            one = chunks[0] if len(chunks) == 1 and chunks[0].size == size and not chunks[0].hole else None
             self.drop_staging(ino, keep_as=one.hash if one is not None else None)
         if clean:
             self.content_clean.set()

@@ -51,7 +51,7 @@ import errno
 import json
 from collections.abc import Callable, Collection
 
-from .tree import ROOT_INO, Entry, FsError, Tree
+from .tree import HOLE, ROOT_INO, Entry, FsError, Tree
 
 USER = b"user."
 RESERVED = b"user.gobi."
@@ -129,7 +129,7 @@ class Xattrs:
         if not e.manifest_known:
             return False
         cache = self.vfs.cache
-        return all(h in cache for _, _, h in self.tree.manifest(e.ino))
+        return all(h == HOLE or h in cache for _, _, h in self.tree.manifest(e.ino))
 
     # -- requests ---------------------------------------------------------------------------
 

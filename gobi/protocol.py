@@ -20,9 +20,16 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 API_PREFIX = "/api/v1"
 ROOT_ID = "root"
@@ -30,6 +37,9 @@ ROOT_ID = "root"
 #: Largest chunk the server accepts. The client's chunker (gobi.chunking) never produces
 #: more than its max size, which is well below this.
 MAX_CHUNK_SIZE = 8 * 1024 * 1024
+#: Largest hole one manifest entry may describe (1 PiB): far above any file we expect, low
+#: enough that offsets and sums stay exact everywhere (also in a JavaScript number).
+MAX_HOLE_SIZE = 2**50
 #: Largest JSON body the server accepts (a manifest of ~100k chunks, a ~100 GiB file).
 MAX_JSON_BODY = 8 * 1024 * 1024
 #: Upper bound of ``limit`` on paged listings.
@@ -314,12 +324,51 @@ class SetMemberRequest(Model):
 
 
 class ChunkRef(Model):
-    hash: Sha256
-    size: int = Field(ge=1, le=MAX_CHUNK_SIZE, strict=True)
+    """One entry of a manifest: a stored chunk, or a hole.
+
+    A chunk is ``{"hash": SHA256, "size": N}`` with ``1 <= N <= MAX_CHUNK_SIZE``. A hole is
+    ``{"hole": true, "size": N}`` with ``1 <= N <= MAX_HOLE_SIZE``: N zero bytes that are
+    neither stored nor transferred, so a sparse file costs its data, not its apparent size
+    (a 1 TiB file of zeros is one entry, where zero chunks would need 500,000 refs, more than
+    a manifest may hold).
+
+    Why an explicit flag rather than a reserved hash (e.g. 64 zeros): a hash always means
+    "the SHA-256 of these bytes", so code that looks a ref up in a store or a cache can
+    never mistake a hole for a chunk; and a client older than holes (``hash`` required,
+    unknown fields refused) rejects a manifest with a hole as a validation error instead of
+    asking the server for a chunk that does not exist. The JSON of a chunk ref is unchanged:
+    ``hole`` is only written when true and ``hash`` only when there is one.
+    """
+
+    # exclude_if: a chunk ref's JSON stays {"hash", "size"}, a hole's {"size", "hole"}.
+    hash: Sha256 | None = Field(default=None, exclude_if=lambda v: v is None)
+    size: int = Field(ge=1, le=MAX_HOLE_SIZE, strict=True)
+    hole: Flag = Field(default=False, exclude_if=lambda v: not v)
+
+    @model_validator(mode="after")
+    def _chunk_or_hole(self) -> "ChunkRef":
+        if self.hole:
+            if self.hash is not None:
+                raise ValueError("a hole has no hash")
+        elif self.hash is None:
+            raise ValueError("a chunk ref needs a hash (or hole: true)")
+        elif self.size > MAX_CHUNK_SIZE:
+            raise ValueError(f"a chunk is at most {MAX_CHUNK_SIZE} bytes")
+        return self
+
+    @classmethod
+    def zeros(cls, size: int) -> "ChunkRef":
+        return cls(size=size, hole=True)
+
+
+def chunk_hashes(chunks: Iterable[ChunkRef]) -> list[str]:
+    """The hashes of the stored chunks of a manifest, in order (holes have none)."""
+    return [c.hash for c in chunks if c.hash is not None]
 
 
 class Manifest(Model):
-    """A file's content: its chunks in order. ``size`` equals the sum of chunk sizes."""
+    """A file's content: its chunks and holes in order. ``size`` equals the sum of their
+    sizes."""
 
     chunks: list[ChunkRef] = Field(default_factory=list, max_length=200_000)
     size: NonNegInt = 0

@@ -6,6 +6,10 @@ neither content hashes (it cannot confirm that a vault holds some known file) no
 vaults share content. The metadata store records which chunks a vault holds only after the
 driver has durably stored the bytes, so a commit can never refer to a chunk that is not
 really there, whatever crashes in between.
+
+A manifest's holes (runs of zeros, ``ChunkRef.hole``) are no chunks: ``stream`` answers
+them with zeros made on the fly, piece by piece, so a 1 TiB hole never sits in memory and
+never touches storage.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import asyncio
 import hashlib
 import hmac
 import time
+from collections.abc import AsyncIterator, Sequence
 
 from gobi.drivers import ObjectCorrupted, ObjectNotFound, StorageDriver, StorageError
-from gobi.protocol import ErrorCode
+from gobi.protocol import ChunkRef, ErrorCode
 
 from .access import Actor, require_role
 from .errors import ServiceError
@@ -25,6 +30,11 @@ from .store.base import MetadataStore
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+#: A hole is sent in pieces of this many zeros (one shared buffer, sliced).
+ZERO_PIECE = 1024 * 1024
+_ZEROS = bytes(ZERO_PIECE)
 
 
 class Chunks:
@@ -139,3 +149,29 @@ class Chunks:
                 raise ServiceError(ErrorCode.INTERNAL, "chunk failed verification in storage",
                                    hash=chunk_hash)
         return data
+
+    async def stream(self, vault_id: str, chunks: Sequence[ChunkRef], offset: int = 0,
+                     length: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes ``offset``..``offset+length`` of a manifest (a version, checked for
+        access by whoever found it), in pieces: data chunks read from storage (whole
+        chunks verified), holes as zeros at most ``ZERO_PIECE`` at a time."""
+        end = None if length is None else offset + length
+        pos = 0
+        for c in chunks:
+            c_start, pos = pos, pos + c.size
+            if pos <= offset:
+                continue
+            if end is not None and c_start >= end:
+                break
+            lo = max(offset, c_start) - c_start
+            hi = (c.size if end is None else min(end, pos) - c_start)
+            if c.hole:
+                n = hi - lo
+                while n > 0:
+                    piece = min(n, ZERO_PIECE)
+                    yield _ZEROS if piece == ZERO_PIECE else _ZEROS[:piece]
+                    n -= piece
+            elif lo == 0 and hi == c.size:
+                yield await self.read(vault_id, c.hash, 0, None, c.size)
+            else:
+                yield await self.read(vault_id, c.hash, lo, hi - lo, c.size)

@@ -40,6 +40,7 @@ from gobi.protocol import (
     Node,
     NodeKind,
     TrashEntry,
+    chunk_hashes,
 )
 
 from .access import Actor
@@ -90,7 +91,8 @@ def check_chunks_sum(chunks: Sequence[ChunkRef], size: int) -> None:
 
 
 async def require_chunks(tx: VaultTx, chunks: Sequence[ChunkRef]) -> None:
-    missing = await tx.missing_chunks([c.hash for c in chunks])
+    # Holes are zeros, not chunks: nothing to have uploaded.
+    missing = await tx.missing_chunks(chunk_hashes(chunks))
     if missing:
         raise ServiceError(
             ErrorCode.MISSING_CHUNKS,

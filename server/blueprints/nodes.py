@@ -9,7 +9,6 @@ from sanic.response import HTTPResponse
 from gobi.protocol import (
     API_PREFIX,
     ChildrenQuery,
-    ChunkRef,
     CommitContentRequest,
     CreateNodeRequest,
     DeleteNodeRequest,
@@ -33,6 +32,7 @@ from ..openapi import BINARY, doc
 from ..store.base import VersionRecord
 from ..writes import Outcome
 from ..ws_ops import handle_op
+from .content import parse_range
 from .vaults import VID
 
 bp = Blueprint("nodes", url_prefix=API_PREFIX)
@@ -155,19 +155,33 @@ async def versions(request: Request, vault_id: str, node_id: str) -> HTTPRespons
 
 
 @bp.get(f"/vaults/{VID}/nodes/{NID}/data")
-@doc("Download a file's bytes (head version, or ?rev=N)", query=RevQuery, ok={200: BINARY},
-     errors=(409,))
+@doc("Download a file's bytes (head version, or ?rev=N; supports one Range)", query=RevQuery,
+     ok={200: BINARY, 206: BINARY}, errors=(409, 416),
+     headers={"Range": "one range: bytes=FIRST-[LAST] or bytes=-SUFFIX"})
 @authed
 async def data(request: Request, vault_id: str, node_id: str) -> None:
     svc = services(request)
     version = await svc.nodes.version(request.ctx.actor, vault_id, node_id, parse_query(request, RevQuery).rev)
+    headers = {"ETag": f'"{node_id}-{version.rev}"', "Accept-Ranges": "bytes"}
+    # An empty file has no range to satisfy: a Range on it is answered with the (empty) whole.
+    rng = parse_range(request.headers.get("range"), version.size) if version.size else None
+    if rng is None:
+        offset, length, status = 0, version.size, 200
+    else:
+        (offset, length), status = rng, 206
+        headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{version.size}"
+    # Checked before the first byte goes: a broken chunk then fails the request with a
+    # JSON error instead of cutting a 200 short (later failures can only cut it short).
+    pieces = svc.chunks.stream(vault_id, version.chunks, offset, length)
+    first = await anext(pieces, b"")
     response = await request.respond(
-        content_type="application/octet-stream",
-        headers={"Content-Length": str(version.size), "ETag": f'"{node_id}-{version.rev}"'},
+        status=status, content_type="application/octet-stream",
+        headers={**headers, "Content-Length": str(length)},
     )
-    chunk: ChunkRef
-    for chunk in version.chunks:
-        await response.send(await svc.chunks.read(vault_id, chunk.hash, 0, None, chunk.size))
+    if first:
+        await response.send(first)
+    async for piece in pieces:
+        await response.send(piece)
     await response.eof()
     # Streamed: already sent. Returning the response would make Sanic log an error.
 

@@ -25,6 +25,10 @@ serialises with commits, which reference chunks in theirs); from then on a doome
 counts as missing for commits and ``missing_chunks`` and uploads of it are refused until
 the collector has deleted the object and ``forget_chunks`` the record.
 
+A version's manifest is kept as ``[[hash, size], …]`` (``manifest_rows``); a hole (a run
+of zeros, ``ChunkRef.hole``) is ``[null, size]``. Holes are not chunks: they have no chunk
+record, no reference count and nothing in storage, so every chunk path skips them.
+
 Small service records that need no schema of their own (trash entries, mass-delete holds,
 recorded conflicts, vault settings) are kept as ``Record`` rows: ``(kind, id)`` per vault,
 a ``key`` and a ``state`` to look them up by, a timestamp and a JSON body.
@@ -47,6 +51,15 @@ from typing import TypeVar
 from gobi.protocol import ChunkRef, Event, Node
 
 T = TypeVar("T")
+
+
+def manifest_rows(chunks: Sequence[ChunkRef]) -> list[list]:
+    """How a store keeps a manifest: ``[hash, size]`` per entry, ``[None, size]`` a hole."""
+    return [[c.hash, c.size] for c in chunks]
+
+
+def manifest_from_rows(rows: Sequence[Sequence]) -> tuple[ChunkRef, ...]:
+    return tuple(ChunkRef(hash=h, size=s) if h is not None else ChunkRef.zeros(s) for h, s in rows)
 
 
 class StoreError(Exception):

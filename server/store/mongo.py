@@ -61,7 +61,7 @@ from pymongo.errors import (
 )
 from pymongo.write_concern import WriteConcern
 
-from gobi.protocol import ChunkRef, Event, Node, NodeKind
+from gobi.protocol import Event, Node, NodeKind
 
 from .base import (
     ChunkStats,
@@ -75,6 +75,8 @@ from .base import (
     VaultRecord,
     VaultTx,
     VersionRecord,
+    manifest_from_rows,
+    manifest_rows,
 )
 
 T = TypeVar("T")
@@ -187,7 +189,7 @@ def _version_doc(vault_id: str, v: VersionRecord) -> dict[str, Any]:
         "rev": v.rev,
         "size": v.size,
         "mtime_ns": v.mtime_ns,
-        "chunks": [[c.hash, c.size] for c in v.chunks],
+        "chunks": manifest_rows(v.chunks),
         "ts": v.ts,
         "device": v.device,
         "user": v.user,
@@ -201,7 +203,7 @@ def _version(doc: dict[str, Any]) -> VersionRecord:
         rev=doc["rev"],
         size=doc["size"],
         mtime_ns=doc["mtime_ns"],
-        chunks=tuple(ChunkRef(hash=h, size=s) for h, s in doc["chunks"]),
+        chunks=manifest_from_rows(doc["chunks"]),
         ts=doc["ts"],
         device=doc["device"],
         user=doc["user"],
@@ -236,8 +238,10 @@ def _record_query(vault_id: str, kind: str, key: str | None, state: str | None,
     return q
 
 
-async def _add_refs(db: Any, s: AsyncClientSession | None, vault_id: str, hashes: Sequence[str], delta: int) -> None:
-    ids = [_chunk_id(vault_id, h) for h in dict.fromkeys(hashes)]
+async def _add_refs(db: Any, s: AsyncClientSession | None, vault_id: str, hashes: Sequence[str | None],
+                    delta: int) -> None:
+    # None: a hole's entry, which references no chunk.
+    ids = [_chunk_id(vault_id, h) for h in dict.fromkeys(hashes) if h is not None]
     for i in range(0, len(ids), _BATCH):
         await db.chunks.update_many({"_id": {"$in": ids[i : i + _BATCH]}}, {"$inc": {"refs": delta}}, session=s)
 
@@ -567,7 +571,7 @@ class MongoStore(MetadataStore):
         """Version 1 → 2: chunk reference counts, computed from the kept versions."""
         counts: dict[str, int] = {}
         async for v in self._db.versions.find({}, projection={"vault_id": 1, "chunks": 1}):
-            for h in {c[0] for c in v["chunks"]}:
+            for h in {c[0] for c in v["chunks"]} - {None}:
                 cid = _chunk_id(v["vault_id"], h)
                 counts[cid] = counts.get(cid, 0) + 1
         await self._db.chunks.update_many({"refs": None}, {"$set": {"refs": 0}})

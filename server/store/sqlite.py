@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gobi.protocol import ChunkRef, Event, Node, NodeKind
+from gobi.protocol import Event, Node, NodeKind
 
 from .base import (
     ChunkStats,
@@ -41,6 +41,8 @@ from .base import (
     VaultRecord,
     VaultTx,
     VersionRecord,
+    manifest_from_rows,
+    manifest_rows,
 )
 
 T = TypeVar("T")
@@ -176,7 +178,7 @@ def _version(node_id: str, row: Sequence[Any]) -> VersionRecord:
     rev, size, mtime_ns, chunks, ts, device, username, origin = row
     return VersionRecord(
         node_id=node_id, rev=rev, size=size, mtime_ns=mtime_ns,
-        chunks=tuple(ChunkRef(hash=h, size=s) for h, s in json.loads(chunks)),
+        chunks=manifest_from_rows(json.loads(chunks)),
         ts=ts, device=device, user=username, origin=origin,
     )
 
@@ -191,8 +193,9 @@ def _batches(items: Sequence[str], size: int = 500):
         yield items[i : i + size]
 
 
-def _add_refs(db: sqlite3.Connection, vault_id: str, hashes: Sequence[str], delta: int) -> None:
-    for batch in _batches(list(dict.fromkeys(hashes))):
+def _add_refs(db: sqlite3.Connection, vault_id: str, hashes: Sequence[str | None], delta: int) -> None:
+    # None: a hole's entry, which references no chunk.
+    for batch in _batches([h for h in dict.fromkeys(hashes) if h is not None]):
         db.execute(
             f"UPDATE chunks SET refs = refs + ? WHERE vault_id=? AND hash IN ({','.join('?' * len(batch))})",
             (delta, vault_id, *batch),
@@ -212,7 +215,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE chunks ADD COLUMN doomed REAL")
         counts: dict[tuple[str, str], int] = {}
         for vault_id, chunks in db.execute("SELECT vault_id, chunks FROM versions"):
-            for h in {c[0] for c in json.loads(chunks)}:
+            for h in {c[0] for c in json.loads(chunks)} - {None}:
                 counts[(vault_id, h)] = counts.get((vault_id, h), 0) + 1
         db.executemany("UPDATE chunks SET refs=? WHERE vault_id=? AND hash=?",
                        [(n, v, h) for (v, h), n in counts.items()])
@@ -349,7 +352,7 @@ class _SqliteVaultTx(VaultTx):
             f"INSERT INTO versions (vault_id, node_id, {_VERSION_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
                 vault_id, v.node_id, v.rev, v.size, v.mtime_ns,
-                json.dumps([[c.hash, c.size] for c in v.chunks], separators=(",", ":")),
+                json.dumps(manifest_rows(v.chunks), separators=(",", ":")),
                 v.ts, v.device, v.user, v.origin,
             ),
         )

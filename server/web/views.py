@@ -435,8 +435,7 @@ async def download(request: Request, vault_id: str, node_id: str) -> None:
         },
     )
     out = request.app.ctx.metrics.chunk_bytes.labels("out")
-    for chunk in version.chunks:
-        data = await svc.chunks.read(vault_id, chunk.hash, 0, None, chunk.size)
+    async for data in svc.chunks.stream(vault_id, version.chunks):
         out.inc(len(data))
         await response.send(data)
     await response.eof()
