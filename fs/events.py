@@ -300,7 +300,7 @@ class Live:
         self.connects += 1
         self.last_frame_at = time.monotonic()
         if self.link is not None:
-            self.link.up()
+            self.link.up(request=False)
         self._set_state("catching up" if self.head_seq > self.received else "live")
         self.last_error = ""
         log.info("live stream connected to %s after seq %s (head %s)", self.url, self.received, self.head_seq)
@@ -446,9 +446,11 @@ def _network_failure(exc: BaseException) -> bool:
     """Did the socket fail because the server cannot be reached (not because it refused)?"""
     if isinstance(exc, trio_websocket.ConnectionRejected):
         return exc.status_code >= 500
-    if isinstance(exc, trio_websocket.ConnectionTimeout):
+    if isinstance(exc, (trio_websocket.ConnectionTimeout, HandshakeError)):
+        # (Any other handshake error: the connection closed or was reset before the
+        # server answered the upgrade, as behind a cut link.)
         return True
-    return not isinstance(exc, (HandshakeError, ValueError))
+    return not isinstance(exc, ValueError)
 
 
 class _GoingAway(Exception):

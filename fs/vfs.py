@@ -101,11 +101,14 @@ class Link:
         self.online = False
         self.last_error = ""
         self.since = time.time()
-        self.answered_at = -math.inf     # monotonic time of the server's last answer
+        self.answered_at = -math.inf     # monotonic time of the last answer to a request
         self.changed = trio.Event()
 
-    def up(self) -> None:
-        self.answered_at = time.monotonic()
+    def up(self, request: bool = True) -> None:
+        """The server answered: a request (``request``), or the live stream connected
+        (which says nothing about the stream's own later failure)."""
+        if request:
+            self.answered_at = time.monotonic()
         if not self.online:
             oplog("link", state="online", offline_s=round(time.time() - self.since, 1))
             self.online, self.since, self.last_error = True, time.time(), ""
@@ -119,7 +122,7 @@ class Link:
             self._wake()
 
     def answered_since(self, t: float) -> bool:
-        """Did the server answer a request after monotonic time ``t``?"""
+        """Did the server answer a request (not the live stream) after monotonic time ``t``?"""
         return self.answered_at > t
 
     def poke(self) -> None:
