@@ -61,6 +61,7 @@ BACKOFF_MIN, BACKOFF_MAX = 0.25, 30.0
 PING_INTERVAL = 2.0
 PONG_TIMEOUT = 4.0
 CONNECT_TIMEOUT = 10.0      # from the TCP connect to the server's hello
+PROBE_TIMEOUT = 2.0         # a request made when the stream fails: is the server there?
 RECONCILE_INTERVAL = 30.0   # cheap head-seq check
 RECONCILE_GRACE = 2.0       # events may be in flight: re-check before fetching over REST
 
@@ -204,7 +205,6 @@ class Live:
                 connects = self.connects
                 delay = None
                 try:
-                    started = time.monotonic()
                     await self._session(url)
                 except _GoingAway:
                     self.going_away += 1
@@ -232,16 +232,14 @@ class Live:
                     self.remote.servers.failed(url)
                     why = f"{type(exc).__name__}: {exc}"
                     self._set_state("disconnected", why)
-                    # Evidence of a dead link since the later of the session's start and
-                    # its last frame (or, for a socket refused at once, the last few
-                    # seconds); a REST answer after that says the server is there
-                    # (the socket alone failed: a handshake stuck behind a partition that
-                    # has healed, a proxy without WebSockets), and reads must not fail fast
-                    # with ENETUNREACH meanwhile (seen in the long partition run: a mount's
-                    # reads failed for 2 s while its fetches were being answered).
-                    since = min(max(started, self.last_frame_at), time.monotonic() - PONG_TIMEOUT)
+                    self._fail_pending(Offline("the live connection closed"))  # not after the probe
+                    # A socket can fail while the server answers requests (a handshake
+                    # stuck behind a partition that has healed, a proxy without
+                    # WebSockets): then reads must not fail fast with ENETUNREACH (seen
+                    # in the long partition run: a mount's reads failed for 2 s while its
+                    # fetches were answered). One request tells, at once for a dead link.
                     if self.link is not None and _network_failure(exc) and \
-                            not self.link.answered_since(since):
+                            not await self._server_answers():
                         self.link.down(f"live stream: {why}")
                 finally:
                     self._fail_pending(Offline("the live connection closed"))
@@ -255,6 +253,19 @@ class Live:
                 with trio.move_on_after(delay):
                     await self.wake.wait()
             nursery.cancel_scope.cancel()
+
+    async def _server_answers(self) -> bool:
+        """Does the server answer a request now (bounded by ``PROBE_TIMEOUT``)? An error
+        answer is an answer: the server is there."""
+        with trio.move_on_after(PROBE_TIMEOUT):
+            try:
+                await self.remote.vault_info()
+            except ApiError:
+                return True
+            except RemoteError:
+                return False
+            return True
+        return False
 
     async def _session(self, url: str) -> None:
         ws_url = ("ws" + url[4:] if url.startswith("http") else url) + API_PREFIX + \
@@ -300,7 +311,7 @@ class Live:
         self.connects += 1
         self.last_frame_at = time.monotonic()
         if self.link is not None:
-            self.link.up(request=False)
+            self.link.up()
         self._set_state("catching up" if self.head_seq > self.received else "live")
         self.last_error = ""
         log.info("live stream connected to %s after seq %s (head %s)", self.url, self.received, self.head_seq)

@@ -27,7 +27,6 @@ import bisect
 import errno
 import hashlib
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -101,14 +100,9 @@ class Link:
         self.online = False
         self.last_error = ""
         self.since = time.time()
-        self.answered_at = -math.inf     # monotonic time of the last answer to a request
         self.changed = trio.Event()
 
-    def up(self, request: bool = True) -> None:
-        """The server answered: a request (``request``), or the live stream connected
-        (which says nothing about the stream's own later failure)."""
-        if request:
-            self.answered_at = time.monotonic()
+    def up(self) -> None:
         if not self.online:
             oplog("link", state="online", offline_s=round(time.time() - self.since, 1))
             self.online, self.since, self.last_error = True, time.time(), ""
@@ -120,10 +114,6 @@ class Link:
             oplog("link", state="offline", error=why)
             self.online, self.since = False, time.time()
             self._wake()
-
-    def answered_since(self, t: float) -> bool:
-        """Did the server answer a request (not the live stream) after monotonic time ``t``?"""
-        return self.answered_at > t
 
     def poke(self) -> None:
         """Someone wants the server tried again now (``gobi sync``, unmount)."""
