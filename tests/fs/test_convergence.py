@@ -598,6 +598,20 @@ def test_reads_go_on_while_only_the_live_stream_is_refused(mounts, proxied):
     proxy.refuse_websockets = False
 
 
+def _append_among_many_changes(a: Mount, rel: str, data: bytes) -> int:
+    """On A: 100 creates in ``d`` with an append to ``rel`` among them (not first: a mount
+    catching up applies the first events one by one, the rest as a bulk page). Returns the
+    seq that holds them all."""
+    for k in range(100):
+        (a.path / "d" / f"other{k}").write_bytes(b"%d" % k)
+        if k == 20:
+            a.sync()
+            with open(a.path / rel, "ab") as f:
+                f.write(data)
+            a.sync()
+    return a.sync()["synced_seq"]
+
+
 def test_a_file_open_for_reading_shows_a_change_applied_in_bulk(mounts, proxied):
     """A reader keeps a file open on B (``tail -f``, a viewer) while B's link is down; A
     appends to it and makes many more changes, and B catches up in one bulk page. An
@@ -613,14 +627,7 @@ def test_a_file_open_for_reading_shows_a_change_applied_in_bulk(mounts, proxied)
         assert reader.read() == b"line 1\n"
         proxy.freeze()
         eventually(lambda: not b.status()["online"], "B to notice its link is down")
-        for k in range(100):        # enough events that B applies them as a bulk page
-            (a.path / "d" / f"other{k}").write_bytes(b"%d" % k)
-            if k == 20:
-                a.sync()
-                with open(a.path / "d" / "log.txt", "ab") as f:
-                    f.write(b"line 2\n")
-                a.sync()
-        a.sync()
+        _append_among_many_changes(a, "d/log.txt", b"line 2\n")
         proxy.restore()
         caught_up(a, b)
         eventually(lambda: os.fstat(reader.fileno()).st_size == 14, "the reader to see the new size")
@@ -644,14 +651,7 @@ def test_an_append_opened_during_a_bulk_catch_up_lands_after_the_new_end(mounts,
     assert (b.path / "d" / "f.txt").read_bytes() == b"first\n"
     proxy.freeze()
     eventually(lambda: not b.status()["online"], "B to notice its link is down")
-    for k in range(100):        # enough events that B applies them as a bulk page
-        (a.path / "d" / f"other{k}").write_bytes(b"%d" % k)
-        if k == 20:
-            a.sync()
-            with open(a.path / "d" / "f.txt", "ab") as f:
-                f.write(b"from A\n")
-            a.sync()
-    head = a.sync()["synced_seq"]
+    head = _append_among_many_changes(a, "d/f.txt", b"from A\n")
     proxy.restore()
     eventually(lambda: b.status()["last_seq"] >= head, "B to apply the bulk page")
     with open(b.path / "d" / "f.txt", "ab") as f:
