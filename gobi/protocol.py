@@ -400,6 +400,12 @@ class Node(Model):
     rdev: int = 0                  # chardev/blockdev: device number (st_rdev); 0 otherwise
     content_rev: int | None = None  # files: rev of the current content version
     deleted: bool = False
+    # Hard links: the names of one file share an ``inode`` (the id of the node that was
+    # linked first). Each name is a node of its own (its parent, name, rev and trash entry),
+    # and the server keeps what belongs to the file the same on all of them: content (every
+    # commit is applied to every name, one event each), mode and mtime. Absent (None) on a
+    # node that never had a second name, so a vault without links reads as before.
+    inode: str | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class CreateNodeRequest(Model):
@@ -420,6 +426,22 @@ class CreateNodeRequest(Model):
     rdev: Rdev = 0                           # chardev/blockdev only (400 otherwise unless 0)
     content: Manifest | None = None          # files only; default: empty file
     on_conflict: OnConflict = "fail"          # name taken / parent deleted: see OnConflict
+
+
+class LinkRequest(Model):
+    """``link(2)``: give the file ``node`` one more name, ``name`` in ``parent``.
+
+    Any node but a directory can be linked (a symlink, a FIFO, a device node too, as
+    Linux allows). The new name is a node of its own sharing the file's ``inode`` (the
+    linked node gains one when it had none); it starts with the file's content, mode and
+    mtime. ``id``: optional client-chosen id of the new name, as for creates (a retry with
+    the same id, parent and name returns it). A name that is taken is ``name_exists``; a
+    directory is ``is_a_directory``; a deleted node ``conflict`` (its tombstone as head).
+    """
+
+    id: Id | None = None
+    parent: Id
+    name: Name
 
 
 class CommitContentRequest(Model):
@@ -843,6 +865,14 @@ class WsUpdate(Model):
     args: UpdateNodeRequest
 
 
+class WsLink(Model):
+    type: Literal["op"] = "op"
+    id: RequestId
+    op: Literal["link"]
+    node: Id
+    args: LinkRequest
+
+
 class WsDelete(Model):
     type: Literal["op"] = "op"
     id: RequestId
@@ -859,7 +889,7 @@ class WsCommit(Model):
     args: CommitContentRequest
 
 
-WsOp = Annotated[WsCreate | WsUpdate | WsDelete | WsCommit, Field(discriminator="op")]
+WsOp = Annotated[WsCreate | WsUpdate | WsDelete | WsCommit | WsLink, Field(discriminator="op")]
 
 MAX_BATCH_OPS = 1000
 

@@ -88,15 +88,18 @@ async def copy_file(w: Writer, like: Node, parent_id: str | None, name: str, chu
     return copy
 
 
-async def bring_back(w: Writer, node: Node, **changes: Any) -> Node:
+async def bring_back(w: Writer, node: Node, chunks=None, **changes: Any) -> Node:
     """A deleted node comes back at its old place (deleted parents too) with ``changes``;
-    with ``size`` in the changes it gets a new content rev (the caller adds the version)."""
+    with ``size`` in the changes it gets a new content rev (the caller adds the version of
+    ``chunks``, the content it comes back with: a hard link rejoins its file only when
+    that is the file's content, ``Writer.rejoin``)."""
     parent, _ = await w.revive_chain(node.parent or "root")
     name = await free_name(w.tx, parent.id, lambda n: node.name if n == 1 else conflicted_name(
         node.name, device_label(w.actor), w.ts, node.kind is NodeKind.DIR, n - 1))
     await w.forget_trash_of(node.id)
     return await w.save(node, EventType.CREATE, keep_content_rev="size" not in changes,
-                        deleted=False, parent=parent.id, name=name, **changes)
+                        deleted=False, parent=parent.id, name=name,
+                        inode=await w.rejoin(node, chunks), **changes)
 
 
 class Conflicts:
@@ -199,8 +202,9 @@ class Conflicts:
         info = self.info(w, Case.MODIFY_DELETE, strategy, decision, node.id, path,
                          theirs={"rev": node.rev, "deleted": True}, mine={"base_rev": req.base_rev})
         if decision in (Decision.MINE, Decision.BOTH):
-            back = await bring_back(w, node, size=req.size, mode=req.mode if req.mode is not None else node.mode,
-                                          mtime_ns=mine.time_ns)
+            back = await bring_back(w, node, req.chunks, size=req.size,
+                                    mode=req.mode if req.mode is not None else node.mode,
+                                    mtime_ns=mine.time_ns)
             await w.add_version(back, req.chunks)
             info = info.model_copy(update={"result": "mine", "mine": {**info.mine, "rev": back.content_rev},
                                            "message": "the modification survives: the file is back"})
@@ -449,7 +453,8 @@ class _Resolver:
             req = CommitContentRequest(base_rev=node.rev, chunks=list(version.chunks), size=version.size,
                                        mtime_ns=version.mtime_ns)
             if node.deleted:
-                back = await bring_back(w, node, size=version.size, mtime_ns=version.mtime_ns)
+                back = await bring_back(w, node, version.chunks, size=version.size,
+                                        mtime_ns=version.mtime_ns)
                 await w.add_version(back, version.chunks, origin=f"restore:{version.rev}")
                 return back
             if keep == "mine" or case == "modify_delete":

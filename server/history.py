@@ -86,9 +86,8 @@ class History:
             await require_chunks(w.tx, version.chunks)
             # mtime: now. The restored content is a change like any other for make, rsync
             # and editors watching the file.
-            new = await w.save(node, EventType.CONTENT, size=version.size, mtime_ns=time.time_ns())
-            await w.add_version(new, version.chunks, origin=f"restore:{version.rev}")
-            return new
+            return await w.save_content(node, version.chunks, origin=f"restore:{version.rev}",
+                                        size=version.size, mtime_ns=time.time_ns())
 
         return await write(actor, vault_id, fn)
 

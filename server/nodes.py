@@ -7,6 +7,8 @@ fan-out is rung after the commit. Invariants kept here (with ``writes.Writer``):
 - every live node's parent is a live directory (deleting a directory tombstones its whole
   subtree into one trash entry; nothing can be created or moved under a tombstone);
 - names are unique among the live children of a directory;
+- the names of a hard-linked file (``Node.inode``) agree on its content, mode and mtime
+  (``writes.Writer.save_content``, ``save_file_attrs``);
 - a node's ``rev`` is the seq of its last change; a content commit is accepted when no
   other content was committed since its base (``content_rev <= base_rev <= rev``), so a
   rename or chmod made elsewhere does not turn an edit into a conflict; metadata changes
@@ -33,6 +35,7 @@ from gobi.protocol import (
     CreateNodeRequest,
     DeleteNodeRequest,
     ErrorCode,
+    LinkRequest,
     EventType,
     Node,
     NodeKind,
@@ -198,6 +201,51 @@ class Nodes:
                 break
             node = nxt
 
+    # -- link ------------------------------------------------------------------------------
+
+    async def link(self, actor: Actor, vault_id: str, node_id: str, req: LinkRequest) -> tuple[Node, bool]:
+        """Give ``node_id``'s file one more name (``link(2)``). Returns (the new name,
+        created); ``created`` is False for a retry of a link that was made (``req.id``)."""
+
+        async def fn(w: Writer) -> tuple[Node, bool]:
+            node = await w.tx.node(node_id)
+            if node is None:
+                raise ServiceError(ErrorCode.NOT_FOUND, "node not found", node=node_id)
+            if req.id is not None:
+                existing = await w.tx.node(req.id)
+                if existing is not None:
+                    if (not existing.deleted and existing.parent == req.parent and existing.name == req.name
+                            and existing.inode is not None and existing.inode == node.inode):
+                        return existing, False          # a retry
+                    raise ServiceError(ErrorCode.CONFLICT, "node id is taken", head=head(existing))
+            if node.deleted:
+                raise conflict_error(node, "the node was deleted")
+            if node.kind is NodeKind.DIR:
+                # link(2) answers EPERM for a directory: a second name would make the tree
+                # a graph (loops, two parents for '..').
+                raise ServiceError(ErrorCode.IS_A_DIRECTORY, "a directory cannot have a second name",
+                                   node=node_id)
+            parent = await live_dir(w.tx, req.parent)
+            await self._check_depth(w.tx, parent)
+            taken = await w.tx.child(parent.id, req.name)
+            if taken is not None and await self.holds.take_name(w, actor, taken):
+                taken = None
+            if taken is not None:
+                raise ServiceError(ErrorCode.NAME_EXISTS, f"{req.name!r} exists", node=head(taken))
+            if node.inode is None:
+                # Its first second name: the file is known by the id of the node linked.
+                node = await w.save(node, EventType.ATTR, inode=node.id)
+            new = Node(id=req.id or new_node_id(), parent=parent.id, name=req.name, kind=node.kind,
+                       rev=0, size=node.size, mtime_ns=node.mtime_ns, mode=node.mode,
+                       target=node.target, rdev=node.rdev, inode=node.inode)
+            new = await w.save(new, EventType.CREATE)
+            if new.kind is NodeKind.FILE:
+                version = await w.tx.version(node.id, node.content_rev or 0)
+                await w.add_version(new, version.chunks if version else ())
+            return new, True
+
+        return await self.write(actor, vault_id, fn)
+
     # -- commit ----------------------------------------------------------------------------
 
     async def commit(self, actor: Actor, vault_id: str, node_id: str, req: CommitContentRequest) -> Node:
@@ -267,6 +315,12 @@ class Nodes:
             if mtime is not None and mtime != node.mtime_ns:
                 attrs["mtime_ns"] = mtime
             moving = want_parent != node.parent or want_name != node.name
+            if moving and node.inode is not None and not (strategy and not req.replace):
+                same = await w.tx.child(want_parent, want_name) if want_parent else None
+                # rename(2) of one name of a file over another name of the same file does
+                # nothing and succeeds.
+                moving = not (same is not None and same.inode == node.inode)
+            await w.save_file_attrs(node, **attrs)
             if not moving:
                 new = await w.save(node, EventType.ATTR, **attrs) if attrs else node
                 return Outcome(new, info and await self.conflicts.record(w, info, new))

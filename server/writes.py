@@ -8,6 +8,14 @@ same invariants: every change allocates the vault's next seq and appends exactly
 every live node's parent is a live directory; live names are unique per directory; a
 delete tombstones a whole subtree (leaves first) and records one trash entry for it.
 
+**Hard links.** The names of one file are nodes sharing an ``inode`` (``Node.inode``). What
+belongs to the file is kept equal on all its live names: a content change
+(``Writer.save_content``) or a change of mode or mtime (``Writer.save_file_attrs``) is
+saved on every name, one event each, in the same transaction; names, parents, trash
+entries and version histories stay per name. A name that comes back from the trash rejoins
+its file only when its content is the file's content then (``Writer.revive``); otherwise
+it comes back as a file of its own, since one file cannot have two contents.
+
 **A folder's trash entry holds what was deleted with it.** A mount replays ``rm -r`` as
 one delete per file and one per directory (the kernel unlinks them one by one), so each
 would be a trash entry of its own and restoring the folder would bring back an empty
@@ -213,6 +221,53 @@ class Writer:
             user=self.actor.user.username, origin=origin,
         ))
 
+    # -- hard links ----------------------------------------------------------------------------
+
+    async def other_names(self, node: Node) -> list[Node]:
+        """The other live names of ``node``'s file (none for a name of its own)."""
+        if node.inode is None:
+            return []
+        return [n for n in await self.tx.names_of(node.inode) if n.id != node.id]
+
+    async def save_content(self, node: Node, chunks: Sequence[ChunkRef], *,
+                           origin: str | None = None, **changes) -> Node:
+        """A new content (``changes``: size, mtime_ns, maybe mode) and its version, on
+        ``node`` and on every other name of its file. Returns ``node``'s new state."""
+        new = await self.save(node, EventType.CONTENT, **changes)
+        await self.add_version(new, chunks, origin=origin)
+        for other in await self.other_names(node):
+            linked = await self.save(other, EventType.CONTENT, **changes)
+            await self.add_version(linked, chunks, origin=origin)
+        return new
+
+    async def save_file_attrs(self, node: Node, **attrs) -> None:
+        """Mode or mtime changed on one name: the same change on the file's other names."""
+        if attrs:
+            for other in await self.other_names(node):
+                await self.save(other, EventType.ATTR, **attrs)
+
+    async def _same_content(self, node: Node, chunks: Sequence[ChunkRef] | None) -> bool:
+        """Whether ``node``'s file has this content on its live names (True when it has
+        no live name left); ``chunks`` None: the content ``node`` had."""
+        others = await self.other_names(node)
+        if not others:
+            return True
+        if node.kind is not NodeKind.FILE:
+            return True          # a symlink or special file has no content to differ in
+        if chunks is None:
+            mine = await self.tx.version(node.id, node.content_rev or 0)
+            chunks = mine.chunks if mine else ()
+        theirs = await self.tx.version(others[0].id, others[0].content_rev or 0)
+        return tuple(chunks) == tuple(theirs.chunks if theirs else ())
+
+    async def rejoin(self, node: Node, chunks: Sequence[ChunkRef] | None = None) -> str | None:
+        """The ``inode`` a name coming back from the trash keeps: its file's, when its
+        content (``chunks``, default: the content it had) is the file's content now; None
+        (a file of its own) otherwise."""
+        if node.inode is None or await self._same_content(node, chunks):
+            return node.inode
+        return None
+
     # -- deleting into the trash -------------------------------------------------------------
 
     async def tombstone_subtree(
@@ -338,7 +393,7 @@ class Writer:
         free = await free_name(
             self.tx, parent_id, lambda n: want if n == 1 else restored_name(want, is_dir, n - 1))
         return await self.save(node, EventType.CREATE, keep_content_rev=True, deleted=False,
-                               parent=parent_id, name=free)
+                               parent=parent_id, name=free, inode=await self.rejoin(node))
 
     async def revive_chain(self, dir_id: str) -> tuple[Node, int]:
         """Make ``dir_id`` a live directory again if it was deleted, bringing back its
@@ -369,11 +424,10 @@ class Writer:
 
 
 async def apply_commit(w: Writer, node: Node, req: CommitContentRequest, origin: str | None = None) -> Node:
-    """Make ``req``'s manifest the file's content: a new version (chunks checked by the caller)."""
+    """Make ``req``'s manifest the file's content: a new version (chunks checked by the
+    caller), on every name of the file."""
     changes: dict = {"size": req.size,
                      "mtime_ns": req.mtime_ns if req.mtime_ns is not None else time.time_ns()}
     if req.mode is not None:
         changes["mode"] = req.mode
-    new = await w.save(node, EventType.CONTENT, **changes)
-    await w.add_version(new, req.chunks, origin=origin)
-    return new
+    return await w.save_content(node, req.chunks, origin=origin, **changes)

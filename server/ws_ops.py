@@ -1,6 +1,6 @@
 """Metadata operations that arrive over a vault's WebSocket (or in a REST batch).
 
-The same four writes as REST (create, update = rename/move/setattr, delete, commit), with
+The same writes as REST (create, update = rename/move/setattr, delete, commit, link), with
 a request id, answered by ``ack`` (the node's new state) or ``nack`` (a typed error whose
 details say how to catch up, e.g. ``head``: the node's current state). Membership is
 re-checked for every operation, so a member removed while connected loses write access at
@@ -13,11 +13,12 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from gobi.protocol import ErrorCode, WsCommit, WsCreate, WsDelete, WsOp, WsUpdate
+from gobi.protocol import ErrorCode, WsCommit, WsCreate, WsDelete, WsLink, WsOp, WsUpdate
 
 from .access import Actor
 from .errors import ServiceError
 from .service import Services
+from .writes import Outcome
 
 _OP = TypeAdapter(WsOp)
 
@@ -54,6 +55,8 @@ async def handle_op(
             outcome = await nodes.update_outcome(actor, vault_id, op.node, op.args)
         elif isinstance(op, WsDelete):
             outcome = await nodes.delete_outcome(actor, vault_id, op.node, op.args)
+        elif isinstance(op, WsLink):
+            outcome = Outcome((await nodes.link(actor, vault_id, op.node, op.args))[0])
         else:
             assert isinstance(op, WsCommit)
             outcome = await nodes.commit_outcome(actor, vault_id, op.node, op.args)

@@ -1,4 +1,4 @@
-"""Nodes: create, read, list, commit content, rename/move/setattr, delete; versions and
+"""Nodes: create, read, list, commit content, rename/move/setattr, delete, hard links; versions and
 consistent tree listings; whole-file download for scripts and browsers."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from gobi.protocol import (
     CreateNodeRequest,
     DeleteNodeRequest,
     DeleteQuery,
+    LinkRequest,
     LookupQuery,
     Node,
     NodeList,
@@ -112,6 +113,16 @@ async def delete(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
                             seen_seq=q.seen_seq, at_ns=q.at_ns)
     outcome = await services(request).nodes.delete_outcome(request.ctx.actor, vault_id, node_id, req)
     return _outcome(outcome, q.on_conflict)
+
+
+@bp.post(f"/vaults/{VID}/nodes/{NID}/links")
+@doc("link(2): one more name for a file (any node but a directory); the new name's node",
+     body=LinkRequest, ok={201: Node, 200: Node}, errors=(409,))
+@authed
+async def link(request: Request, vault_id: str, node_id: str) -> HTTPResponse:
+    req = parse_body(request, LinkRequest)
+    node, created = await services(request).nodes.link(request.ctx.actor, vault_id, node_id, req)
+    return model_response(node, status=201 if created else 200)
 
 
 @bp.get(f"/vaults/{VID}/nodes/{NID}/children")

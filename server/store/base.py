@@ -165,6 +165,10 @@ class VaultTx(abc.ABC):
         """Up to ``limit`` live children of a directory (any order)."""
 
     @abc.abstractmethod
+    async def names_of(self, inode: str) -> list[Node]:
+        """The live names (nodes) of the hard-linked file ``inode``, by node id."""
+
+    @abc.abstractmethod
     async def next_seq(self) -> int:
         """Allocate the vault's next seq (also the rev of whatever it changes)."""
 

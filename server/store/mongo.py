@@ -161,6 +161,7 @@ def _node_doc(vault_id: str, node: Node, ts: float) -> dict[str, Any]:
         "content_rev": node.content_rev,
         "deleted": bool(node.deleted),
         "rdev": node.rdev,
+        "inode": node.inode,
     }
 
 
@@ -179,6 +180,8 @@ def _node(doc: dict[str, Any]) -> Node:
         deleted=bool(doc["deleted"]),
         # Documents written before device nodes existed have no rdev: none was a device.
         rdev=doc.get("rdev", 0),
+        # Documents written before hard links have no inode: every name was a file of its own.
+        inode=doc.get("inode"),
     )
 
 
@@ -301,6 +304,12 @@ class _MongoVaultTx(VaultTx):
         cursor = self.db.nodes.find(
             {"vault_id": self.vault_id, "parent": parent_id, **_CURRENT_LIVE}, session=self.s
         ).limit(limit)
+        return [_node(d) async for d in cursor]
+
+    async def names_of(self, inode: str) -> list[Node]:
+        cursor = self.db.nodes.find(
+            {"vault_id": self.vault_id, "inode": inode, **_CURRENT_LIVE}, session=self.s
+        ).sort("node_id", ASCENDING)
         return [_node(d) async for d in cursor]
 
     async def next_seq(self) -> int:
@@ -541,6 +550,10 @@ class MongoStore(MetadataStore):
             unique=True, name="live_name", partialFilterExpression=dict(_CURRENT_LIVE),
         )
         await db.nodes.create_index("ts_to", name="superseded")
+        # Hard links: the live names of a file (only documents that have an inode).
+        await db.nodes.create_index(
+            [("vault_id", ASCENDING), ("inode", ASCENDING)], name="inode",
+            partialFilterExpression={**_CURRENT_LIVE, "inode": {"$type": "string"}})
         await db.nodes.create_index(
             [("vault_id", ASCENDING), ("ts_from", ASCENDING), ("seq_from", ASCENDING)], name="by_ts")
         await db.versions.create_index(

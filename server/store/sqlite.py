@@ -48,7 +48,7 @@ from .base import (
 T = TypeVar("T")
 
 CURRENT = 2**63 - 1  # seq_to of a node's current row
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 READERS = 4          # read connections (threads) in the pool
 MAX_BATCH = 128      # write jobs per group commit
 
@@ -101,6 +101,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     content_rev INTEGER,
     deleted INTEGER NOT NULL,
     rdev INTEGER NOT NULL DEFAULT 0,   -- device nodes' st_rdev (schema version 3)
+    inode TEXT,                        -- hard links: the file the name belongs to (version 4)
     PRIMARY KEY (vault_id, id, seq_from)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS nodes_live_name
@@ -154,13 +155,15 @@ CREATE INDEX IF NOT EXISTS nodes_tombstones
     ON nodes(vault_id, parent, seq_from) WHERE seq_to = {CURRENT} AND deleted = 1;
 """
 
-# Indexes on columns that schema version 1 lacked: created after ``_migrate`` added them.
-_SCHEMA_2 = """
+# Indexes on columns that older schema versions lacked: created after ``_migrate`` added them.
+_SCHEMA_2 = f"""
+CREATE INDEX IF NOT EXISTS nodes_inode
+    ON nodes(vault_id, inode) WHERE seq_to = {CURRENT} AND deleted = 0 AND inode IS NOT NULL;
 CREATE INDEX IF NOT EXISTS chunks_unreferenced ON chunks(vault_id, ts) WHERE refs = 0 AND doomed IS NULL;
 CREATE INDEX IF NOT EXISTS chunks_doomed ON chunks(vault_id, hash) WHERE doomed IS NOT NULL;
 """
 
-_NODE_COLS = "id, seq_from, parent, name, kind, size, mtime_ns, mode, target, content_rev, deleted, rdev"
+_NODE_COLS = "id, seq_from, parent, name, kind, size, mtime_ns, mode, target, content_rev, deleted, rdev, inode"
 _VAULT_COLS = "id, name, owner_id, head_seq, created_at, history_floor"
 _VERSION_COLS = "rev, size, mtime_ns, chunks, ts, device, username, origin"
 _RECORD_COLS = "kind, id, key, state, ts, body"
@@ -170,7 +173,7 @@ def _node(row: Sequence[Any]) -> Node:
     return Node(
         id=row[0], rev=row[1], parent=row[2], name=row[3], kind=NodeKind(row[4]), size=row[5],
         mtime_ns=row[6], mode=row[7], target=row[8], content_rev=row[9], deleted=bool(row[10]),
-        rdev=row[11],
+        rdev=row[11], inode=row[12],
     )
 
 
@@ -206,7 +209,8 @@ def _migrate(db: sqlite3.Connection) -> None:
     """Bring an older database to ``SCHEMA_VERSION``. Version 2: chunk reference counts and
     doom marks, version origins (reference counts are computed from the kept versions).
     Version 3: the nodes' ``rdev`` (device nodes); every row older than it is no device
-    node, so 0 is right for all of them. Each step checks the columns, not the recorded
+    node, so 0 is right for all of them. Version 4: the nodes' ``inode`` (hard links; NULL,
+    a name of its own, for every older row). Each step checks the columns, not the recorded
     version, so a step interrupted before the version was written is simply redone."""
     cols = {r[1] for r in db.execute("PRAGMA table_info(chunks)")}
     if "refs" not in cols:
@@ -222,8 +226,11 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("COMMIT")
     if "origin" not in {r[1] for r in db.execute("PRAGMA table_info(versions)")}:
         db.execute("ALTER TABLE versions ADD COLUMN origin TEXT")
-    if "rdev" not in {r[1] for r in db.execute("PRAGMA table_info(nodes)")}:
+    node_cols = {r[1] for r in db.execute("PRAGMA table_info(nodes)")}
+    if "rdev" not in node_cols:
         db.execute("ALTER TABLE nodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0")
+    if "inode" not in node_cols:
+        db.execute("ALTER TABLE nodes ADD COLUMN inode TEXT")
     db.executescript(_SCHEMA_2)
     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                (str(SCHEMA_VERSION),))
@@ -288,12 +295,12 @@ def _save_node(db: sqlite3.Connection, vault_id: str, node: Node, ts: float) -> 
     )
     db.execute(
         "INSERT INTO nodes (vault_id, id, seq_from, seq_to, ts_from, ts_to, parent, name, kind, "
-        "size, mtime_ns, mode, target, content_rev, deleted, rdev) "
-        "VALUES (?,?,?,?,?,NULL,?,?,?,?,?,?,?,?,?,?)",
+        "size, mtime_ns, mode, target, content_rev, deleted, rdev, inode) "
+        "VALUES (?,?,?,?,?,NULL,?,?,?,?,?,?,?,?,?,?,?)",
         (
             vault_id, node.id, node.rev, CURRENT, ts, node.parent, node.name, node.kind.value,
             node.size, node.mtime_ns, node.mode, node.target, node.content_rev, int(node.deleted),
-            node.rdev,
+            node.rdev, node.inode,
         ),
     )
 
@@ -325,6 +332,14 @@ class _SqliteVaultTx(VaultTx):
             f"SELECT {_NODE_COLS} FROM nodes WHERE vault_id=? AND parent=? "
             f"AND seq_to={CURRENT} AND deleted=0 LIMIT ?",
             (self.vault_id, parent_id, limit),
+        ).fetchall()
+        return [_node(r) for r in rows]
+
+    async def names_of(self, inode: str) -> list[Node]:
+        rows = self.db.execute(
+            f"SELECT {_NODE_COLS} FROM nodes WHERE vault_id=? AND inode=? "
+            f"AND seq_to={CURRENT} AND deleted=0 AND inode IS NOT NULL ORDER BY id",
+            (self.vault_id, inode),
         ).fetchall()
         return [_node(r) for r in rows]
 

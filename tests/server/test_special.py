@@ -15,7 +15,7 @@ import pytest
 
 from gobi.protocol import ROOT_ID, MAX_RDEV, Node, NodeKind
 from gobi.server.store.mongo import MongoStore
-from gobi.server.store.sqlite import SqliteStore
+from gobi.server.store.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.server.test_store_contract import create, new_user, new_vault
 from tests.server.util import create_file, mkdir, upload
 from tests.servers import Api, ServerProcess, register
@@ -209,7 +209,7 @@ async def test_sqlite_schema_2_gains_rdev(tmp_path):
     finally:
         await store.close()
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     db.close()
 
 
