@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from gobi.protocol import ErrorCode, EventType, Node, NodeKind, RestoreVersionRequest, VersionInfo
+from gobi.protocol import ErrorCode, Node, NodeKind, RestoreVersionRequest, VersionInfo
 
 from .access import Actor, require_role
 from .errors import ServiceError

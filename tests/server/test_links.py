@@ -20,7 +20,7 @@ import pytest
 
 from gobi.protocol import ROOT_ID, Node, NodeKind
 from gobi.server.store.sqlite import SCHEMA_VERSION, SqliteStore
-from tests.server.test_store_contract import create, new_user, new_vault
+from tests.server.test_store_contract import create, older_sqlite_store
 from tests.server.util import commit, create_file, mkdir, read, upload
 from tests.servers import Api, ServerProcess, register
 
@@ -314,17 +314,9 @@ def test_a_link_shares_chunks_and_uploads_nothing(api):
 @pytest.mark.asyncio
 async def test_sqlite_schema_3_gains_inode(tmp_path):
     path = tmp_path / "meta.db"
-    store = SqliteStore(path)
-    await store.open()
-    user = await new_user(store)
-    vid = await new_vault(store, user)
-    old = await create(store, vid, Node(id="nold", parent=ROOT_ID, name="old", kind=NodeKind.FILE, rev=0))
-    await store.close()
-    # Make it look like a version 3 database: no inode column, no index on it.
-    db = sqlite3.connect(path)
-    db.executescript("DROP INDEX nodes_inode; ALTER TABLE nodes DROP COLUMN inode; "
-                     "UPDATE meta SET value='3' WHERE key='schema_version';")
-    db.close()
+    # A version 3 database: no inode column, no index on it.
+    vid, old = await older_sqlite_store(path, "DROP INDEX nodes_inode; ALTER TABLE nodes DROP COLUMN inode; "
+                                               "UPDATE meta SET value='3' WHERE key='schema_version';")
     store = SqliteStore(path)
     await store.open()
     try:
@@ -338,7 +330,6 @@ async def test_sqlite_schema_3_gains_inode(tmp_path):
     assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     assert db.execute("SELECT name FROM sqlite_master WHERE name='nodes_inode'").fetchone() == ("nodes_inode",)
     db.close()
-
 
 def test_a_commit_to_a_deleted_name_comes_back_as_a_file_of_its_own(api):
     """modify/delete through a name while another name lives (docs/conflicts.md): the

@@ -16,7 +16,7 @@ import pytest
 from gobi.protocol import ROOT_ID, MAX_RDEV, Node, NodeKind
 from gobi.server.store.mongo import MongoStore
 from gobi.server.store.sqlite import SCHEMA_VERSION, SqliteStore
-from tests.server.test_store_contract import create, new_user, new_vault
+from tests.server.test_store_contract import create, new_user, new_vault, older_sqlite_store
 from tests.server.util import create_file, mkdir, upload
 from tests.servers import Api, ServerProcess, register
 
@@ -189,16 +189,9 @@ def device(name: str) -> Node:
 @pytest.mark.asyncio
 async def test_sqlite_schema_2_gains_rdev(tmp_path):
     path = tmp_path / "meta.db"
-    store = SqliteStore(path)
-    await store.open()
-    user = await new_user(store)
-    vid = await new_vault(store, user)
-    old = await create(store, vid, Node(id="nold", parent=ROOT_ID, name="old", kind=NodeKind.FILE, rev=0))
-    await store.close()
-    # Make it look like a version 2 database: no rdev column.
-    db = sqlite3.connect(path)
-    db.executescript("ALTER TABLE nodes DROP COLUMN rdev; UPDATE meta SET value='2' WHERE key='schema_version';")
-    db.close()
+    # A version 2 database: no rdev column.
+    vid, old = await older_sqlite_store(path, "ALTER TABLE nodes DROP COLUMN rdev; "
+                                               "UPDATE meta SET value='2' WHERE key='schema_version';")
     store = SqliteStore(path)
     await store.open()
     try:

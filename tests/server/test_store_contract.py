@@ -13,6 +13,7 @@ on CI); each test gets a fresh database.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 
 import pytest
@@ -121,6 +122,27 @@ async def create(store: MetadataStore, vid: str, node: Node, ts: float | None = 
         return await change(tx, node, EventType.CREATE, ts)
 
     return await store.run_write(vid, fn)
+
+
+async def older_sqlite_store(path, downgrade: str) -> tuple[str, Node]:
+    """An SQLite store at ``path`` with a vault and one file ``old``, then changed by the
+    SQL ``downgrade`` (closed) to look like one an older version wrote. Returns the vault
+    id and the node, for a migration test to open it again."""
+    from gobi.server.store.sqlite import SqliteStore
+
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        vid = await new_vault(store, await new_user(store))
+        old = await create(store, vid, Node(id="nold", parent=ROOT_ID, name="old", kind=NodeKind.FILE, rev=0))
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    try:
+        db.executescript(downgrade)
+    finally:
+        db.close()
+    return vid, old
 
 
 # -- lifecycle ---------------------------------------------------------------------------
