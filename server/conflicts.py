@@ -97,9 +97,13 @@ async def bring_back(w: Writer, node: Node, chunks=None, **changes: Any) -> Node
     name = await free_name(w.tx, parent.id, lambda n: node.name if n == 1 else conflicted_name(
         node.name, device_label(w.actor), w.ts, node.kind is NodeKind.DIR, n - 1))
     await w.forget_trash_of(node.id)
-    return await w.save(node, EventType.CREATE, keep_content_rev="size" not in changes,
-                        deleted=False, parent=parent.id, name=name,
-                        inode=await w.rejoin(node, chunks), **changes)
+    joined = await w.rejoin(node, chunks)
+    back = await w.save(node, EventType.CREATE, keep_content_rev="size" not in changes,
+                        deleted=False, parent=parent.id, name=name, **{**joined, **changes})
+    if back.inode is not None:
+        # Still a name of its file: a mode or mtime it came back with is the file's.
+        await w.save_file_attrs(back, **{k: v for k, v in changes.items() if k in ("mode", "mtime_ns")})
+    return back
 
 
 class Conflicts:

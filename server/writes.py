@@ -246,27 +246,25 @@ class Writer:
             for other in await self.other_names(node):
                 await self.save(other, EventType.ATTR, **attrs)
 
-    async def _same_content(self, node: Node, chunks: Sequence[ChunkRef] | None) -> bool:
-        """Whether ``node``'s file has this content on its live names (True when it has
-        no live name left); ``chunks`` None: the content ``node`` had."""
+    async def rejoin(self, node: Node, chunks: Sequence[ChunkRef] | None = None) -> dict:
+        """What a name coming back from the trash takes so that it is a name of its file
+        again or a file of its own: with no live name left, nothing (it is the file); when
+        its content (``chunks``, default: the content it had) is the file's content now,
+        the file's mode and mtime (which may have changed meanwhile through another name);
+        otherwise ``inode`` None (one file cannot have two contents)."""
+        if node.inode is None:
+            return {}
         others = await self.other_names(node)
         if not others:
-            return True
-        if node.kind is not NodeKind.FILE:
-            return True          # a symlink or special file has no content to differ in
-        if chunks is None:
-            mine = await self.tx.version(node.id, node.content_rev or 0)
-            chunks = mine.chunks if mine else ()
-        theirs = await self.tx.version(others[0].id, others[0].content_rev or 0)
-        return tuple(chunks) == tuple(theirs.chunks if theirs else ())
-
-    async def rejoin(self, node: Node, chunks: Sequence[ChunkRef] | None = None) -> str | None:
-        """The ``inode`` a name coming back from the trash keeps: its file's, when its
-        content (``chunks``, default: the content it had) is the file's content now; None
-        (a file of its own) otherwise."""
-        if node.inode is None or await self._same_content(node, chunks):
-            return node.inode
-        return None
+            return {}
+        if node.kind is NodeKind.FILE:
+            if chunks is None:
+                mine = await self.tx.version(node.id, node.content_rev or 0)
+                chunks = mine.chunks if mine else ()
+            theirs = await self.tx.version(others[0].id, others[0].content_rev or 0)
+            if tuple(chunks) != tuple(theirs.chunks if theirs else ()):
+                return {"inode": None}
+        return {"mode": others[0].mode, "mtime_ns": others[0].mtime_ns}
 
     # -- deleting into the trash -------------------------------------------------------------
 
@@ -393,7 +391,7 @@ class Writer:
         free = await free_name(
             self.tx, parent_id, lambda n: want if n == 1 else restored_name(want, is_dir, n - 1))
         return await self.save(node, EventType.CREATE, keep_content_rev=True, deleted=False,
-                               parent=parent_id, name=free, inode=await self.rejoin(node))
+                               parent=parent_id, name=free, **await self.rejoin(node))
 
     async def revive_chain(self, dir_id: str) -> tuple[Node, int]:
         """Make ``dir_id`` a live directory again if it was deleted, bringing back its

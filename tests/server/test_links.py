@@ -8,15 +8,20 @@ commit through another name is a conflict; names, renames and deletes stay per n
 ``rename`` of a name over another name of the same file does nothing (rename(2)); a name
 restored from the trash rejoins its file only when its content is still the file's; bad
 input is a 4xx JSON error that changes nothing; an SQLite database from before links gains
-the column.
+the column. ``LinkModel`` runs random operations of all these kinds against a model of
+files and names (``GOBI_LINK_MODEL_EXAMPLES``, default 30 runs of 40 steps per store).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from gobi.protocol import ROOT_ID, Node, NodeKind
 from gobi.server.store.sqlite import SCHEMA_VERSION, SqliteStore
@@ -224,6 +229,22 @@ def test_a_restored_name_rejoins_its_file_only_with_the_files_content(api):
     assert (read(api, v, b["id"]), read(api, v, c["id"])) == (b"v4", b"v2")
 
 
+def test_a_restored_name_takes_the_mode_the_file_has_now(api):
+    v = api.vault
+    a = create_file(api, v, "a", b"same bytes")
+    b = linked(api, a, "b")
+    b = get(api, b["id"])
+    assert api.delete(f"/vaults/{v}/nodes/{b['id']}", params={"base_rev": b["rev"]}).status_code == 200
+    a = get(api, a["id"])
+    r = api.patch(f"/vaults/{v}/nodes/{a['id']}", json={"base_rev": a["rev"], "mode": 0o600,
+                                                          "mtime_ns": 7_000_000_000})
+    assert r.status_code == 200, r.text
+    entry = api.get(f"/vaults/{v}/trash").json()["entries"][0]
+    assert api.post(f"/vaults/{v}/trash/{entry['id']}/restore", json={}).status_code == 200
+    back = get(api, b["id"])
+    assert (back["inode"], back["mode"], back["mtime_ns"]) == (a["id"], 0o600, 7_000_000_000)
+
+
 def test_restoring_a_version_through_one_name_restores_it_for_all(api):
     v = api.vault
     a = create_file(api, v, "a", b"first")
@@ -353,3 +374,155 @@ def test_a_commit_to_a_deleted_name_comes_back_as_a_file_of_its_own(api):
     # From now on they are two files: a commit through a does not reach b.
     assert commit(api, v, get(api, a["id"]), b"a only").status_code == 200
     assert read(api, v, b["id"]) == b"mine, made before the delete was known"
+
+
+# -- random operations against a model ------------------------------------------------------
+
+NAMES = ["a", "b", "c", "d/a", "d/b"]
+
+
+class LinkModel(RuleBasedStateMachine):
+    """Random creates, links, commits, chmods, renames (over names too), deletes and trash
+    restores through REST, against a model of files and names: after every step each name
+    on the server has its file's bytes and mode, names of one file share one ``inode`` and
+    names of different files never do, and the server has no other live name."""
+
+    api: Api = None  # type: ignore[assignment]     # set by the test
+
+    def __init__(self):
+        super().__init__()
+        a = self.api
+        r = a.post("/vaults", json={"name": "model"})
+        assert r.status_code == 201, r.text
+        self.v = a.vault = r.json()["id"]        # a vault per example (the helpers use api.vault)
+        self.d = mkdir(a, self.v, "d")["id"]
+        self.files: dict[int, dict] = {}           # file key -> {"data", "mode"}
+        self.names: dict[str, dict] = {}           # name -> {"id", "file"}
+        self.trashed: list[dict] = []              # deleted names, oldest first
+        self.keys = 0
+
+    def _where(self, name: str) -> tuple[str, str]:
+        return (self.d, name[2:]) if name.startswith("d/") else (ROOT_ID, name)
+
+    def _node(self, name: str) -> dict:
+        return get(self.api, self.names[name]["id"])
+
+    def _trash(self, name: str, node: dict) -> None:
+        key = self.names.pop(name)["file"]
+        self.trashed.append({"id": node["id"], "file": key, "data": self.files[key]["data"],
+                             "mode": self.files[key]["mode"]})
+
+    @rule(name=st.sampled_from(NAMES), data=st.binary(max_size=64))
+    def create(self, name, data):
+        parent, base = self._where(name)
+        r = self.api.post(f"/vaults/{self.v}/nodes", json={
+            "parent": parent, "name": base, "kind": "file",
+            "content": {"chunks": upload(self.api, self.v, data), "size": len(data)}})
+        if name in self.names:
+            assert error(r, 409) == "name_exists"
+            return
+        assert r.status_code == 201, r.text
+        self.keys += 1
+        self.files[self.keys] = {"data": data, "mode": 0o644}
+        self.names[name] = {"id": r.json()["id"], "file": self.keys}
+
+    @rule(src=st.sampled_from(NAMES), dst=st.sampled_from(NAMES))
+    def link(self, src, dst):
+        if src not in self.names:
+            return
+        parent, base = self._where(dst)
+        r = link(self.api, self.names[src]["id"], base, parent)
+        if dst in self.names:
+            assert error(r, 409) == "name_exists"
+            return
+        assert r.status_code == 201, r.text
+        self.names[dst] = {"id": r.json()["id"], "file": self.names[src]["file"]}
+
+    @rule(name=st.sampled_from(NAMES), data=st.binary(max_size=64))
+    def write(self, name, data):
+        if name in self.names:
+            r = commit(self.api, self.v, self._node(name), data)
+            assert r.status_code == 200, r.text
+            self.files[self.names[name]["file"]]["data"] = data
+
+    @rule(name=st.sampled_from(NAMES), mode=st.sampled_from([0o600, 0o640, 0o755]))
+    def chmod(self, name, mode):
+        if name in self.names:
+            node = self._node(name)
+            r = self.api.patch(f"/vaults/{self.v}/nodes/{node['id']}", json={"base_rev": node["rev"], "mode": mode})
+            assert r.status_code == 200, r.text
+            self.files[self.names[name]["file"]]["mode"] = mode
+
+    @rule(src=st.sampled_from(NAMES), dst=st.sampled_from(NAMES))
+    def rename(self, src, dst):
+        if src not in self.names or src == dst:
+            return
+        node = self._node(src)
+        parent, base = self._where(dst)
+        r = self.api.patch(f"/vaults/{self.v}/nodes/{node['id']}", json={
+            "base_rev": node["rev"], "parent": parent, "name": base, "replace": True})
+        assert r.status_code == 200, r.text
+        if dst in self.names and self.names[dst]["file"] == self.names[src]["file"]:
+            return                                 # rename(2) between names of one file
+        if dst in self.names:
+            self._trash(dst, self._node(dst))
+        self.names[dst] = self.names.pop(src)
+
+    @rule(name=st.sampled_from(NAMES))
+    def delete(self, name):
+        if name in self.names:
+            node = self._node(name)
+            r = self.api.delete(f"/vaults/{self.v}/nodes/{node['id']}", params={"base_rev": node["rev"]})
+            assert r.status_code == 200, r.text
+            self._trash(name, node)
+
+    @rule(pick=st.integers(min_value=0, max_value=1000))
+    def restore(self, pick):
+        if not self.trashed:
+            return
+        gone = self.trashed.pop(pick % len(self.trashed))
+        entries = self.api.get(f"/vaults/{self.v}/trash").json()["entries"]
+        entry = next(e for e in entries if e["node"] == gone["id"])
+        r = self.api.post(f"/vaults/{self.v}/trash/{entry['id']}/restore", json={})
+        assert r.status_code == 200, r.text
+        node = get(self.api, gone["id"])
+        name = node["name"] if node["parent"] == ROOT_ID else f"d/{node['name']}"
+        if name not in NAMES:
+            # Came back as "NAME (restored)": the model only knows its names; delete it
+            # for good so it does not linger.
+            r = self.api.delete(f"/vaults/{self.v}/nodes/{node['id']}", params={"base_rev": node["rev"]})
+            assert r.status_code == 200, r.text
+            return
+        key = gone["file"]
+        live = [n for n in self.names.values() if n["file"] == key]
+        if not live:
+            self.files[key] = {"data": gone["data"], "mode": gone["mode"]}
+        elif self.files[key]["data"] != gone["data"]:
+            self.keys += 1
+            key = self.keys
+            self.files[key] = {"data": gone["data"], "mode": gone["mode"]}
+        self.names[name] = {"id": gone["id"], "file": key}
+
+    @invariant()
+    def the_server_agrees(self):
+        nodes = {n["id"]: n for n in self.api.get(f"/vaults/{self.v}/tree").json()["nodes"]}
+        live = {i for i, n in nodes.items() if n["kind"] == "file"}
+        assert live == {n["id"] for n in self.names.values()}
+        inodes: dict[int, set] = {}
+        for name, n in self.names.items():
+            node, f = nodes[n["id"]], self.files[n["file"]]
+            assert (node["parent"] == ROOT_ID) == ("/" not in name) and node["name"] == name.split("/")[-1]
+            assert (read(self.api, self.v, n["id"]), node["mode"]) == (f["data"], f["mode"]), name
+            inodes.setdefault(n["file"], set()).add(node.get("inode"))
+        for key, seen in inodes.items():
+            if sum(1 for n in self.names.values() if n["file"] == key) > 1:
+                assert len(seen) == 1 and None not in seen, (key, seen)
+        shared = [i for s in inodes.values() for i in s if i is not None]
+        assert len(shared) == len(set(shared)), inodes
+
+
+def test_random_link_operations_match_a_model(api):
+    LinkModel.api = api
+    run_state_machine_as_test(LinkModel, settings=settings(
+        max_examples=int(os.environ.get("GOBI_LINK_MODEL_EXAMPLES", "30")), stateful_step_count=40,
+        deadline=None, suppress_health_check=list(HealthCheck)))
