@@ -284,6 +284,13 @@ class BlockCache:
         """The bytes the staging copy holds on disk (what the cap is charged)."""
         return self._held.get(ino, 0)
 
+    def staged_data(self, ino: int) -> int:
+        """The bytes of data the staging copy holds: its blocks, at most its size (a
+        sparse copy's holes hold nothing; a small file's last block is not all data).
+        What uploading it reads and sends (``gobi status``'s queued bytes), give or take
+        the holes under 64 KiB the uploader reads as zeros."""
+        return min(self._held.get(ino, 0), self._staged.get(ino, 0))
+
     def _full(self) -> CacheFull:
         return CacheFull(f"cache cap of {self.cap} bytes is taken by data not yet uploaded")
 

@@ -149,7 +149,8 @@ class MountCollector:
             q.add_metric([m, op], by_op.get(op, 0))
         yield q
         yield self.gauge("gobi_mount_upload_queue_bytes",
-                         "Bytes of changed file content not yet on the server",
+                         "Bytes of changed file content not yet on the server "
+                         "(the data staging copies hold; holes count nothing)",
                          st.get("queued_bytes", 0))
         if self.oldest_pending is not None:
             oldest = self.oldest_pending()

@@ -7,10 +7,18 @@ skips them, so pinned files read without the server for as long as the pin stays
 
 **The cap.** Pinned content and data not yet uploaded (staging) both stay in the cache
 whatever happens, so together they must fit under ``--cache-size``: a pin whose subtree
-(file sizes, counted once where pins overlap) would not fit next to what is pinned and
-staged already is refused with ``ENOSPC``; ``gobi pin`` then explains with the figures
-(``info``). A pinned subtree that grows past the cap later (remote changes) keeps what
-fits and reports the rest.
+would not fit next to what is pinned and staged already is refused with ``ENOSPC``;
+``gobi pin`` then explains with the figures (``info``). A subtree is sized by the bytes of
+data the cache must hold for it (``_files``), files counted once where pins overlap: a
+clean file by the data chunks of its chunk list (``Tree.data_chunks``, what ``st_blocks``
+counts: holes hold nothing, so a 1 TiB sparse file with 1 MiB written is 1 MiB), each
+chunk once as the cache keeps it once (two copies of a file cost one); a file being
+written by the data its staging copy holds (``BlockCache.staged_data``, also counted in
+the staged bytes beside it: the copy and the pinned chunks made from it can both be
+there until it is closed); a file whose chunk list this mount does not have yet by its
+size. When those sizes stand in the way of a pin, the lists are fetched first, the
+largest files first, until it fits or cannot (``_learn_lists``). A pinned subtree that
+grows past the cap later (remote changes) keeps what fits and reports the rest.
 
 **The keeper** (``run``) makes pins true: at start it marks the cached chunks of pinned
 files (local, before the mount serves), then runs a *pass* whenever a pin is added, an
@@ -48,7 +56,7 @@ class Pins:
         self.link = link
         self.roots: set[int] = set(tree.pins)
         self.progress: dict[int, dict] = {}      # root ino -> state of its latest pass
-        self.pinned_bytes = 0                    # file bytes under all pins (sizing)
+        self.pinned_bytes = 0                    # data bytes under all pins (sizing, _files)
         self.pinned_files = 0
         self.missing_bytes = 0                   # pinned content not local after the last pass
         self.wake = trio.Event()
@@ -70,12 +78,76 @@ class Pins:
             cur = self.tree.get_opt(cur.parent)
         return None
 
+    def _files(self, roots: list[int]) -> tuple[list[tuple[int, int]], list[Entry]]:
+        """(ino, bytes) of each file under ``roots``, each file once: the bytes of data the
+        cache must hold for it (see the cap above; a chunk that a file listed earlier has
+        too is counted there); and the files counted by their size because this mount does
+        not have their chunk list yet."""
+        rows: list[tuple[int, int]] = []
+        by_size: list[Entry] = []
+        seen: set[str] = set()
+        for e in self.tree.subtree(roots):
+            if not e.is_file:
+                continue
+            if self.vfs.staged(e.ino):
+                n = self.cache.staged_data(e.ino)
+            elif (chunks := self.tree.data_chunks(e.ino, e.size)) is not None:
+                n = sum(size for h, size in chunks.items() if h not in seen)
+                seen.update(chunks)
+            else:
+                n = e.size
+                if n:
+                    by_size.append(e)
+            rows.append((e.ino, n))
+        return rows, by_size
+
     def _sizing(self, roots: list[int]) -> tuple[int, int]:
-        """(files, bytes) under ``roots``, each file counted once."""
+        """(files, bytes) under ``roots``, each file and chunk counted once."""
         if not roots:
             return 0, 0
-        files = [e for e in self.tree.subtree(roots) if e.is_file]
-        return len(files), sum(e.size for e in files)
+        rows, _ = self._files(roots)
+        return len(rows), sum(n for _, n in rows)
+
+    async def _learn_lists(self, roots: list[int]) -> tuple[int, int]:
+        """``_sizing`` after fetching the chunk lists of files counted by their size, for
+        as long as those sizes decide a pin: the largest files first, enough of them to
+        cover the excess, until the pin fits, or what is known already does not fit, or
+        every list was asked for. Offline (or a refused fetch) the sizes stand."""
+        room = self.cache.cap - self.cache.staged_bytes
+        asked: set[int] = set()
+        while True:
+            rows, by_size = self._files(roots)
+            total = sum(n for _, n in rows)
+            guessed = [e for e in by_size if e.ino not in asked]
+            if total <= room or not guessed or total - sum(e.size for e in by_size) > room:
+                return len(rows), total
+            batch, cover = [], 0
+            for e in sorted(guessed, key=lambda e: e.size, reverse=True):
+                batch.append(e)
+                asked.add(e.ino)
+                cover += e.size
+                if cover >= total - room:
+                    break
+            if not await self._fetch_lists(batch):
+                return self._sizing(roots)
+
+    async def _fetch_lists(self, files: list[Entry]) -> bool:
+        """Fetch the chunk lists of ``files``, a few at a time; False when one could not
+        be fetched (offline, refused)."""
+        limiter = trio.Semaphore(FILE_CONCURRENCY)
+        failed: list[FsError] = []
+
+        async def fetch(e: Entry) -> None:
+            async with limiter:
+                try:
+                    await self.vfs.manifest(e)
+                except FsError as exc:
+                    failed.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for e in files:
+                nursery.start_soon(fetch, e)
+        return not failed
 
     def _refresh_totals(self) -> None:
         self.pinned_files, self.pinned_bytes = self._sizing(sorted(self.roots))
@@ -115,7 +187,7 @@ class Pins:
         if e.ino in self.roots:
             self.kick()
             return
-        files, size = self._sizing(sorted(self.roots | {e.ino}))
+        files, size = await self._learn_lists(sorted(self.roots | {e.ino}))
         if size + self.cache.staged_bytes > self.cache.cap:
             # ENOSPC: "No space left on device". gobi pin reads `info` for the figures.
             oplog("pin", path=self.tree.path_of(e), result="refused", need=size,
@@ -206,14 +278,15 @@ class Pins:
         complete = True
         missing_total = 0
         for root in sorted(self.roots):
-            rows = sorted((e.ino, e.size) for e in self.tree.subtree([root]) if e.is_file)
+            rows, by_size = self._files([root])
+            rows.sort()
             state = {"state": "fetching", "root": self._path(root), "files": len(rows),
                      "bytes": sum(r[1] for r in rows), "files_done": 0, "bytes_done": 0,
                      "started": time.time(), "error": ""}
             self.progress[root] = state
             t0 = time.monotonic()
             try:
-                fetched = await self._fetch_all(rows, state)
+                fetched = await self._fetch_all(rows, {e.ino for e in by_size}, state)
             except _Stop as stop:
                 complete = False
                 state.update(state="waiting" if stop.retry else "error", error=str(stop))
@@ -224,18 +297,23 @@ class Pins:
             if root not in self.roots:
                 self.progress.pop(root, None)     # unpinned meanwhile
                 continue
-            state.update(state="done", finished=time.time())
+            # Files counted by their size at the start are counted by their chunk lists
+            # now, and each chunk once, as the cache holds them.
+            _, total = self._sizing([root])
+            state.update(state="done", finished=time.time(), bytes=total, bytes_done=total)
             if fetched:
                 oplog("pin", path=state["root"], result="local", files=state["files"],
                       bytes=state["bytes"], fetched_bytes=fetched,
                       ms=round((time.monotonic() - t0) * 1000, 1))
         self.missing_bytes = missing_total
+        self._refresh_totals()                    # chunk lists fetched by the pass count now
         if complete:
             self._release_unwanted()
 
-    async def _fetch_all(self, rows: list[tuple[int, int]], state: dict) -> int:
+    async def _fetch_all(self, rows: list[tuple[int, int]], by_size: set[int], state: dict) -> int:
         """Make every listed file local (a few files at a time, a few chunks of each);
-        returns the bytes fetched. Raises ``_Stop``."""
+        returns the bytes fetched. Raises ``_Stop``. A file of ``by_size`` was counted by
+        its size for want of its chunk list: once the list is here, by its data."""
         fetched = 0
         files = trio.Semaphore(FILE_CONCURRENCY)
         failure: list[_Stop] = []
@@ -267,6 +345,10 @@ class Pins:
                 e = self.tree.get_opt(ino)
                 if e is not None and not self.vfs.staged(ino):
                     await self.vfs.manifest(e)
+                    if ino in by_size:
+                        data = self.tree.data_bytes(ino, e.size)
+                        state["bytes"] += data - size
+                        size = data
                     limiter = trio.Semaphore(CHUNK_CONCURRENCY)
                     async with trio.open_nursery() as chunks:
                         for _, csize, h in self.tree.manifest(ino):

@@ -65,7 +65,7 @@ class Barrier:
     head: int                              # last journal seq when registered
     dirty: dict[int, int]                  # ino -> content generation when registered
     entries: int                           # journal entries up to ``head`` then
-    bytes: int                             # content bytes to upload then
+    bytes: int                             # content bytes to upload then (data, no holes)
     created: float = field(default_factory=time.time)
     finished: float | None = None
     seq: int | None = None                 # vault seq that holds everything (once done)
@@ -156,7 +156,7 @@ class UploadProgress:
         entries = journal.count()
         dirty = {ino: self.vfs.gen.get(ino, 0) for ino in self.tree.dirty_inodes()
                  if (e := self.tree.get_opt(ino)) is not None and e.parent is not None}
-        nbytes = sum(self.cache.staged_size(ino) for ino in dirty)
+        nbytes = sum(self.cache.staged_data(ino) for ino in dirty)
         self.barriers[token] = Barrier(token, head, dirty, entries, nbytes)
 
     def _expire(self) -> None:
@@ -188,7 +188,7 @@ class UploadProgress:
             return None
         entries = self.tree.journal.count_upto(b.head)
         files = self._files_left(b) if b.finished is None else []
-        bytes_left = sum(self.cache.staged_size(ino) for ino in files)
+        bytes_left = sum(self.cache.staged_data(ino) for ino in files)
         if b.finished is None and entries == 0 and not files:
             b.finished = time.time()
         if b.finished is not None and b.seq is None:

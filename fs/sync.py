@@ -174,7 +174,9 @@ class Sync:
         return self.states.last_seq
 
     def queued_bytes(self) -> int:
-        return sum(self.cache.staged_size(ino) for ino in self.tree.dirty_inodes())
+        """Bytes of changed content not on the server yet: the data the staging copies
+        hold (a sparse file's holes are not sent, so they do not count)."""
+        return sum(self.cache.staged_data(ino) for ino in self.tree.dirty_inodes())
 
     def status(self) -> dict:
         return {

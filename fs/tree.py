@@ -178,7 +178,7 @@ class Tree:
         for values in snap.nodes.values():
             self._index(Entry(*values))
         self._manifests = snap.chunks
-        self._data_memo: dict[int, tuple[list, int, int]] = {}   # data_bytes: (rows, size, data)
+        self._data_memo: dict[int, tuple[list, int]] = {}   # data_bytes: (rows, data)
         self._xattrs = snap.xattrs
         self._meta = snap.meta
         self.pins = snap.pins                   # pinned inodes -> time (``gobi.fs.pins``)
@@ -491,18 +491,30 @@ class Tree:
         """(offset, size, hash) of the stored chunk list, in order (``HOLE``: zeros)."""
         return list(self._manifests.get(ino, ()))
 
+    def _data_list(self, ino: int, size: int) -> list[tuple[int, int, str]] | None:
+        """The stored chunk list if it is of a file of ``size`` bytes, else None (not here,
+        or of other content)."""
+        rows = self._manifests.get(ino)
+        return rows if rows and rows[-1][0] + rows[-1][1] == size else None
+
     def data_bytes(self, ino: int, size: int) -> int:
         """How much of a clean file of ``size`` bytes is data, not holes, by its stored
         chunk list (``st_blocks``: ``du`` of a sparse file); ``size`` when the list is not
         here or is of other content. Summed once per list (getattr is hot)."""
-        rows = self._manifests.get(ino)
-        if not rows:
+        rows = self._data_list(ino, size)
+        if rows is None:
             return size
         memo = self._data_memo.get(ino)
         if memo is None or memo[0] is not rows:
-            memo = self._data_memo[ino] = (rows, rows[-1][0] + rows[-1][1],
-                                           sum(n for _, n, h in rows if h != HOLE))
-        return memo[2] if memo[1] == size else size
+            memo = self._data_memo[ino] = (rows, sum(n for _, n, h in rows if h != HOLE))
+        return memo[1]
+
+    def data_chunks(self, ino: int, size: int) -> dict[str, int] | None:
+        """The data chunks (hash -> size, holes left out) of a clean file of ``size``
+        bytes by its stored chunk list, as ``data_bytes`` takes it; None when the list is
+        not here or is of other content (pins size a subtree by these, each chunk once)."""
+        rows = self._data_list(ino, size)
+        return None if rows is None else {h: n for _, n, h in rows if h != HOLE}
 
     # -- xattrs and pins --------------------------------------------------------------------
 

@@ -5,12 +5,16 @@ request for a hole (counted in the server's access log); a sparse file opened fo
 keeps working; and the time-travel view reads holes too. A sparse file made on the mount
 (``truncate -s 1T`` and a few writes) is uploaded as holes and a few data chunks, and a
 dense file's chunks are what they always were. The cache cap counts a staging copy by the
-blocks it holds: a 1 TiB sparse file fits under an 8 MiB cap, ``du`` shows its data.
+blocks it holds: a 1 TiB sparse file fits under an 8 MiB cap, ``du`` shows its data. Pins
+and the upload queue count data too: a directory with a 1 TiB sparse file is pinned under
+an 8 MiB cap (sized by its data chunks), and the queue of a sparse file not uploaded yet
+counts the blocks its staging copy holds (``gobi status``, ``gobi sync``, the metric).
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 
@@ -19,7 +23,8 @@ import pytest
 from gobi.chunking import pieces_of_bytes
 from tests.server.util import upload
 
-from .mounts import caught_up, chunk_uploads, eventually, server_file, server_node
+from .mounts import caught_up, chunk_uploads, eventually, gobi, server_file, server_node
+from .test_mount_metrics import free_port, one, scrape
 
 MIB = 1 << 20
 
@@ -226,3 +231,72 @@ def test_cache_cap_counts_blocks_held(server, user, vault, mounts):
     # Clean again (no staging copy once uploaded and closed): du still shows the data only.
     eventually(lambda: m.status()["cache_staged"] == 0, "the staging copy dropped after upload")
     assert du_kib(path) < 16 * 1024 and path.stat().st_size == TIB
+
+
+def test_a_pin_is_sized_by_the_data_its_files_hold(server, user, vault, mounts):
+    """Under an 8 MiB cap, a directory holding a 1 TiB sparse file with 1 MiB written and
+    two copies of a 2 MiB file is pinned: 3 MiB of data (holes hold nothing, the copies'
+    chunks are held once), not 1 TiB. On the mount that wrote it the chunk lists are
+    known; a second mount fetches the sparse file's list to decide."""
+    m = mounts("writer", cache_size="8M")
+    (m.path / "vm").mkdir()
+    disk = m.path / "vm" / "disk.img"
+    subprocess.run(["truncate", "-s", "1T", str(disk)], check=True)
+    written = os.urandom(MIB)
+    with open(disk, "r+b") as f:
+        f.seek(100 * GIB)
+        f.write(written)
+    copy = os.urandom(2 * MIB)
+    (m.path / "vm" / "a.bin").write_bytes(copy)
+    (m.path / "vm" / "b.bin").write_bytes(copy)
+    m.sync()
+    eventually(lambda: m.status()["cache_staged"] == 0, "the staging copies dropped after upload")
+
+    for mount in (m, mounts("reader", cache_size="8M")):
+        caught_up(mount)
+        r = gobi("pin", str(mount.path / "vm"), env=user.env, check=False)
+        assert r.returncode == 0, r.stderr
+        assert "available offline (3 file(s), 3.0 MiB)" in r.stderr, r.stderr
+        info = json.loads(os.getxattr(mount.path / "vm", "user.gobi.pin"))
+        assert info["state"] == "done" and info["files"] == 3
+        assert info["bytes"] == info["bytes_done"] == info["pinned_bytes"] == 3 * MIB
+        st = mount.status()
+        assert st["cache_pinned"] == 3 * MIB and st["cache_used"] <= 8 * MIB
+        out = gobi("status", str(mount.path), env=user.env).stdout
+        assert "pinned /vm: available offline (3 files, 3.0 MiB)" in out, out
+        assert os.getxattr(disk if mount is m else mount.path / "vm" / "disk.img",
+                           "user.gobi.state") == b"pinned"
+    with open(mount.path / "vm" / "disk.img", "rb") as f:
+        f.seek(100 * GIB - 10)
+        assert f.read(MIB + 20) == bytes(10) + written + bytes(10)
+
+
+def test_the_upload_queue_counts_the_data_a_sparse_file_holds(server, user, vault, mounts):
+    """A 1 TiB sparse file with 4 MiB written, held back by --settle: the queue is the
+    4 MiB that will be read and sent (the staging copy's blocks), in ``gobi status``, the
+    metric and a ``gobi sync`` barrier, not 1 TiB."""
+    port = free_port()
+    m = mounts(extra=("--settle", "600", "--metrics", f"127.0.0.1:{port}"))
+    path = m.path / "vm.img"
+    subprocess.run(["truncate", "-s", "1T", str(path)], check=True)
+    with open(path, "r+b") as f:
+        for off, n in ((10 * GIB, 3 * MIB), (600 * GIB, MIB)):
+            f.seek(off)
+            f.write(os.urandom(n))
+        f.flush()
+        os.fsync(f.fileno())
+
+    def near_4_mib(n: int) -> bool:
+        return 4 * MIB <= n < 4 * MIB + (64 << 10)     # the 4 MiB written (+ an extent block)
+
+    st = m.status()
+    assert st["pending_ops"] >= 1 and near_4_mib(st["queued_bytes"]), st["queued_bytes"]
+    assert near_4_mib(one(scrape(port), "gobi_mount_upload_queue_bytes"))
+    out = gobi("status", str(m.path), env=user.env).stdout
+    assert "bytes queued: 4.0 MiB" in out, out
+    os.setxattr(m.path, "user.gobi.sync", b"sparse")        # what gobi sync registers
+    barrier = json.loads(os.getxattr(m.path, "user.gobi.sync.sparse"))
+    assert near_4_mib(barrier["bytes"]) and barrier["bytes_left"] == barrier["bytes"], barrier
+    m.sync()
+    assert m.status()["queued_bytes"] == 0
+    assert one(scrape(port), "gobi_mount_upload_queue_bytes") == 0
