@@ -492,10 +492,14 @@ class Tree:
         return list(self._manifests.get(ino, ()))
 
     def _data_list(self, ino: int, size: int) -> list[tuple[int, int, str]] | None:
-        """The stored chunk list if it is of a file of ``size`` bytes, else None (not here,
-        or of other content)."""
+        """The stored chunk list if it is the list of the file's current content (of
+        ``size`` bytes), else None: not here, or of an older content version (a remote
+        commit of the same size leaves the old list until the new one is fetched)."""
         rows = self._manifests.get(ino)
-        return rows if rows and rows[-1][0] + rows[-1][1] == size else None
+        e = self._rows.get(ino)
+        if not rows or e is None or e.manifest_rev != e.content_rev:
+            return None
+        return rows if rows[-1][0] + rows[-1][1] == size else None
 
     def data_bytes(self, ino: int, size: int) -> int:
         """How much of a clean file of ``size`` bytes is data, not holes, by its stored

@@ -55,7 +55,14 @@ def test_metrics_endpoint_reports_queue_cache_fetches_and_lag(mounts, user, vaul
     assert one(mt, "gobi_mount_upload_queue_bytes") == 3 * MiB + 1
     assert one(mt, "gobi_mount_upload_queue_oldest_age_seconds") >= 0
     # The cap counts the blocks the staging copies hold (b.txt's one byte takes a block).
-    held = sum(p.stat().st_blocks * 512 for p in (m.cache_dir / "staging").iterdir())
+    held = 0
+    for p in (m.cache_dir / "staging").iterdir():
+        try:
+            held += p.stat().st_blocks * 512
+        except FileNotFoundError:
+            # An empty spare (staging/s<ino>, made ahead for a next create) dropped while
+            # we listed: it held no block (seen once on a loaded machine).
+            pass
     assert one(mt, "gobi_mount_cache_bytes", kind="staged") == held >= 3 * MiB + 1
     assert one(mt, "gobi_mount_cache_capacity_bytes") == 1024 * MiB
     assert one(mt, "gobi_mount_fuse_requests_total", op="create") >= 2

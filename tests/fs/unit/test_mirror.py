@@ -214,3 +214,33 @@ def test_a_group_commit_of_many_changes_to_the_same_rows_loads_back_exactly(tmp_
         assert state(again) == before
     finally:
         again.close()
+
+
+def test_data_bytes_come_from_the_chunk_list_of_the_current_content_only(tmp_path):
+    """``st_blocks`` of a clean file (``du``) and pin sizes count its data chunks, holes
+    left out, by the stored chunk list — only while that list is of the file's current
+    content: a remote commit of the same size leaves the old list until the new one is
+    fetched, and the old list's holes say nothing about the new bytes."""
+    tree = Tree(tmp_path / "mirror.db")
+    try:
+        f = tree.make(ROOT_INO, b"disk.img", "file", 0o644, 0, 0)
+        sparse = [ChunkRef(hash="a" * 64, size=4096), ChunkRef(size=1 << 20, hole=True),
+                  ChunkRef(hash="b" * 64, size=10)]
+        size = sum(c.size for c in sparse)
+        with tree.tx():
+            tree.set_manifest(f.ino, 7, sparse)
+            tree.update(f.ino, content_rev=7, size=size, dirty=0)
+        assert tree.data_bytes(f.ino, size) == 4106
+        assert tree.data_chunks(f.ino, size) == {"a" * 64: 4096, "b" * 64: 10}
+        # Another device committed new content of the same size (a dense rewrite): the
+        # mirror knows its rev, not its chunk list yet.
+        with tree.tx():
+            tree.update(f.ino, content_rev=9)
+        assert tree.data_bytes(f.ino, size) == size
+        assert tree.data_chunks(f.ino, size) is None
+        with tree.tx():
+            tree.set_manifest(f.ino, 9, [ChunkRef(hash="c" * 64, size=size - 10), ChunkRef(hash="b" * 64, size=10)])
+        assert tree.data_bytes(f.ino, size) == size
+        assert tree.data_chunks(f.ino, size) == {"c" * 64: size - 10, "b" * 64: 10}
+    finally:
+        tree.close()
