@@ -43,6 +43,7 @@ from gobi.protocol import (
     TreePage,
     Vault,
     VaultSettings,
+    VersionInfo,
     WriteOutcome,
 )
 
@@ -307,6 +308,11 @@ class Remote:
         r = await self._request("GET", self._v(f"/nodes/{node_id}/content"), params=params)
         body = r.json()
         return body["rev"], [ChunkRef.model_validate(c) for c in body["chunks"]]
+
+    async def head_version(self, node_id: str) -> VersionInfo:
+        """A file's head version with its chunks and who made it (``device``)."""
+        r = await self._request("GET", self._v(f"/nodes/{node_id}/content"))
+        return VersionInfo.model_validate(r.json())
 
     async def create(self, body: dict) -> Node:
         r = await self._request("POST", self._v("/nodes"), json=body)

@@ -789,9 +789,12 @@ class Sync:
     async def _prepare_delete(self, e: Entry, batch: bool) -> _Op | None:
         row = self.tree.by_id(e.node)
         # After a commit of ours whose answer was lost, a conflict may be with our own
-        # content: asked to fail first, then checked (``_own_replay``).
-        ours = e.node in self._unanswered
-        args = {"base_rev": row.rev if row is not None else 0, "recursive": False,
+        # content: asked to fail first, then checked (``_own_replay``). So is a delete of a
+        # node never acknowledged here (base 0): its create may have reached the server
+        # before the mount stopped.
+        base = row.rev if row is not None else 0
+        ours = e.node in self._unanswered or base == 0
+        args = {"base_rev": base, "recursive": False,
                 "on_conflict": "fail" if ours else "strategy", "seen_seq": self.states.seen_seq(),
                 "at_ns": int(e.ts * 1e9)}
         kind = row.kind if row is not None else None
@@ -904,15 +907,19 @@ class Sync:
         put the newer ones in a conflicted copy, or brought a deleted file back as a
         modification that survives the delete (both found by the long partition run)."""
         head = exc.head
-        if head is None or head.deleted:
+        if head is None or head.deleted or head.kind.value != "file":
             return False
         ours = self._unanswered.get(op.entry.node, [])
-        if op.op != "commit" and not ours:
-            return False
-        _, theirs = await self.remote.manifest(op.entry.node)
-        hashes = _identity([c.model_dump() for c in theirs])
+        version = await self.remote.head_version(op.entry.node)
+        hashes = _identity([c.model_dump() for c in version.chunks or []])
         if op.op != "commit" or _identity(op.args["chunks"]) != hashes:
-            if hashes in ours:
+            # Ours: remembered as sent without an answer, or made by this very device —
+            # which covers what was in flight when the mount stopped (a crash, a kill, a
+            # power cut): the memory of unanswered sends does not survive a restart, the
+            # version's device does. (This device's later changes follow its earlier ones,
+            # so its own head is never a change it has not seen, only one it missed the
+            # answer to.)
+            if hashes in ours or (version.device is not None and version.device == self.remote.device):
                 op.args["base_rev"] = (head.content_rev or head.rev) if op.op == "commit" else head.rev
             return False
         row = self.tree.by_id(op.entry.node)

@@ -494,6 +494,86 @@ async def test_a_delete_after_a_create_whose_answer_was_lost_deletes(account, tm
         assert await c.listdir("") == []
 
 
+async def _stopped_while_sent(account, cache, op: str, before) -> None:
+    """A mount (mirror at ``cache``) runs ``before(c)``, which leads to an ``op`` upload;
+    the server applies it, and the mount stops before the answer is read (a kill, a crash,
+    a power cut: the journal still has the entry)."""
+    async with open_client(account.server.url, account.token, account.vault, cache, settle=0.0) as c:
+        sync = c.layers.sync
+        real = sync._call
+        sent = trio.Event()
+
+        async def applied_then_stopped(kind, node, args):
+            if kind != op or sent.is_set():
+                return await real(kind, node, args)
+            await real(kind, node, args)
+            sent.set()
+            await trio.sleep_forever()      # the answer is never handled
+
+        sync._call = applied_then_stopped
+        await before(c)
+        await sent.wait()
+
+
+async def test_after_a_restart_a_delete_of_a_file_whose_create_was_not_answered_deletes(account, tmp_path):
+    """A file's create reached the server, the mount stopped before the answer, and after
+    the restart the file was deleted before the create was retried. The delete meets a
+    node the mirror never saw acknowledged; its content was made by this very device, so
+    the delete goes (it came back on every mount as "the modification survives the
+    delete": what the mount remembered of unanswered creates did not survive a restart)."""
+    cache = tmp_path / "c"
+
+    async def write(c):
+        await c.write_file("f.txt", b"made, then deleted after a restart\n")
+
+    await _stopped_while_sent(account, cache, "create", write)
+    assert account.data("f.txt") == b"made, then deleted after a restart\n"
+    # Restarted; the create waits (settle) so the delete comes first, as when the user is
+    # quicker than the uploader.
+    async with open_client(account.server.url, account.token, account.vault, cache, settle=3600.0) as c:
+        await c.ops.unlink(ROOT_INO, b"f.txt", CTX)
+        await c.synced()
+        r = account.api.get(f"/vaults/{account.vault}/nodes/root/children")
+        r.raise_for_status()
+        assert r.json()["nodes"] == []
+        await c.caught_up(account.head())
+        assert await c.listdir("") == []
+
+
+async def test_after_a_restart_a_commit_after_one_that_was_not_answered_does_not_conflict(account, tmp_path):
+    """A commit reached the server, the mount stopped before the answer, and after the
+    restart the file was written again before the retry. The retry meets that commit as
+    the head: this device's own older content, so the newer content takes the name (a
+    conflicted copy held the newer bytes of the mount's own file before)."""
+    cache = tmp_path / "c"
+    async with open_client(account.server.url, account.token, account.vault, cache, settle=0.0) as c:
+        await c.write_file("f.txt", b"first\n")
+        await c.synced()
+
+    async def rewrite(c):
+        info = await c.ops.open(await c.ino("f.txt"), os.O_WRONLY | os.O_TRUNC, CTX)
+        await c.ops.write(info.fh, 0, b"second\n")
+        await c.ops.release(info.fh)
+
+    await _stopped_while_sent(account, cache, "commit", rewrite)
+    assert account.data("f.txt") == b"second\n"
+    # Restarted offline (the link is cut), so the file is written again before the retry.
+    with TcpProxy(account.server.port) as proxy:
+        proxy.cut()
+        async with open_client(proxy.url, account.token, account.vault, cache, settle=0.0) as c:
+            info = await c.ops.open(await c.ino("f.txt"), os.O_WRONLY | os.O_TRUNC, CTX)
+            await c.ops.write(info.fh, 0, b"third\n")
+            await c.ops.release(info.fh)
+            proxy.restore()
+            await c.synced()
+            assert account.data("f.txt") == b"third\n"
+            r = account.api.get(f"/vaults/{account.vault}/nodes/root/children")
+            r.raise_for_status()
+            assert sorted(n["name"] for n in r.json()["nodes"]) == ["f.txt"]
+            await c.caught_up(account.head())
+            assert await c.read_file("f.txt") == b"third\n"
+
+
 async def test_an_open_for_writing_returns_once_the_kernel_knows_a_commit_applied_during_it(account, tmp_path):
     """Another device's commit is applied while an open for writing fetches the file's
     content (the file is not held yet). Its kernel notice must be carried out before the
