@@ -507,6 +507,14 @@ class LiveOperations(Operations):
         super().__init__(vfs, status, control, **kw)
         self.kernel = kernel
 
+    async def forget(self, inode_list):
+        await super().forget(inode_list)
+        for ino, _ in inode_list:
+            if not self.vfs.in_use(ino):
+                # The kernel dropped the inode: it keeps no size of it that a later open
+                # would have to correct (``Kernel.evicted_files`` would only grow).
+                self.kernel.evicted_files.discard(ino)
+
     def _ours(self, ctx) -> Expected | None:
         return self.kernel.expected(ctx.pid) if ctx is not None else None
 

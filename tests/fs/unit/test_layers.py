@@ -730,3 +730,24 @@ async def test_another_devices_subdirectory_updates_the_parents_link_count(accou
         await c.caught_up(account.head())
         assert [(await c.ops.getattr(i, CTX)).st_nlink for i in (ia, ib)] == [2, 3]
         assert {("inode", ia, True), ("inode", ib, True)} <= set(c.port.notices)
+
+
+async def test_a_file_the_kernel_forgets_leaves_the_evicted_files(account, tmp_path):
+    """A file told of a bulk change by eviction is remembered (``Kernel.evicted_files``) so
+    that an open for writing sets its size again; once the kernel forgets the inode it
+    keeps no size of it, and the memory goes too (it grew with every evicted file)."""
+    from gobi.fs.operations import LiveOperations
+
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        layers = c.layers
+        kernel = layers.kernel
+        ops = LiveOperations(layers.vfs, layers.status, lambda v: None, kernel=kernel)
+        await c.write_file("f.txt", b"x")
+        ino = (await ops.lookup(ROOT_INO, b"f.txt", CTX)).st_ino
+        looked_up = layers.vfs.lookups[ino]       # the create's and this lookup's
+        assert looked_up >= 2
+        kernel.evicted_files.add(ino)
+        await ops.forget([(ino, looked_up - 1)])
+        assert ino in kernel.evicted_files          # still looked up once
+        await ops.forget([(ino, 1)])
+        assert ino not in kernel.evicted_files
