@@ -189,7 +189,7 @@ class Remote:
         for attempt in range(len(self.servers.urls)):
             base = self.servers.current
             try:
-                response = await self.http.request(method, base + API_PREFIX + url, **kwargs)
+                response = await self._send(method, base + API_PREFIX + url, **kwargs)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 self.servers.failed(base)
                 if attempt + 1 < len(self.servers.urls):
@@ -204,6 +204,19 @@ class Remote:
                 raise _error_from(response)
             return response
         raise Offline("no server answered")
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self.http.request(method, url, **kwargs)
+        except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+            if method != "GET":
+                raise
+            # A kept-alive connection the network reset under the request (a proxy, a NAT,
+            # a restarted balancer): httpx has dropped it, and a GET may be sent again, once,
+            # on a fresh connection. A dead link fails that connect at once; a frozen one
+            # (timeouts) is not retried. Without it a read failed with ENETUNREACH, and the
+            # live stream's probe took the mount offline, while the server answered.
+            return await self.http.request(method, url, **kwargs)
 
     def _v(self, path: str) -> str:
         assert self.vault, "no vault selected"

@@ -751,3 +751,46 @@ async def test_a_file_the_kernel_forgets_leaves_the_evicted_files(account, tmp_p
         assert ino in kernel.evicted_files          # still looked up once
         await ops.forget([(ino, 1)])
         assert ino not in kernel.evicted_files
+
+
+async def test_a_read_whose_kept_alive_connection_is_reset_is_sent_again(account):
+    """A GET on a kept-alive connection that the network resets mid-request (a proxy, a
+    NAT, a restarted load balancer dropping connections) is sent once more on a fresh
+    connection: it failed the read with ENETUNREACH and, for the live stream's probe, took
+    the whole mount offline for a while although the server answered (CI, 2026-12-04:
+    `test_reads_go_on_while_only_the_live_stream_is_refused`). A request that is not a GET
+    is not sent twice (the caller's journal decides)."""
+    from gobi.fs.remote import Offline, Remote
+
+    with TcpProxy(account.server.port) as proxy:
+        remote = Remote(proxy.url, account.token, vault=account.vault)
+        try:
+            await remote.vault_info()                 # a kept-alive connection
+            for method_is_get in (True, False):
+                proxy.freeze()                        # the request is held in flight
+                async with trio.open_nursery() as nursery:
+                    result: list = []
+
+                    async def request():
+                        try:
+                            if method_is_get:
+                                result.append(await remote.vault_info())
+                            else:
+                                result.append(await remote.create({"parent": "root", "name": "x",
+                                                                   "kind": "dir"}))
+                        except Offline as exc:
+                            result.append(exc)
+
+                    nursery.start_soon(request)
+                    await trio.sleep(0.3)
+                    await trio.to_thread.run_sync(proxy.reset)   # reset under the request
+                    proxy.restore()
+                with trio.fail_after(10):
+                    while not result:
+                        await trio.sleep(0.01)
+                if method_is_get:
+                    assert not isinstance(result[0], Offline), result
+                else:
+                    assert isinstance(result[0], Offline), result
+        finally:
+            await remote.aclose()
