@@ -230,6 +230,10 @@ class Applier:
             return None
         if states.held(node.id, e):
             return None
+        if node.inode is not None or (e is not None and (e.link or self.tree.aliases(e.ino))):
+            # A name of a hard-linked file: the thread cannot link(2) through the mount
+            # what it has no path for, nor does the kernel need a new inode for it.
+            return None
 
         def apply() -> bool:
             return states.apply_node(node) == "applied"

@@ -13,6 +13,8 @@ Ops, each naming a node by its (client-chosen or server) id:
 ``attr``    {fields}  which of mode / mtime changed (default both): their current values are sent
 ``content`` {}    the node's current staged content is chunked, uploaded, committed
 ``delete``  {}
+``link``    {parent, name, of}  a further name of the file ``of`` (ref = parent; ``of`` is
+            referenced too: its create goes first and it is not coalesced away)
 
 The uploader (``gobi.fs.sync``) replays them in order (``content`` may wait for a file
 to be closed or quiet). Entries can be dropped before they are sent: a node created and
@@ -38,6 +40,15 @@ class Entry:
     ref: str | None
     args: dict
     ts: float
+
+
+def _refs(e: Entry) -> tuple[str, ...]:
+    """The nodes an entry needs to exist on the server: its ``ref``, and the file a
+    ``link`` names."""
+    of = e.args.get("of") if e.op == "link" else None
+    if of is not None:
+        return (e.ref, of) if e.ref is not None else (of,)
+    return (e.ref,) if e.ref is not None else ()
 
 
 class Journal:
@@ -79,8 +90,8 @@ class Journal:
                 order.insert(i, e.seq)
         self._by_node.setdefault(e.node, []).append(e.seq)
         self._by_node[e.node].sort()
-        if e.ref is not None:
-            self._by_ref[e.ref] = self._by_ref.get(e.ref, 0) + 1
+        for ref in _refs(e):
+            self._by_ref[ref] = self._by_ref.get(ref, 0) + 1
         self._ops[e.op] = self._ops.get(e.op, 0) + 1
 
     def _unindex(self, e: Entry) -> None:
@@ -89,12 +100,12 @@ class Journal:
         seqs.remove(e.seq)
         if not seqs:
             del self._by_node[e.node]
-        if e.ref is not None:
-            left = self._by_ref[e.ref] - 1
+        for ref in _refs(e):
+            left = self._by_ref[ref] - 1
             if left:
-                self._by_ref[e.ref] = left
+                self._by_ref[ref] = left
             else:
-                del self._by_ref[e.ref]
+                del self._by_ref[ref]
         left = self._ops[e.op] - 1
         if left:
             self._ops[e.op] = left
@@ -173,7 +184,7 @@ class Journal:
             for e in list(self._entries.values()):
                 args = dict(e.args)
                 changed = False
-                for key in ("parent", "from"):
+                for key in ("parent", "from", "of"):
                     if args.get(key) == old:
                         args[key] = new
                         changed = True

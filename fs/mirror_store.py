@@ -59,7 +59,9 @@ CREATE TABLE IF NOT EXISTS nodes(
     manifest_rev INTEGER,                    -- content version whose chunk list is stored
     dirty INTEGER NOT NULL DEFAULT 0,        -- staged content not yet committed
     rdev INTEGER NOT NULL DEFAULT 0,         -- device nodes' st_rdev
-    atime_ns INTEGER NOT NULL DEFAULT 0      -- local access time (0: never read; gobi.fs.atime)
+    atime_ns INTEGER NOT NULL DEFAULT 0,     -- local access time (0: never read; gobi.fs.atime)
+    link INTEGER NOT NULL DEFAULT 0,         -- hard links: a further name of this file row (0: none)
+    inode TEXT                               -- the server's inode of a linked file's names
 );
 CREATE TABLE IF NOT EXISTS chunks(
     ino INTEGER NOT NULL, idx INTEGER NOT NULL, off INTEGER NOT NULL,
@@ -89,17 +91,22 @@ DROP_OLD = ["nodes_name", "nodes_children", "nodes_dirty", "journal_node", "jour
             "held_parent", "held_hold"]
 
 COLUMNS = ("ino", "id", "parent", "name", "kind", "mode", "size", "mtime_ns", "ctime_ns", "target",
-           "uid", "gid", "rev", "content_rev", "manifest_rev", "dirty", "rdev", "atime_ns")
-#: Columns added to ``nodes`` after the first mirrors were written, with their definition.
-#: Rows older than a column get its default (no mirror had a device node before ``rdev``).
-ADDED_COLUMNS = {"rdev": "INTEGER NOT NULL DEFAULT 0", "atime_ns": "INTEGER NOT NULL DEFAULT 0"}
+           "uid", "gid", "rev", "content_rev", "manifest_rev", "dirty", "rdev", "atime_ns", "link",
+           "inode")
+#: Columns added to ``nodes`` after the first mirrors were written, with their definition
+#: and the value rows older than the column take (no mirror had a device node before
+#: ``rdev``, nor a hard link before ``link``).
+ADDED_COLUMNS = {"rdev": ("INTEGER NOT NULL DEFAULT 0", 0), "atime_ns": ("INTEGER NOT NULL DEFAULT 0", 0),
+                 "link": ("INTEGER NOT NULL DEFAULT 0", 0), "inode": ("TEXT", None)}
 
 
 def full_row(value: list | tuple) -> list | tuple:
     """A node record logged by an older version (a log left by a crash, replayed after an
-    upgrade) lacks the columns added since: they take their default, 0 for each of them."""
+    upgrade) lacks the columns added since: they take their default."""
     missing = len(COLUMNS) - len(value)
-    return [*value, *([0] * missing)] if missing > 0 else value
+    if missing <= 0:
+        return value
+    return [*value, *(ADDED_COLUMNS[c][1] for c in COLUMNS[len(value):])]
 
 
 def migrate(db: sqlite3.Connection) -> None:
@@ -108,7 +115,7 @@ def migrate(db: sqlite3.Connection) -> None:
     secondary indexes older mirrors had are dropped. Each step looks at what the database
     has, so running it again (or after a step was interrupted) changes nothing."""
     have = {r[1] for r in db.execute("PRAGMA table_info(nodes)")}
-    for column, definition in ADDED_COLUMNS.items():
+    for column, (definition, _) in ADDED_COLUMNS.items():
         if column not in have:
             db.execute(f"ALTER TABLE nodes ADD COLUMN {column} {definition}")
     for index in DROP_OLD:

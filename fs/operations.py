@@ -13,8 +13,8 @@ Time travel (``MOUNT/.gobi/at/<seq or time>/…``, read-only) is ``gobi.fs.timet
 requests for its inodes (above ``VIRTUAL_BASE``) and handles are passed to it, and every
 change under ``.gobi`` is ``EROFS``.
 
-Refused with a clear errno (documented in docs/client.md): hard links (``EPERM``, as on
-FAT and most network filesystems), ``RENAME_EXCHANGE`` (``EINVAL``), xattrs outside
+Refused with a clear errno (documented in docs/client.md): ``RENAME_EXCHANGE``
+(``EINVAL``), hard links to directories (``EPERM``, as everywhere), xattrs outside
 ``user.*`` (``EOPNOTSUPP``; the xattr namespaces are ``gobi.fs.xattrs``' job). FIFOs,
 sockets and device nodes are nodes (``mknod``); their attributes carry the type bits and
 ``st_rdev``, and the kernel opens them itself (a pipe, a socket, a device driver).
@@ -271,14 +271,16 @@ class Operations(pyfuse3.Operations):
         attr, reply, remember = self._attr_of, pyfuse3.readdir_reply, self.vfs.remember
         while True:
             batch = self.tree.listing(fh, after, want)
-            for ino, name, kind, mode, size, mtime, ctime, uid, gid, rdev, atime in batch:
+            for ino, name, kind, mode, size, mtime, ctime, uid, gid, rdev, atime, pos in batch:
+                # (``pos``: the name's own row, which orders the directory; ``ino``: the
+                # file's, which differs for a further name of a hard-linked file.)
                 if not reply(token, name.encode(),
-                             attr(ino, kind, mode, size, mtime, ctime, uid, gid, rdev, atime), ino + 2):
+                             attr(ino, kind, mode, size, mtime, ctime, uid, gid, rdev, atime), pos + 2):
                     self._readdir_rows = max(16, min(READDIR_MAX, sent + 8))
                     return
                 remember(ino)
                 sent += 1
-                after = ino
+                after = pos
             if len(batch) < want:
                 return
             want = min(READDIR_MAX, want * 2)
@@ -351,7 +353,10 @@ class Operations(pyfuse3.Operations):
     async def link(self, inode, new_parent_inode, new_name, ctx):
         self._writable(inode)
         self._writable(new_parent_inode, new_name)
-        raise FsError(errno.EPERM)
+        e = self.tree.link(inode, new_parent_inode, new_name)
+        self.vfs.remember(e.ino)
+        self.vfs.changed.set()
+        return self._attr(e)
 
     # -- files ------------------------------------------------------------------------------
 
@@ -543,6 +548,7 @@ class LiveOperations(Operations):
         e = self.tree.child(parent, name.decode())
         if e is None:
             raise pyfuse3.FUSEError(errno.EAGAIN)
+        e = self.tree.file_of(e)
         self.vfs.remember(e.ino)
         return self._attr(e)
 

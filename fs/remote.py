@@ -355,6 +355,8 @@ class Remote:
             r = await self._request("PATCH", self._v(f"/nodes/{node}"), json=args)
         elif op == "commit":
             r = await self._request("PUT", self._v(f"/nodes/{node}/content"), json=args)
+        elif op == "link":
+            r = await self._request("POST", self._v(f"/nodes/{node}/links"), json=args)
         elif op == "delete":
             params = {k: (("true" if v else "false") if isinstance(v, bool) else v)
                       for k, v in args.items() if v is not None}

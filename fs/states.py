@@ -26,6 +26,14 @@ Applying a node's server state (``apply_node``):
   local copy and the chunk lists of open readers (``content_replaced``), so nobody reads
   the old version.
 
+- **Hard links** (``gobi.fs.tree``, "Hard links"): a new name whose ``inode`` is a file
+  the mirror has becomes an alias row of it (the kernel sees one more name of that inode);
+  an alias row takes its name's server state but tells the kernel nothing about content or
+  attributes (the file row's own name has the same change at the same time: the server
+  applies a file's changes to all its names); a name the server takes out of its file (a
+  name restored with other content) becomes a row of its own; a delete of the name the
+  file row holds hands the file to a further name.
+
 Errors: ``apply_node`` raises nothing of its own; ``restore_subtree`` lets
 ``RemoteError`` through to its caller.
 """
@@ -157,6 +165,16 @@ class ServerStates:
             e = self.tree.by_id(node.id)
             if e is not None and not force and (node.rev < e.rev or (node.rev == e.rev and not ack)):
                 return "stale"
+            if e is not None and e.link and not node.deleted and node.inode != e.inode:
+                # The server took this name out of its file (restored with other content):
+                # a file of its own from now on; the kernel sees the name go and come back.
+                if self.held(node.id, e):
+                    self._defer(node)
+                    return "deferred"
+                self.tree.orphan(e)
+                self.kernel.removed(e.parent, e.name, e.link)
+                self.kernel.attrs(e.link, bulk)
+                e = None
             if self.held(node.id, e):
                 self._defer(node)
                 return "deferred"
@@ -201,17 +219,20 @@ class ServerStates:
                 # The mirror missed a move or delete of the node holding this name: detach
                 # it (its own state, if it still exists, re-attaches it).
                 self.tree.orphan(clash)
-                self.kernel.removed(parent.ino, clash.name, clash.ino)
+                self.kernel.removed(parent.ino, clash.name, clash.link or clash.ino)
             self.deferred.pop(node.id, None)
             fields = dict(
                 parent=parent.ino, name=node.name, kind=node.kind.value, mode=node.mode,
                 size=node.size, mtime_ns=node.mtime_ns, target=node.target, rev=node.rev,
-                content_rev=node.content_rev, rdev=node.rdev,
+                content_rev=node.content_rev, rdev=node.rdev, inode=node.inode,
             )
             if e is None:
-                self.tree.insert(id=node.id, **fields)
+                f = None if node.inode is None else self.tree.group(node.inode, node.kind.value)
+                self.tree.insert(id=node.id, **fields, link=f.ino if f is not None else 0)
                 self.kernel.created(parent.ino, node.name)
                 self._dir_changed(parent.ino, bulk)         # and its nlink (``find`` trusts it)
+                if f is not None:
+                    self.kernel.attrs(f.ino, bulk)          # its nlink
                 return "applied"
             if ack and (e.is_dir or e.kind == "symlink"):
                 # A directory's mtime moves here with every local change inside it, and a
@@ -225,11 +246,15 @@ class ServerStates:
             self.tree.update(e.ino, **fields)
             if moved:
                 if e.parent is not None:
-                    self.kernel.moved(e.parent, e.name, parent.ino, node.name, e.ino)
+                    self.kernel.moved(e.parent, e.name, parent.ino, node.name, e.link or e.ino)
                 else:
                     self.kernel.created(parent.ino, node.name)
                 for p in {e.parent, parent.ino} - {None}:
                     self._dir_changed(p, bulk)              # times, and nlink for a directory
+            if e.link:
+                # A further name's content and attributes are its file's: the change comes
+                # with the file row's own name too (the server changes all names at once).
+                return "applied"
             if content_changed:
                 self.content_replaced(e.ino, bulk)
             elif attrs_changed:
@@ -264,7 +289,10 @@ class ServerStates:
         if e is None or e.parent is None:
             return True
         kept = False
-        for child in self.tree.children(ino, 0, 1_000_000):
+        # Further names of linked files first: a file row whose other names all go with
+        # this subtree then goes too, instead of handing over to one of them.
+        children = sorted(self.tree.children(ino, 0, 1_000_000), key=lambda c: not c.link)
+        for child in children:
             if keep_after is not None and child.rev > keep_after:
                 kept = True
             elif not self.remove_local(child.ino, bulk, keep_after):
@@ -272,10 +300,14 @@ class ServerStates:
         if kept:
             return False
         self.tree.orphan(e)
-        self.kernel.removed(e.parent, e.name, ino)
+        file_ino = e.link or ino
+        self.kernel.removed(e.parent, e.name, file_ino)
         if e.is_dir:
             self.kernel.attrs(e.parent, bulk)               # its nlink
-        self.vfs.maybe_purge(ino)
+        elif e.link or self.tree.get(ino).parent is not None:
+            self.kernel.attrs(file_ino, bulk)               # a linked file: its nlink
+        if not e.link:
+            self.vfs.maybe_purge(ino)
         return True
 
     def retry(self, ids: Iterable[str] | None = None) -> int:

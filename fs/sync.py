@@ -62,7 +62,7 @@ from .journal import Entry
 from .progress import UploadProgress
 from .remote import ApiError, Busy, Offline, Remote, RemoteError, error_from_body
 from .states import ServerStates
-from .tree import Tree
+from .tree import HOLE, Tree
 from .vfs import Link, Vfs, first_of
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ class Sync:
     def _take_free(e: Entry) -> tuple[set[str], set[str]]:
         """Directories where an entry takes a name, and where it frees one."""
         a = e.args
-        if e.op == "create":
+        if e.op in ("create", "link"):
             return {a["parent"]}, set()
         if e.op == "move":
             return {a["parent"]}, {a.get("from") or a["parent"]}
@@ -280,9 +280,15 @@ class Sync:
                         continue    # deferred: blocks nothing, waits for the writer
                 take, free = self._take_free(e)
                 replace = e.op == "move" and e.args.get("replace")
+                # A link needs its file on the server (its create first), and the file's
+                # later entries (a delete of the name the link was made from) wait for it.
+                of = e.args.get("of") if e.op == "link" else None
                 blocked = (e.node in nodes or e.node in used or bool(take & nodes)
-                           or bool(take & freeing) or bool(replace and take & taking))
+                           or bool(take & freeing) or bool(replace and take & taking)
+                           or (of is not None and of in nodes))
                 nodes.add(e.node)
+                if of is not None:
+                    nodes.add(of)
                 used |= take | free
                 taking |= take
                 freeing |= free
@@ -848,7 +854,9 @@ class Sync:
             return self._update_op(e, body)
         pushed, chunks = await self._push(row.ino, upload=not batch)
         refs, size, gen = pushed
-        maybe_sent = self._maybe_sent_before(e) or e.node in self._unanswered
+        # (``rebase``: the file's name changed to a further name of it, whose last content
+        # here may lag behind a commit of ours through the old name: ``Tree._unname``.)
+        maybe_sent = self._maybe_sent_before(e) or e.node in self._unanswered or bool(e.args.get("rebase"))
         # The base is the server content our local edit started from (``content_rev``), not
         # the node's rev: an ack of our own chmod or rename moves ``rev`` past another
         # device's content commit that this mount never saw, and that commit would then be
@@ -883,6 +891,56 @@ class Sync:
         op = _Op(e, "commit", e.node, args, finish, refused, chunks,
                  retry_with_strategy=maybe_sent)
         return op
+
+    async def _prepare_link(self, e: Entry, batch: bool) -> _Op | None:
+        """A further name of a file (``link(2)``), made from the file's node ``of``."""
+        args = {"id": e.node, "parent": e.args["parent"], "name": e.args["name"]}
+
+        def finish(outcome: WriteOutcome) -> None:
+            self._acked(e.node, outcome.node)
+            op.settle.append(outcome.node)
+
+        def refused(exc: ApiError) -> bool:
+            if exc.code not in (ErrorCode.NOT_FOUND, ErrorCode.CONFLICT, ErrorCode.NAME_EXISTS,
+                                ErrorCode.IS_A_DIRECTORY, ErrorCode.NOT_A_DIRECTORY):
+                return False
+            self.failures.append(f"link {e.args['name']}: {exc.message}")
+            log.warning("link %s (%s) refused: %s", e.args["name"], e.node, exc)
+            self._link_refused(e)
+            return True
+
+        op = _Op(e, "link", e.args["of"], args, finish, refused)
+        return op
+
+    def _link_refused(self, e: Entry) -> None:
+        """The server did not make the name (the file was deleted there meanwhile, or the
+        name was taken). A further name goes here too; the file keeps its other names. A
+        file that has no other name left here (its first name was unlinked after the
+        link) must not be lost: it is created under this name instead, with its content."""
+        row = self.tree.by_id(e.node)
+        if row is None or row.parent is None:
+            return
+        with self.tree.tx():
+            if row.link:
+                self.states.remove_local(row.ino)
+                return
+            parent = self.tree.get(row.parent)
+            args = {"parent": parent.id, "name": row.name, "kind": row.kind, "mode": row.mode,
+                    "mtime_ns": self.vfs.mtime_of(row), "target": row.target}
+            if row.rdev:
+                args["rdev"] = row.rdev
+            if row.is_file and not row.dirty and row.size:
+                listed = self.tree.manifest(row.ino) if row.manifest_known else []
+                if listed:
+                    args["content"] = {"chunks": [({"size": n, "hole": True} if h == HOLE else
+                                                   {"hash": h, "size": n}) for _, n, h in listed],
+                                       "size": row.size}
+                else:
+                    log.error("%s: its content is not here to create it again; the last "
+                              "version is in the vault's trash under the file's first name",
+                              self.tree.path_of(row))
+            self.tree.update(row.ino, rev=0, content_rev=None, inode=None)
+            self.journal.append("create", row.id, args, ref=parent.id)
 
     def _unanswered_commit(self, op: _Op | None) -> None:
         """A commit or a file's create whose answer was lost may have been applied:

@@ -30,6 +30,18 @@ Rules that make ordinary tools behave:
 Special files (FIFOs, sockets, device nodes; ``SPECIAL``) are rows like symlinks: kind,
 mode and ``rdev``, never content, never dirty.
 
+Hard links: on the server every name is a node of its own, and the names of one file
+share the node's ``inode``. Here a linked file is one kernel inode: its *file row* (the
+row of one of its names: content, staging, chunks, opens, pins, xattrs) and an *alias
+row* per further name (``link`` = the file row's inode number; its own id, parent, name
+and the server state of that name, never shown: ``lookup``, ``readdir`` and ``nlink``
+answer the file row). ``link(2)`` adds an alias row and queues a ``link`` entry (sent
+after the file's create; the entry names the file as ``of``). Unlinking the name the file
+row holds while aliases live *hands the file over*: the row keeps its inode number (open
+handles, the kernel's caches) and takes an alias's id, name and server state; the alias
+row goes (``_promote``). A further name the server unlinks from the file (a name restored
+with other content) becomes a row of its own again (``gobi.fs.states``).
+
 Errors are ``FsError(errno)``; only the FUSE adapter turns them into ``FUSEError``.
 """
 
@@ -115,6 +127,11 @@ class Entry(NamedTuple):
     rdev: int = 0
     #: Local access time (``gobi.fs.atime``; 0: never read, shown as the mtime).
     atime_ns: int = 0
+    #: Hard links: this row is a further name (an *alias row*) of the file whose row has
+    #: this inode number; 0 for a row of its own (module docstring, "Hard links").
+    link: int = 0
+    #: The server's ``inode`` of a linked file's names (the group key); None: one name.
+    inode: str | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -175,6 +192,8 @@ class Tree:
         self._subdirs: dict[int, int] = {}                  # dir ino -> live child directories
         self._dirty: set[int] = set()
         self._orphans: set[int] = set()
+        self._aliases: dict[int, set[int]] = {}            # file row ino -> its alias rows
+        self._groups: dict[str, int] = {}                   # server inode -> live file row ino
         for values in snap.nodes.values():
             self._index(Entry(*values))
         self._manifests = snap.chunks
@@ -271,6 +290,10 @@ class Tree:
             self._orphans.add(e.ino)
         if e.dirty:
             self._dirty.add(e.ino)
+        if e.link:
+            self._aliases.setdefault(e.link, set()).add(e.ino)
+        elif e.inode is not None and e.parent is not None:
+            self._groups.setdefault(e.inode, e.ino)
 
     def _unindex(self, e: Entry) -> None:
         del self._rows[e.ino]
@@ -289,6 +312,14 @@ class Tree:
             self._order.pop(e.parent, None)
         self._orphans.discard(e.ino)
         self._dirty.discard(e.ino)
+        if e.link:
+            names = self._aliases.get(e.link)
+            if names is not None:
+                names.discard(e.ino)
+                if not names:
+                    del self._aliases[e.link]
+        elif e.inode is not None and self._groups.get(e.inode) == e.ino:
+            del self._groups[e.inode]
 
     def _put(self, new: Entry | None, ino: int | None = None) -> None:
         """The one way a row changes: indexes, undo and log kept in step."""
@@ -330,8 +361,27 @@ class Tree:
         return None if ino is None else self._rows[ino]
 
     def child(self, parent: int, name: str) -> Entry | None:
+        """The row holding a name (an alias row for a further name of a linked file)."""
         ino = self._kids.get(parent, {}).get(name)
         return None if ino is None else self._rows[ino]
+
+    def file_of(self, e: Entry) -> Entry:
+        """The row the kernel knows a name by: the file row of an alias row, else itself."""
+        return self._rows[e.link] if e.link else e
+
+    def aliases(self, ino: int) -> list[Entry]:
+        """The alias rows (further names) of a file row, oldest first."""
+        return [self._rows[a] for a in sorted(self._aliases.get(ino, ()))]
+
+    def group(self, inode: str, kind: str) -> Entry | None:
+        """The live file row of the server's linked file ``inode`` (the id of its first
+        linked name, which the row may still carry while the event that set its
+        ``inode`` waits behind a local change), if the mirror has one of that kind."""
+        ino = self._groups.get(inode)
+        e = self._rows[ino] if ino is not None else self.by_id(inode)
+        if e is None or e.link or e.parent is None or e.kind != kind or e.inode not in (None, inode):
+            return None
+        return e
 
     def _dir(self, ino: int) -> Entry:
         e = self.get(ino)
@@ -357,7 +407,7 @@ class Tree:
         e = self.child(parent, text)
         if e is None:
             raise FsError(errno.ENOENT)
-        return e
+        return self._rows[e.link] if e.link else e
 
     def _children_order(self, parent: int) -> list[int]:
         order = self._order.get(parent)
@@ -374,18 +424,25 @@ class Tree:
     LISTING = "ino, name, kind, mode, size, mtime_ns, ctime_ns, uid, gid, rdev, atime_ns"
 
     def listing(self, parent: int, after_ino: int, limit: int) -> list[tuple]:
-        """Children as ``LISTING``-shaped tuples, for readdir, in inode order (stable offsets
-        while the directory changes)."""
-        return [(e.ino, e.name, e.kind, e.mode, e.size, e.mtime_ns, e.ctime_ns, e.uid, e.gid, e.rdev,
-                 e.atime_ns) for e in self.children(parent, after_ino, limit)]
+        """Children as ``LISTING``-shaped tuples plus the row's own inode number (the
+        readdir offset), in that order (stable offsets while the directory changes). A
+        further name of a linked file shows the file's inode and attributes."""
+        rows = self._rows
+        out = []
+        for n in self.children(parent, after_ino, limit):
+            e = rows[n.link] if n.link else n
+            out.append((e.ino, n.name, e.kind, e.mode, e.size, e.mtime_ns, e.ctime_ns, e.uid, e.gid,
+                        e.rdev, e.atime_ns, n.ino))
+        return out
 
     def nlink(self, ino: int, kind: str) -> int:
         """Links to a node as POSIX counts them: a directory has its name, its ``.`` and
-        each subdirectory's ``..``; any other node its one name, none once unlinked
-        (an orphan kept for its open handles)."""
+        each subdirectory's ``..``; any other node its name (none once unlinked: an orphan
+        kept for its open handles) and its further names (hard links)."""
         if kind == "dir":
             return 2 + self._subdirs.get(ino, 0)
-        return 0 if ino in self._orphans else 1
+        names = self._aliases.get(ino)
+        return (0 if ino in self._orphans else 1) + (len(names) if names else 0)
 
     def has_children(self, ino: int) -> bool:
         return bool(self._kids.get(ino))
@@ -419,7 +476,14 @@ class Tree:
             if ino in seen:
                 continue
             seen.add(ino)
-            out.append(self._rows[ino])
+            e = self._rows[ino]
+            if e.link:
+                # A further name of a file: the file (once, whatever name it is reached by).
+                if e.link in seen:
+                    continue
+                seen.add(e.link)
+                e = self._rows[e.link]
+            out.append(e)
             todo.extend(self._kids.get(ino, {}).values())
         return out
 
@@ -441,11 +505,11 @@ class Tree:
     def insert(self, *, id: str, parent: int, name: str, kind: str, mode: int, size: int = 0,
                mtime_ns: int, target: str | None = None, uid: int | None = None,
                gid: int | None = None, rev: int = 0, content_rev: int | None = None,
-               dirty: int = 0, rdev: int = 0) -> Entry:
+               dirty: int = 0, rdev: int = 0, link: int = 0, inode: str | None = None) -> Entry:
         with self.tx():
             ino = self._next_ino
             e = Entry(ino, id, parent, name, kind, mode, size, mtime_ns, time.time_ns(), target, uid,
-                      gid, rev, content_rev, None, dirty, rdev)
+                      gid, rev, content_rev, None, dirty, rdev, 0, link, inode)
             self._put(e)
             self._next_ino += 1
             self._undo.append((self._unallocate, ino))
@@ -632,6 +696,68 @@ class Tree:
         # mknod(2) ignores the device number of a FIFO or socket; so does the vault.
         return self.make(parent, name, kind, mode, uid, gid, rdev=rdev if kind in DEVICES else 0)
 
+    def link(self, ino: int, new_parent: int, name: bytes) -> Entry:
+        """link(2): one more name for the file ``ino`` (any node but a directory), an alias
+        row queued for upload as a ``link`` of the file's node. Returns the file's row."""
+        text = check_name(name)
+        with self.tx():
+            src = self.get(ino)
+            if src.is_dir:
+                raise FsError(errno.EPERM)
+            if src.parent is None:
+                raise FsError(errno.ENOENT)     # unlinked (linkat of an open, deleted file)
+            p = self._dir(new_parent)
+            self._free_name(new_parent, text)
+            now = time.time_ns()
+            inode = src.inode or src.id          # the server's too, once the link is made
+            if src.inode is None:
+                self.update(src.ino, inode=inode)
+            a = self.insert(id=new_id(), parent=new_parent, name=text, kind=src.kind, mode=src.mode,
+                            size=src.size, mtime_ns=src.mtime_ns, target=src.target, rdev=src.rdev,
+                            link=src.ino, inode=inode)
+            self.journal.append("link", a.id, {"parent": p.id, "name": text, "of": src.id}, ref=p.id)
+            self.update(src.ino, ctime_ns=now)
+            self.update(new_parent, mtime_ns=now, ctime_ns=now)
+            return self.get(src.ino)
+
+    def _promote(self, f: Entry) -> Entry:
+        """The file row's name went while further names live: the row takes over the
+        oldest alias's id, place and server state (keeping its inode number, so open
+        handles and the kernel's caches stay right), and that alias row goes."""
+        a = self.aliases(f.ino)[0]
+        self._put(None, a.ino)
+        manifest_rev = a.content_rev if f.manifest_rev == f.content_rev else None
+        self._put(f._replace(id=a.id, parent=a.parent, name=a.name, rev=a.rev, content_rev=a.content_rev,
+                             manifest_rev=manifest_rev, inode=a.inode, ctime_ns=time.time_ns()))
+        return self._rows[f.ino]
+
+    def _unname(self, e: Entry, parent_id: str | None) -> None:
+        """A name goes locally (unlink; or replaced by a rename, ``parent_id`` None: the
+        move deletes it on the server). The file row of a linked file hands over to a
+        further name (``_promote``); what the journal would still send for the file goes
+        to that name, after its ``link``."""
+        if e.link or e.ino not in self._aliases:
+            if self._retire(e) and parent_id is not None:
+                self.journal.append("delete", e.id, {"parent": parent_id})
+            self.orphan(e)
+            return
+        pending = [p for p in self.journal.pending(e.id) if p.op in ("content", "attr")]
+        fields: set[str] = set()
+        for p in pending:
+            if p.op == "attr":
+                fields |= set(p.args.get("fields") or ["mode", "mtime"])
+        content = e.dirty or any(p.op == "content" for p in pending)
+        self.journal.drop(pending)
+        if parent_id is not None:
+            self.journal.append("delete", e.id, {"parent": parent_id})
+        f = self._promote(e)
+        if content:
+            # Based on the name's last server content: a commit of ours through the old
+            # name may have moved it meanwhile (``rebase``: gobi.fs.sync checks the head).
+            self.journal.append("content", f.id, {"rebase": True})
+        if fields:
+            self.journal.add_attr(f.id, sorted(fields))
+
     def _retire(self, e: Entry) -> bool:
         """Drop what the journal would still send about a node that is going away.
 
@@ -648,7 +774,7 @@ class Tree:
         # made first.)
         referenced = self.journal.referenced(e.id)
         self.journal.drop([p for p in pending if p.op in ("content", "attr")
-                           or (p.op == "create" and not referenced)])
+                           or (p.op in ("create", "link") and not referenced)])
         return True
 
     def _never_left(self, node_id: str, pending: list[JournalEntry]) -> bool:
@@ -656,15 +782,25 @@ class Tree:
         it)? Not when an attempt of it may have reached the server: coalescing it away
         then left the node there, and it came back on every mount (found by the long
         partition run, seed 1264219: a create whose answer was lost, then an unlink)."""
-        creates = [p for p in pending if p.op == "create"]
+        creates = [p for p in pending if p.op in ("create", "link")]
         return bool(creates) and not self.journal.referenced(node_id) and \
             not any(self.journal.may_have_reached(p) for p in creates)
 
     def orphan(self, e: Entry) -> None:
-        # The name column must stay unique only among live children; orphans use their id.
-        # Its content stays readable through open handles (staging or cached chunks);
-        # nothing about it is uploaded any more.
-        self.update(e.ino, parent=None, name=e.id, dirty=0, ctime_ns=time.time_ns())
+        """A name goes. A row of its own becomes an orphan: the name column must stay
+        unique only among live children, so orphans use their id; its content stays
+        readable through open handles (staging or cached chunks); nothing about it is
+        uploaded any more. An alias row just goes (the kernel never knew its number); the
+        file row of a linked file hands over to a further name (``_promote``)."""
+        with self.tx():
+            if e.link:
+                self._put(None, e.ino)
+                if e.link in self._rows:
+                    self.update(e.link, ctime_ns=time.time_ns())
+            elif e.ino in self._aliases and e.parent is not None:
+                self._promote(e)
+            else:
+                self.update(e.ino, parent=None, name=e.id, dirty=0, ctime_ns=time.time_ns())
 
     def remove(self, parent: int, name: bytes, want_dir: bool) -> Entry:
         """unlink (want_dir False) or rmdir (True). The node becomes an orphan."""
@@ -681,12 +817,10 @@ class Tree:
                     raise FsError(errno.ENOTEMPTY)
             elif e.is_dir:
                 raise FsError(errno.EISDIR)
-            if self._retire(e):
-                self.journal.append("delete", e.id, {"parent": p.id})
-            self.orphan(e)
+            self._unname(e, p.id)
             now = time.time_ns()
             self.update(parent, mtime_ns=now, ctime_ns=now)
-            return e
+            return self.get(e.link) if e.link else e
 
     def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
                noreplace: bool) -> tuple[Entry, Entry | None]:
@@ -699,8 +833,9 @@ class Tree:
             if src is None:
                 raise FsError(errno.ENOENT)
             dst = self.child(new_parent, new_text)
-            if dst is not None and dst.ino == src.ino:
-                return src, None
+            if dst is not None and self.file_of(dst).ino == self.file_of(src).ino:
+                # The same name, or two names of one file: rename(2) does nothing.
+                return self.file_of(src), None
             if dst is not None and noreplace:
                 raise FsError(errno.EEXIST)
             if src.is_dir:
@@ -718,21 +853,26 @@ class Tree:
                 if dst.is_dir and self.has_children(dst.ino):
                     raise FsError(errno.ENOTEMPTY)
             now = time.time_ns()
-            if dst is not None and src.is_file and dst.is_file and self._adoptable(src):
+            if dst is not None and src.is_file and dst.is_file and self._adoptable(src) \
+                    and not (dst.link or dst.ino in self._aliases):
                 self._adopt(src, dst, new_parent, new_text)
             else:
                 if dst is not None:
-                    self._retire(dst)      # the move replaces it on the server
-                    self.orphan(dst)
+                    self._unname(dst, None)     # the move replaces it on the server
                 self.update(src.ino, parent=new_parent, name=new_text, ctime_ns=now)
                 self.journal.append("move", src.id, {
                     "parent": np.id, "name": new_text, "replace": dst is not None, "from": op.id,
                 }, ref=np.id)
             for p in {old_parent, new_parent}:
                 self.update(p, mtime_ns=now, ctime_ns=now)
-            return self.get(src.ino), dst
+            return self.file_of(self.get(src.ino)), (None if dst is None else self.file_of(dst)
+                                                     if dst.link and dst.link in self._rows else dst)
 
     def _adoptable(self, src: Entry) -> bool:
+        """Safe-save adoption is for a file of one name (a linked file's names are
+        separate nodes on the server: one of them must not take another's id)."""
+        if src.link or src.ino in self._aliases:
+            return False
         return self._never_left(src.id, self.journal.pending(src.id))
 
     def _adopt(self, src: Entry, dst: Entry, parent: int, name: str) -> None:

@@ -245,6 +245,7 @@ class Verifier:
         if row.kind == "symlink":
             cmp("target", n.target, row.target)
         cmp("rdev", n.rdev, row.rdev)
+        cmp("linked file (inode)", n.inode, row.inode)
         return "; ".join(out)
 
     async def _stale_copy(self, row: Entry, n: Node) -> str:

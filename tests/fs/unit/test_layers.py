@@ -63,7 +63,8 @@ async def test_the_adapter_answers_each_refusal_with_its_errno(account, tmp_path
         assert await errno_of(ops.rmdir(d.st_ino, b"f", CTX)) == errno.ENOTDIR
         assert await errno_of(ops.create(ROOT_INO, b"bell\x07", 0o644, os.O_WRONLY, CTX)) == errno.EINVAL
         f = await c.ino("d/f")
-        assert await errno_of(ops.link(f, ROOT_INO, b"hard", CTX)) == errno.EPERM
+        assert await errno_of(ops.link(d.st_ino, ROOT_INO, b"hard", CTX)) == errno.EPERM
+        assert await errno_of(ops.link(f, ROOT_INO, b"d", CTX)) == errno.EEXIST
         assert await errno_of(ops.rename(ROOT_INO, b"d", d.st_ino, b"inside", 0, CTX)) == errno.EINVAL
         assert await errno_of(ops.rename(ROOT_INO, b"d", ROOT_INO, b"e",
                                          pyfuse3.RENAME_EXCHANGE, CTX)) == errno.EINVAL
