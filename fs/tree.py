@@ -726,8 +726,14 @@ class Tree:
         handles and the kernel's caches stay right), and that alias row goes."""
         a = self.aliases(f.ino)[0]
         self._put(None, a.ino)
-        manifest_rev = a.content_rev if f.manifest_rev == f.content_rev else None
-        self._put(f._replace(id=a.id, parent=a.parent, name=a.name, rev=a.rev, content_rev=a.content_rev,
+        if a.content_rev is None:
+            # A name not on the server yet: its link will copy the file's content, whose
+            # version (and chunk list) the row keeps until the link is acknowledged.
+            content_rev, manifest_rev = f.content_rev, f.manifest_rev
+        else:
+            content_rev = a.content_rev
+            manifest_rev = content_rev if f.manifest_rev == f.content_rev else None
+        self._put(f._replace(id=a.id, parent=a.parent, name=a.name, rev=a.rev, content_rev=content_rev,
                              manifest_rev=manifest_rev, inode=a.inode, ctime_ns=time.time_ns()))
         return self._rows[f.ino]
 

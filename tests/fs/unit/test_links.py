@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+from types import SimpleNamespace
 
 import pyfuse3
 import pytest
@@ -178,3 +179,81 @@ async def test_links_survive_a_restart_of_the_mount(account, tmp_path):
         await c.synced()
         assert account.lookup("a")["inode"] == account.lookup("b")["inode"] is not None
         assert account.data("b") == b"kept"
+
+
+async def test_a_chmod_through_one_name_is_the_files_mode_under_every_name(account, tmp_path):
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        ino = await c.write_file("a", b"x")
+        await c.ops.link(ino, ROOT_INO, b"b", CTX)
+        await c.synced()
+        attr = pyfuse3.EntryAttributes()
+        attr.st_mode = 0o100600
+        fields = SimpleNamespace(update_size=False, update_mode=True, update_mtime=False,
+                                 update_atime=False, update_uid=False, update_gid=False)
+        await c.ops.setattr(await c.ino("b"), attr, fields, None, CTX)
+        assert (await c.ops.getattr(await c.ino("a"), CTX)).st_mode & 0o777 == 0o600
+        await c.synced()
+        assert account.lookup("a")["mode"] == account.lookup("b")["mode"] == 0o600
+
+
+async def test_a_name_restored_with_other_content_becomes_a_file_of_its_own(account, tmp_path):
+    other = account.api
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        f = create_file(other, account.vault, "a", b"old")
+        b = _api_link(account, f, "root", "b")
+        await c.caught_up(account.head())
+        ino = await c.ino("a")
+        assert await c.ino("b") == ino
+        # Elsewhere: b goes to the trash, a changes, b comes back with its old content.
+        r = other.delete(f"/vaults/{account.vault}/nodes/{b['id']}", params={"base_rev": b["rev"]})
+        assert r.status_code in (200, 204), r.text
+        r = commit(other, account.vault, account.lookup("a"), b"new")
+        assert r.status_code == 200, r.text
+        entry = other.get(f"/vaults/{account.vault}/trash").json()["entries"][0]
+        r = other.post(f"/vaults/{account.vault}/trash/{entry['id']}/restore", json={})
+        assert r.status_code == 200, r.text
+        assert account.lookup("b").get("inode") is None
+        await c.caught_up(account.head())
+        assert await c.ino("a") == ino and await c.ino("b") != ino
+        assert (await c.ops.getattr(ino, CTX)).st_nlink == 1
+        assert await c.read_file("a") == b"new" and await c.read_file("b") == b"old"
+
+
+async def test_a_link_whose_file_was_deleted_elsewhere_meanwhile_keeps_the_file(account, tmp_path):
+    other = account.api
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        ino = await c.write_file("a", b"keep me")
+        await c.synced()
+        async with c.layers.sync.paused():
+            # Here: a second name, then the first one goes (the file is now only "b"),
+            # while another device deletes "a" before any of it reaches the server.
+            await c.ops.link(ino, ROOT_INO, b"b", CTX)
+            await c.ops.unlink(ROOT_INO, b"a", CTX)
+            head = account.lookup("a")
+            r = other.delete(f"/vaults/{account.vault}/nodes/{head['id']}",
+                             params={"base_rev": head["rev"]})
+            assert r.status_code in (200, 204), r.text
+        await c.synced()
+        assert account.data("b") == b"keep me"
+        await c.caught_up(account.head())
+        assert await c.ino("b") == ino and await c.read_file("b") == b"keep me"
+
+
+async def test_a_directory_deleted_elsewhere_takes_every_name_inside_it(account, tmp_path):
+    other = account.api
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        d = mkdir(other, account.vault, "d")
+        f = create_file(other, account.vault, "f", b"x", parent=d["id"])
+        _api_link(account, f, d["id"], "g")
+        _api_link(account, f, "root", "outside")
+        await c.caught_up(account.head())
+        ino = await c.ino("outside")
+        assert (await c.ops.getattr(ino, CTX)).st_nlink == 3
+        r = other.delete(f"/vaults/{account.vault}/nodes/{d['id']}",
+                         params={"base_rev": account.lookup("d")["rev"], "recursive": "true"})
+        assert r.status_code in (200, 204), r.text
+        await c.caught_up(account.head())
+        assert await c.listdir() == ["outside"]
+        assert await c.ino("outside") == ino
+        assert (await c.ops.getattr(ino, CTX)).st_nlink == 1
+        assert await c.read_file("outside") == b"x"
