@@ -1,17 +1,21 @@
 """POSIX conformance of the mount, written from the Linux man pages (issue 17, item 7), each
 scenario run side by side on the mount and on a local directory: the same calls must give
 the same results. This module grows with issue 17; what the mount still refuses on purpose
-(hard links) is in tests/fs/test_posix.py.
+is in tests/fs/test_posix.py.
 
 So far: directory listings with ``.`` and ``..`` (getdents(2), readdir(3)); link counts
 (stat(2) ``st_nlink``: a directory has 2 + one per subdirectory; a file unlinked while open
 has 0, fstat(2) through the open descriptor); special files (mkfifo(3), mknod(2) of a
 character device, bind(2) of a unix socket: their type bits and ``st_rdev``, ``ls -l``,
-a FIFO passing bytes, a socket accepting a connection, rename over another name, unlink).
+a FIFO passing bytes, a socket accepting a connection, rename over another name, unlink);
+hard links (link(2), unlink(2), rename(2): one inode under several names, ``st_nlink``,
+``st_ctime``, content and mode through any name, the last name unlinked while open, the
+errnos of what link(2) refuses).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -50,6 +54,64 @@ def _links(root: Path) -> list:
         out.append(("after unlink", os.fstat(fd).st_nlink, os.pread(fd, 100, 0)))
     finally:
         os.close(fd)
+    return out
+
+
+def _hard_links(root: Path) -> list:
+    """link(2) and what follows from it, as observable results (inode numbers are compared
+    as "same or not", never by value)."""
+    out = []
+    d, e = root / "hl", root / "hl" / "sub"
+    d.mkdir()
+    e.mkdir()
+    a = d / "a"
+    a.write_bytes(b"one\n")
+    before = os.stat(a)
+    time.sleep(0.01)
+    os.link(a, e / "b")
+    sa, sb = os.stat(a), os.stat(e / "b")
+    out.append(("linked", sa.st_ino == sb.st_ino, sa.st_nlink, sb.st_nlink,
+                sa.st_ctime_ns > before.st_ctime_ns, os.stat(d).st_nlink))
+    os.link(e / "b", d / "c")
+    out.append(("third name", os.stat(a).st_nlink, sorted(os.listdir(d)), sorted(os.listdir(e))))
+    with open(e / "b", "ab") as f:                  # content through one name …
+        f.write(b"two\n")
+    out.append(("append through b", (d / "c").read_bytes(), os.stat(a).st_size))
+    os.chmod(d / "c", 0o600)                        # … and attributes
+    out.append(("chmod through c", oct(os.stat(a).st_mode & 0o777), oct(os.stat(e / "b").st_mode & 0o777)))
+    os.rename(a, d / "c")                           # two names of one file: nothing happens
+    out.append(("rename over itself", sorted(os.listdir(d)), os.stat(a).st_nlink))
+    os.rename(e / "b", d / "moved")                 # a name moves, the file stays one
+    out.append(("moved", os.stat(d / "moved").st_ino == os.stat(a).st_ino, os.stat(a).st_nlink))
+    fd = os.open(a, os.O_RDWR)
+    try:
+        os.unlink(a)                                # the first name goes; the others live
+        out.append(("first name gone", os.fstat(fd).st_nlink, os.stat(d / "c").st_nlink,
+                    os.stat(d / "c").st_ino == os.fstat(fd).st_ino))
+        os.pwrite(fd, b"ONE", 0)
+        out.append(("write after", (d / "moved").read_bytes()))
+        (d / "other").write_bytes(b"other")
+        os.rename(d / "other", d / "c")             # another file replaces one name
+        out.append(("replaced", os.fstat(fd).st_nlink, (d / "c").read_bytes()))
+        os.unlink(d / "moved")                      # the last name
+        out.append(("last name gone", os.fstat(fd).st_nlink, os.pread(fd, 100, 0)))
+    finally:
+        os.close(fd)
+    errs = []
+    for src, dst in ((d, d / "dirlink"), (d / "c", d / "sub"), (d / "missing", d / "x"),
+                     (d / "c", d / "nodir" / "x")):
+        try:
+            os.link(src, dst)
+            errs.append("made")
+        except OSError as exc:
+            errs.append(errno.errorcode[exc.errno])
+    out.append(("refused", errs))
+    s = d / "sym"
+    os.symlink("c", s)
+    os.link(s, d / "sym2", follow_symlinks=False)   # a symlink can have two names too
+    out.append(("symlink linked", os.readlink(d / "sym2"), os.lstat(s).st_nlink,
+                os.lstat(s).st_ino == os.lstat(d / "sym2").st_ino))
+    out.append(("listing", sorted(os.listdir(d))))
     return out
 
 
@@ -167,6 +229,17 @@ def test_link_counts_match_a_local_filesystem(mnt, tmp_path):
     local = tmp_path / "local"
     local.mkdir()
     assert _links(mnt.path) == _links(local)
+
+
+def test_hard_links_match_a_local_filesystem(mnt, tmp_path):
+    local = tmp_path / "local"
+    local.mkdir()
+    assert _hard_links(mnt.path) == _hard_links(local)
+    # What reached the server: names sharing the file's inode, equal content; nothing to
+    # repair. (The second mount's view: tests/fs/test_hardlinks.py.)
+    st = mnt.sync()
+    assert st["pending_ops"] == 0
+    assert mnt.verify()["difference_count"] == 0
 
 
 def test_listings_with_dots_match_a_local_filesystem(mnt, tmp_path):

@@ -106,9 +106,13 @@ def test_errnos_match_a_local_filesystem(mnt, tmp_path):
 def test_refused_with_a_clear_errno(mnt):
     p = mnt.path
     (p / "f").write_text("x")
+    (p / "dir").mkdir()
     with pytest.raises(OSError) as e:
-        os.link(p / "f", p / "hard")
+        os.link(p / "dir", p / "hard")          # a directory has one name (link(2): EPERM)
     assert e.value.errno == errno.EPERM
+    with pytest.raises(OSError) as e:
+        os.link(p / "f", p / "dir")
+    assert e.value.errno == errno.EEXIST
     (p / "g").write_text("y")
     with pytest.raises(OSError) as e:
         renameat2(p / "f", p / "g", RENAME_EXCHANGE)
