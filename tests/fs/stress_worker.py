@@ -84,11 +84,24 @@ class Worker:
             ["read"] * 6 + ["rename"] * 5 + ["to_shared"] * 2 + ["from_shared"] * 2 +
             ["mkdir"] * (1 if crowded else 3) + ["rmdir"] * 3 + ["unlink"] * (10 if crowded else 4) +
             ["symlink"] * 2 + ["chmod"] * 2 + ["utime"] * 2 + ["mkfifo"] * 1 + ["readdir"] * 4 +
-            ["stat"] * 6 + ["fsync"] * 1)
+            ["stat"] * 6 + ["fsync"] * 1 + ["link"] * 3)
         files = self.of_kind("file")
         if kind in ("write", "append", "truncate", "read", "to_shared", "fsync") and not files:
             kind = "create"
         self.counts[kind] += 1
+
+        if kind == "link":
+            # A hard link: both names share the model's entry (a dict changed in place), so
+            # a write, chmod or truncate through one name is checked through the other.
+            cands = self.of_kind("file", "symlink", "fifo")
+            rel = self.new_name()
+            if not cands or rel is None:
+                return
+            src = rng.choice(cands)
+            self.history.append(f"#{opno} link {src} -> {rel}")
+            os.link(self.p(src), self.p(rel), follow_symlinks=False)
+            self.own[rel] = self.own[src]
+            return
 
         if kind in ("create", "mkdir", "symlink", "mkfifo", "from_shared"):
             rel = self.new_name()
@@ -176,6 +189,10 @@ class Worker:
                 self.history[-1] += f" -> {dst}"
                 if self.tolerate(lambda: os.rename(self.p(rel), self.p(dst))):
                     del self.own[rel]
+                    if any(v is e for v in self.own.values()):
+                        # Still linked here, and others write through the shared name now.
+                        e["data"] = None
+                        e["mode"] = None
             return
 
         if kind == "rename":
@@ -186,8 +203,8 @@ class Worker:
             dirs = [d for d in self.of_kind("dir") if d != src and not d.startswith(src + "/")
                     and d.count("/") < 3]
             dst = f"{rng.choice(dirs)}/n{rng.randrange(60)}"
-            if dst == src:
-                return
+            if dst == src or self.own.get(dst) is e:
+                return      # (two names of one file: rename(2) does nothing, nor does the model)
             if dst in self.own:
                 t = self.own[dst]
                 # Replace only what rename(2) replaces without an error: a non-directory by a
@@ -252,6 +269,10 @@ class Worker:
                 raise AssertionError(f"{rel}: size {st.st_size}, the model has {len(e['data'])}")
             if e["kind"] == "symlink" and os.readlink(self.p(rel)) != e["target"]:
                 raise AssertionError(f"{rel}: symlink to {os.readlink(self.p(rel))!r}, the model has {e['target']!r}")
+            if e["kind"] != "dir" and e.get("data", b"") is not None:
+                names = sum(1 for v in self.own.values() if v is e)
+                if st.st_nlink != names:
+                    raise AssertionError(f"{rel}: {st.st_nlink} links, the model has {names} names")
             return
 
         if kind == "readdir":

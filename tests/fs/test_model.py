@@ -41,7 +41,7 @@ def snapshot(root: Path) -> dict:
             elif stat.S_ISDIR(st_.st_mode):
                 out[rel] = ("d", st_.st_mode & 0o777)
             else:
-                out[rel] = ("f", st_.st_mode & 0o777, p.read_bytes())
+                out[rel] = ("f", st_.st_mode & 0o777, p.read_bytes(), st_.st_nlink)
     return out
 
 
@@ -116,6 +116,12 @@ def test_mount_behaves_like_a_local_directory(mnt, user, vault, tmp_path):
         def rename(self, a, b):
             self.both(lambda r: os.rename(r / a, r / b))
 
+        @rule(a=paths, b=paths)
+        def link(self, a, b):
+            # Hard links: one file under both names from now on (same content, mode and
+            # inode: ``stat_size`` and the snapshot compare st_nlink).
+            self.both(lambda r: os.link(r / a, r / b, follow_symlinks=False))
+
         @rule(p=paths, dest=st.sampled_from(["a", "../b", "d/e"]))
         def symlink(self, p, dest):
             self.both(lambda r: os.symlink(dest, r / p))
@@ -134,7 +140,8 @@ def test_mount_behaves_like_a_local_directory(mnt, user, vault, tmp_path):
             def op(r):
                 s = os.lstat(r / p)
                 # A directory's st_size is filesystem-specific (ext4 4096, tmpfs varies).
-                return (None if stat.S_ISDIR(s.st_mode) else s.st_size, stat.S_IFMT(s.st_mode))
+                return (None if stat.S_ISDIR(s.st_mode) else s.st_size, stat.S_IFMT(s.st_mode),
+                        None if stat.S_ISDIR(s.st_mode) else s.st_nlink)
             self.both(op)
 
         @rule()
