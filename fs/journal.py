@@ -15,6 +15,10 @@ Ops, each naming a node by its (client-chosen or server) id:
 ``delete``  {}
 ``link``    {parent, name, of}  a further name of the file ``of`` (ref = parent; ``of`` is
             referenced too: its create goes first and it is not coalesced away)
+``refresh`` {of}  read the node's server state again (a linked file's row took this name)
+
+Any entry's ``of`` names another node whose earlier entries it waits for, and whose later
+entries wait for it (``gobi.fs.sync``); only a ``link``'s makes that node referenced.
 
 The uploader (``gobi.fs.sync``) replays them in order (``content`` may wait for a file
 to be closed or quiet). Entries can be dropped before they are sent: a node created and

@@ -76,6 +76,7 @@ BATCH_MIN = 4                # this many small ready entries go as one batch
 BATCH_MAX = 500              # entries per batch (POST /ops takes 1000)
 BATCH_BYTES = 6 * 1024 * 1024
 CHUNK_RETRIES = 5
+OWN_REBASES = 5              # an op re-based on our own newer head this often, then the strategy
 
 
 def _cut(path, with_data: bool) -> list[tuple[int, int, str | None, bytes | None]]:
@@ -119,6 +120,7 @@ class _Op:
     subtrees: list[str] = field(default_factory=list)   # directories to re-read once done
     refetch: list[str] = field(default_factory=list)    # nodes to re-read once done
     retry_with_strategy: bool = False
+    rebased: int = 0        # times ``_own_replay`` based it on a head of ours (bounded)
 
 
 class Sync:
@@ -283,9 +285,11 @@ class Sync:
                         continue    # deferred: blocks nothing, waits for the writer
                 take, free = self._take_free(e)
                 replace = e.op == "move" and e.args.get("replace")
-                # A link needs its file on the server (its create first), and the file's
-                # later entries (a delete of the name the link was made from) wait for it.
-                of = e.args.get("of") if e.op == "link" else None
+                # ``of``: another node the entry waits for (a link: its file's create; a
+                # delete of a further name or a commit after a hand-over: the commits and
+                # deletes of the file's other name), and that node's later entries wait
+                # for it (a delete of the name a link was made from).
+                of = e.args.get("of")
                 blocked = (e.node in nodes or e.node in used or bool(take & nodes)
                            or bool(take & freeing) or bool(replace and take & taking)
                            or (of is not None and of in nodes))
@@ -312,7 +316,7 @@ class Sync:
         if e.op == "delete":
             # A delete of a node never acknowledged here (base 0: e.g. the name a linked
             # file was handed over from) fails first and is checked alone (``_own_replay``).
-            return row is not None and row.rev > 0
+            return row is not None and row.rev > 0 and row.inode is None
         if e.op in ("move", "attr"):
             return True
         if e.op == "create":
@@ -530,14 +534,21 @@ class Sync:
         return op
 
     async def _send(self, op: _Op) -> None:
-        """One operation: over the socket if it is up, else REST; then its outcome."""
-        while True:
+        """One operation: over the socket if it is up, else REST; then its outcome. (An
+        op without a name was done while it was prepared: only its outcome is left.)"""
+        while op.op:
             try:
                 outcome = await self._call(op.op, op.node, op.args)
             except ApiError as exc:
                 if op.retry_with_strategy and exc.code == ErrorCode.CONFLICT:
+                    rebased = op.rebased
                     if await self._own_replay(op, exc):
                         return
+                    if op.rebased > rebased and op.rebased <= OWN_REBASES:
+                        # Based on our own head now: sent again as asked (still failing on
+                        # a conflict), since another change of ours may land in between
+                        # (a commit through another name of a linked file moves this one).
+                        continue
                     op.args["on_conflict"] = "strategy"
                     op.retry_with_strategy = False
                     continue
@@ -808,7 +819,9 @@ class Sync:
         # node never acknowledged here (base 0): its create may have reached the server
         # before the mount stopped.
         base = row.rev if row is not None else 0
-        ours = e.node in self._unanswered or base == 0
+        # So is a delete of a name of a linked file: our own commits through its other
+        # names moved its rev on the server without an answer to us.
+        ours = e.node in self._unanswered or base == 0 or (row is not None and row.inode is not None)
         args = {"base_rev": base, "recursive": False,
                 "on_conflict": "fail" if ours else "strategy", "seen_seq": self.states.seen_seq(),
                 "at_ns": int(e.ts * 1e9)}
@@ -921,6 +934,15 @@ class Sync:
         op = _Op(e, "link", e.args["of"], args, finish, refused)
         return op
 
+    async def _prepare_refresh(self, e: Entry, batch: bool) -> _Op | None:
+        """Read a node's server state again (``Tree._unname``); applied as an answer."""
+        row = self.tree.by_id(e.node)
+        if row is None or row.parent is None:
+            return None
+        op = _Op(e, "", e.node, {}, lambda o: None)
+        op.settle.append(await self.remote.node(e.node))
+        return op
+
     def _link_refused(self, e: Entry) -> None:
         """The server did not make the name (the file was deleted there meanwhile, or the
         name was taken). A further name goes here too; the file keeps its other names. A
@@ -988,6 +1010,7 @@ class Sync:
             # answer to.)
             if hashes in ours or (version.device is not None and version.device == self.remote.device):
                 op.args["base_rev"] = (head.content_rev or head.rev) if op.op == "commit" else head.rev
+                op.rebased += 1
             return False
         row = self.tree.by_id(op.entry.node)
         if row is not None:

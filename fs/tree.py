@@ -737,14 +737,30 @@ class Tree:
                              manifest_rev=manifest_rev, inode=a.inode, ctime_ns=time.time_ns()))
         return self._rows[f.ino]
 
-    def _unname(self, e: Entry, parent_id: str | None) -> None:
-        """A name goes locally (unlink; or replaced by a rename, ``parent_id`` None: the
-        move deletes it on the server). The file row of a linked file hands over to a
-        further name (``_promote``); what the journal would still send for the file goes
-        to that name, after its ``link``."""
+    def _unname(self, e: Entry, replaced: bool = False) -> None:
+        """A name goes locally (unlink; or ``replaced`` by a rename: the move deletes it on
+        the server). The file row of a linked file hands over to a further name
+        (``_promote``); what the journal would still send for the file goes to that name,
+        after its ``link``."""
+        parent_id = self.get(e.parent).id if e.parent is not None else None
+        if e.link or e.ino in self._aliases:
+            # This id leaves the mirror with the name (an alias row goes; a file row takes
+            # another name's id), so its pending renames could not be sent any more: they
+            # go, and the delete frees the name where the server has it (where the first
+            # of them moves it from), which is what later entries there must wait for.
+            moves = [p for p in self.journal.pending(e.id) if p.op == "move"]
+            if moves:
+                parent_id = moves[0].args.get("from") or parent_id
+                self.journal.drop(moves)
         if e.link or e.ino not in self._aliases:
-            if self._retire(e) and parent_id is not None:
-                self.journal.append("delete", e.id, {"parent": parent_id})
+            if self._retire(e) and not replaced:
+                args = {"parent": parent_id}
+                if e.link:
+                    # After what the file's own name still sends: a commit through it moves
+                    # this name's content too, and a delete based before it would meet a
+                    # "modified since" and come back (``of``: gobi.fs.sync orders it).
+                    args["of"] = self.get(e.link).id
+                self.journal.append("delete", e.id, args)
             self.orphan(e)
             return
         pending = [p for p in self.journal.pending(e.id) if p.op in ("content", "attr")]
@@ -754,13 +770,23 @@ class Tree:
                 fields |= set(p.args.get("fields") or ["mode", "mtime"])
         content = e.dirty or any(p.op == "content" for p in pending)
         self.journal.drop(pending)
-        if parent_id is not None:
-            self.journal.append("delete", e.id, {"parent": parent_id})
+        # Deleted on its own even when a rename replaces it: the further names' links are
+        # made from this node, so it goes after them (gobi.fs.sync orders a delete of a
+        # link's ``of`` after it), and the replacing move after the delete.
+        self.journal.append("delete", e.id, {"parent": parent_id})
         f = self._promote(e)
         if content:
             # Based on the name's last server content: a commit of ours through the old
             # name may have moved it meanwhile (``rebase``: gobi.fs.sync checks the head).
-            self.journal.append("content", f.id, {"rebase": True})
+            # After the old name's delete (``of``), which a commit through a further name
+            # would otherwise race (the server moves every name's content).
+            self.journal.append("content", f.id, {"rebase": True, "of": e.id})
+        else:
+            # The row now goes by a name whose server state here may lag behind our own
+            # changes through the old name (their events for this name are still on the
+            # way): it is read again once those are through, and until then those events
+            # wait (a pending entry holds the node) instead of showing older states.
+            self.journal.append("refresh", f.id, {"of": e.id})
         if fields:
             self.journal.add_attr(f.id, sorted(fields))
 
@@ -823,7 +849,7 @@ class Tree:
                     raise FsError(errno.ENOTEMPTY)
             elif e.is_dir:
                 raise FsError(errno.EISDIR)
-            self._unname(e, p.id)
+            self._unname(e)
             now = time.time_ns()
             self.update(parent, mtime_ns=now, ctime_ns=now)
             return self.get(e.link) if e.link else e
@@ -864,7 +890,7 @@ class Tree:
                 self._adopt(src, dst, new_parent, new_text)
             else:
                 if dst is not None:
-                    self._unname(dst, None)     # the move replaces it on the server
+                    self._unname(dst, replaced=True)    # the move replaces it on the server
                 self.update(src.ino, parent=new_parent, name=new_text, ctime_ns=now)
                 self.journal.append("move", src.id, {
                     "parent": np.id, "name": new_text, "replace": dst is not None, "from": op.id,
