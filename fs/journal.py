@@ -182,6 +182,12 @@ class Journal:
                 return
         self.append("attr", node, {"fields": sorted(fields)})
 
+    def rewrite(self, e: Entry, args: dict) -> None:
+        """A pending entry's arguments replaced (it keeps its place in the queue)."""
+        with self.tree.tx():
+            assert e.seq not in self.inflight
+            self._put(e.seq, dataclasses.replace(e, args=args))
+
     def remap(self, old: str, new: str) -> None:
         """A node id replaced by the server's (two directories of one name merged)."""
         with self.tree.tx():

@@ -318,7 +318,7 @@ class Sync:
             # file was handed over from) fails first and is checked alone (``_own_replay``).
             return row is not None and row.rev > 0 and row.inode is None
         if e.op in ("move", "attr"):
-            return True
+            return not e.args.get("detached")     # (reads the head first: alone)
         if e.op == "create":
             if row is None or not row.is_file or not row.dirty or not self.vfs.staged(row.ino):
                 return True
@@ -766,8 +766,18 @@ class Sync:
 
     async def _prepare_move(self, e: Entry, batch: bool) -> _Op | None:
         a = e.args
+        base = None
+        if a.get("detached") and self.tree.by_id(e.node) is None:
+            # A rename of a name whose id left the mirror (a name of a linked file unlinked
+            # after it, ``Tree._unname``): based on the server's head, read now.
+            try:
+                base = (await self.remote.node(e.node)).rev
+            except ApiError as exc:
+                if exc.code == ErrorCode.NOT_FOUND:
+                    return None
+                raise
         return self._update_op(e, {"parent": a["parent"], "name": a["name"],
-                                   "replace": a.get("replace", False)})
+                                   "replace": a.get("replace", False)}, base)
 
     async def _prepare_attr(self, e: Entry, batch: bool) -> _Op | None:
         row = self.tree.by_id(e.node)
@@ -783,14 +793,15 @@ class Sync:
             return None
         return self._update_op(e, body)
 
-    def _update_op(self, e: Entry, body: dict) -> _Op | None:
+    def _update_op(self, e: Entry, body: dict, base: int | None = None) -> _Op | None:
         row = self.tree.by_id(e.node)
-        if row is None:
+        if row is None and base is None:
             return None
-        args = {"base_rev": row.rev, **body, "on_conflict": "strategy"}
+        args = {"base_rev": row.rev if base is None else base, **body, "on_conflict": "strategy"}
+        name = e.args.get("name", "") if row is None else row.name
 
         def finish(outcome: WriteOutcome) -> None:
-            self._note_conflict(outcome.conflict, row.name)
+            self._note_conflict(outcome.conflict, name)
             self._acked(e.node, outcome.node, content=False)
             op.settle.append(outcome.node)
 
@@ -803,7 +814,7 @@ class Sync:
             if head is not None and exc.code in (ErrorCode.NAME_EXISTS, ErrorCode.DIRECTORY_NOT_EMPTY,
                                                  ErrorCode.IS_A_DIRECTORY, ErrorCode.NOT_A_DIRECTORY):
                 # A replacing rename the server cannot do: keep the server's view of both.
-                self.failures.append(f"{e.op} {row.name}: {exc.message}")
+                self.failures.append(f"{e.op} {name}: {exc.message}")
                 op.settle.append(head)
                 op.refetch.append(e.node)
                 return True

@@ -745,13 +745,11 @@ class Tree:
         parent_id = self.get(e.parent).id if e.parent is not None else None
         if e.link or e.ino in self._aliases:
             # This id leaves the mirror with the name (an alias row goes; a file row takes
-            # another name's id), so its pending renames could not be sent any more: they
-            # go, and the delete frees the name where the server has it (where the first
-            # of them moves it from), which is what later entries there must wait for.
-            moves = [p for p in self.journal.pending(e.id) if p.op == "move"]
-            if moves:
-                parent_id = moves[0].args.get("from") or parent_id
-                self.journal.drop(moves)
+            # another name's id): its pending renames still go first, in their place (later
+            # entries wait for the names they free), without a row to take a base from.
+            for m in self.journal.pending(e.id):
+                if m.op == "move" and not m.args.get("detached"):
+                    self.journal.rewrite(m, {**m.args, "detached": True})
         if e.link or e.ino not in self._aliases:
             if self._retire(e) and not replaced:
                 args = {"parent": parent_id}
@@ -838,7 +836,7 @@ class Tree:
         """unlink (want_dir False) or rmdir (True). The node becomes an orphan."""
         text = check_name(name)
         with self.tx():
-            p = self._dir(parent)
+            self._dir(parent)
             e = self.child(parent, text)
             if e is None:
                 raise FsError(errno.ENOENT)
@@ -890,7 +888,10 @@ class Tree:
                 self._adopt(src, dst, new_parent, new_text)
             else:
                 if dst is not None:
-                    self._unname(dst, replaced=True)    # the move replaces it on the server
+                    # The move replaces it on the server, unless the moved node never left
+                    # this machine: then its create (or link) and this move may still be
+                    # coalesced away together, and the replaced node is deleted on its own.
+                    self._unname(dst, replaced=not self._never_left(src.id, self.journal.pending(src.id)))
                 self.update(src.ino, parent=new_parent, name=new_text, ctime_ns=now)
                 self.journal.append("move", src.id, {
                     "parent": np.id, "name": new_text, "replace": dst is not None, "from": op.id,

@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import random
+import time
 import stat
 import sys
 import traceback
@@ -131,7 +132,7 @@ class Worker:
                 self.history[-1] += f" <- {src}"
                 if self.tolerate(lambda: os.rename(self.p(src), self.p(rel))):
                     # Another worker may still write through a descriptor it had open.
-                    self.own[rel] = {"kind": "file", "data": None, "mode": None}
+                    self.own[rel] = {"kind": "file", "data": None, "mode": None, "shared": True}
             return
 
         if kind in ("write", "append", "truncate", "read", "fsync", "to_shared"):
@@ -187,12 +188,17 @@ class Worker:
             else:
                 dst = self.shared_file()
                 self.history[-1] += f" -> {dst}"
-                if self.tolerate(lambda: os.rename(self.p(rel), self.p(dst))):
+                if self.tolerate(lambda: os.rename(self.p(rel), self.p(dst))) \
+                        and not os.path.lexists(self.p(rel)):
+                    # (Still there: the shared name was another name of the same file, and
+                    # rename(2) of two names of one file does nothing.)
                     del self.own[rel]
                     if any(v is e for v in self.own.values()):
-                        # Still linked here, and others write through the shared name now.
+                        # Still linked here, and others write and chmod through the shared
+                        # name now: its content and mode are not known here any more.
                         e["data"] = None
                         e["mode"] = None
+                        e["shared"] = True
             return
 
         if kind == "rename":
@@ -250,8 +256,10 @@ class Worker:
                 if e["kind"] == "symlink":
                     return
                 mode = rng.choice(MODES)
+                self.history[-1] += f" to {oct(mode)} at {time.time():.3f}"
                 os.chmod(self.p(rel), mode)
-                e["mode"] = mode
+                if not e.get("shared"):
+                    e["mode"] = mode
             elif kind == "utime":
                 ns = rng.randint(10**17, 2 * 10**18)
                 os.utime(self.p(rel), ns=(ns + 12345, ns), follow_symlinks=False)
@@ -313,7 +321,7 @@ class Worker:
         d = f"{self.shared}/d{rng.randrange(3)}"
         link = f"{self.shared}/l{rng.randrange(4)}"
         fifo = f"{self.shared}/p{rng.randrange(3)}"
-        self.history.append(f"#{opno} {kind} {f} {d} {link} {fifo}")
+        self.history.append(f"#{opno} {kind} {f} {d} {link} {fifo} at {time.time():.3f}")
 
         def write(flags: int, off: int | None):
             body = self.data(rng.randint(1, 8192))
@@ -386,9 +394,18 @@ def main() -> int:
         w.final_check()
     except BaseException as exc:
         tail = "\n  ".join(w.history[-20:])
+        if os.environ.get("GOBI_STRESS_HISTORY"):
+            with open(f"{os.environ['GOBI_STRESS_HISTORY']}.{idx}", "w") as fh:
+                fh.write("\n".join(w.history))
+        if os.environ.get("GOBI_STRESS_HISTORY"):
+            with open(f"{os.environ['GOBI_STRESS_HISTORY']}.{idx}", "w") as fh:
+                fh.write("\n".join(w.history))
         print(f"worker {idx} (seed {seed}) failed: {exc!r}\nlast ops (newest last):\n  {tail}\n"
               f"{traceback.format_exc()}", file=sys.stderr)
         return 1
+    if os.environ.get("GOBI_STRESS_HISTORY"):
+        with open(f"{os.environ['GOBI_STRESS_HISTORY']}.{idx}", "w") as fh:
+            fh.write("\n".join(w.history))
     print(json.dumps({"worker": idx, "ops": nops, "counts": w.counts, "tolerated": w.tolerated,
                       "own_entries": len(w.own)}))
     return 0
