@@ -1,21 +1,17 @@
-"""Hard links and the mount (issue 17, item 1 — the server's part has landed, the mount's
-part has not).
+"""Hard links made by other clients, and the mount (issue 17, item 1).
 
 The server keeps the names of a hard-linked file equal (``tests/server/test_links.py``).
-A mount that does not know links yet — this one: ``link(2)`` on it still answers ``EPERM``,
-and each name is a file of its own to the kernel (``st_nlink`` 1) — must not corrupt a
-vault that has them: names linked by another client show on the mount with the file's
-bytes, a write through one name reaches the other names on the server and on the mount
-(the server applies every commit to every name), and ``gobi verify`` finds nothing to
-repair.
+Names linked by another client (the API here) must show on every mount with the file's
+bytes, a write through one name must reach the other names on the server and on the
+mounts (the server applies every commit to every name), a chmod through one name is the
+file's mode everywhere, removing one name keeps the others, and ``gobi verify`` finds
+nothing to repair. link(2) on the mount itself, and how the names look to the kernel there
+(one ``st_ino``, ``st_nlink``), are in ``tests/fs/test_hardlinks.py``.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-
-import pytest
 
 from .mounts import caught_up, eventually, read, server_file, server_node
 
@@ -67,12 +63,3 @@ def test_names_linked_elsewhere_stay_one_file_through_a_mount(mounts, user, vaul
     for m in (a, b):
         report = m.verify()
         assert report["difference_count"] == 0, report
-
-
-def test_link_on_the_mount_is_still_refused_with_eperm(mounts):
-    m = mounts()
-    (m.path / "f").write_bytes(b"x")
-    with pytest.raises(OSError) as err:
-        os.link(m.path / "f", m.path / "g")
-    assert err.value.errno == errno.EPERM
-    assert not (m.path / "g").exists()
