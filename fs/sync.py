@@ -9,8 +9,8 @@ they cost a request; edits, renames and deletes of existing nodes go at once. ``
 entries of a file that is open for writing and was written in the last ``quiet`` seconds
 are deferred (later entries go first), so a file is not uploaded half-written.
 
-**How each entry travels.** Metadata operations (create, rename/move, setattr, delete)
-go over the live WebSocket when it is connected (``gobi.fs.events``: an ``op`` frame with
+**How each entry travels.** Metadata operations (create, rename/move, setattr, delete,
+link) go over the live WebSocket when it is connected (``gobi.fs.events``: an ``op`` frame with
 a request id, answered ``ack``/``nack``), else over REST. Content: FastCDC chunks of the
 staged copy's data extents (``gobi.chunking.pieces_of_sparse_file``: its holes of 64 KiB
 and more become hole entries, never read, hashed or sent), the missing chunks uploaded
