@@ -257,3 +257,17 @@ async def test_a_directory_deleted_elsewhere_takes_every_name_inside_it(account,
         assert await c.ino("outside") == ino
         assert (await c.ops.getattr(ino, CTX)).st_nlink == 1
         assert await c.read_file("outside") == b"x"
+
+
+async def test_a_link_undone_before_upload_leaves_nothing_to_verify(account, tmp_path):
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c") as c:
+        ino = await c.write_file("a", b"x")
+        await c.synced()
+        await c.ops.link(ino, ROOT_INO, b"b", CTX)
+        await c.ops.unlink(ROOT_INO, b"b", CTX)     # before the link left this machine
+        await c.synced()
+        assert account.lookup("b") is None and account.lookup("a").get("inode") is None
+        await c.caught_up(account.head())
+        report = await c.layers.verifier.verify()
+        assert report["difference_count"] == 0, report
+        assert (await c.ops.getattr(ino, CTX)).st_nlink == 1
