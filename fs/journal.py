@@ -170,6 +170,14 @@ class Journal:
     def referenced(self, node: str) -> bool:
         return node in self._by_ref
 
+    def references(self, node: str) -> int:
+        """How many entries need ``node`` on the server (as their ``ref`` or a link's ``of``)."""
+        return self._by_ref.get(node, 0)
+
+    def all_pending(self, node: str) -> bool:
+        """Is none of the node's entries in flight?"""
+        return not any(s in self.inflight for s in self._by_node.get(node, ()))
+
     def add_attr(self, node: str, fields: list[str]) -> None:
         """Queue a setattr of ``fields`` (``mode``, ``mtime``), merged into a pending one."""
         for e in self.pending(node):

@@ -761,6 +761,8 @@ class Tree:
                 self.journal.append("delete", e.id, args)
             self.orphan(e)
             return
+        if self._create_under_link(e):
+            return
         pending = [p for p in self.journal.pending(e.id) if p.op in ("content", "attr")]
         fields: set[str] = set()
         for p in pending:
@@ -787,6 +789,36 @@ class Tree:
             self.journal.append("refresh", f.id, {"of": e.id})
         if fields:
             self.journal.add_attr(f.id, sorted(fields))
+
+    def _create_under_link(self, f: Entry) -> bool:
+        """The hand-over when nothing of it left this machine (maildir's ``link tmp/x
+        new/x; unlink tmp/x``, git's object files): the file's create, its one further
+        name's link and that name's renames are dropped, and the file is created under that
+        name instead — one create with the content, as if it had been made there."""
+        aliases = self.aliases(f.ino)
+        if len(aliases) != 1:
+            return False
+        a = aliases[0]
+        journal = self.journal
+        mine, theirs = journal.pending(f.id), journal.pending(a.id)
+        if not (journal.all_pending(f.id) and journal.all_pending(a.id)):
+            return False
+        if not any(p.op == "create" for p in mine) or any(journal.may_have_reached(p) for p in mine + theirs):
+            return False
+        links = [p for p in theirs if p.op == "link" and p.args.get("of") == f.id]
+        if len(links) != 1 or any(p.op not in ("link", "move") for p in theirs) \
+                or journal.references(f.id) != 1 or journal.referenced(a.id):
+            return False
+        journal.drop(mine + theirs)
+        new = self._promote(f)
+        self.update(new.ino, inode=None)
+        parent = self.get(new.parent)
+        args = {"parent": parent.id, "name": new.name, "kind": new.kind, "mode": new.mode,
+                "mtime_ns": new.mtime_ns, "target": new.target}
+        if new.rdev:
+            args["rdev"] = new.rdev
+        journal.append("create", new.id, args, ref=parent.id)
+        return True
 
     def _retire(self, e: Entry) -> bool:
         """Drop what the journal would still send about a node that is going away.

@@ -91,8 +91,23 @@ async def test_maildir_delivery_leaves_one_file_under_its_new_name(account, tmp_
         await c.synced()
         assert account.lookup("tmp/17.host") is None
         assert account.data("new/17.host") == b"From: a\n\nhello\n"
+        # Nothing of it had left this machine: one create under the new name, no link, no
+        # delete (the server never heard of tmp/17.host; git's object files go this way).
+        r = account.api.get(f"/vaults/{account.vault}/events", params={"after": 0, "limit": 100})
+        kinds = [(e["type"], e["node"]["name"]) for e in r.json()["events"] if e.get("node")]
+        assert [k for k in kinds if k[1] == "17.host"] == [("create", "17.host")], kinds
         await c.caught_up(account.head())
         assert await c.read_file("new/17.host") == b"From: a\n\nhello\n"
+        assert (await c.ops.getattr(ino, CTX)).st_nlink == 1
+
+    # The same once the file had reached the server: a link, then the first name's delete.
+    async with open_client(account.server.url, account.token, account.vault, tmp_path / "c2") as c:
+        ino = await c.write_file("tmp/18.host", b"second")
+        await c.synced()
+        await c.ops.link(ino, await c.ino("new"), b"18.host", CTX)
+        await c.ops.unlink(await c.ino("tmp"), b"18.host", CTX)
+        await c.synced()
+        assert account.lookup("tmp/18.host") is None and account.data("new/18.host") == b"second"
 
 
 async def test_renaming_a_name_over_another_name_of_the_same_file_does_nothing(account, tmp_path):
